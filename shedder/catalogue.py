@@ -1,0 +1,196 @@
+"""The component catalogue: every removable component of a model, and what removing it frees.
+
+Kinds (DESIGN.md): ``block`` (a residual layer), ``ssm`` (the scan inside a Mamba mixer), ``attn``,
+``mlp`` (sub-blocks), and groups: ``attn_heads`` (one attention head), ``ssm_heads`` (one Mamba-2
+head) and ``mlp_channels`` (``channel_group_size`` consecutive intermediate channels of a dense MLP).
+
+``params`` is the number of parameters physically removing the component would free. Weights
+shared with other layers (Zamba2's shared block) are never counted. For an ``ssm`` it is what only
+the scan uses: Mamba-1 ``A_log``, ``D``, ``x_proj``, ``dt_proj`` (and Jamba's dt/B/C norms);
+Mamba-2 ``A_log``, ``D``, ``dt_bias``, the B/C/dt rows of ``in_proj`` and the B/C channels of
+``conv1d``.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+from torch import nn
+
+from .adapters import LayerParts, describe_model
+from .errors import ShedderError
+from .ssm_layout import mamba1_layout, mamba2_layout
+
+KINDS = ("block", "ssm", "attn", "mlp", "ssm_heads", "attn_heads", "mlp_channels")
+GROUP_KINDS = ("ssm_heads", "attn_heads", "mlp_channels")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One removable component: ``index`` is the group number for group kinds, else None."""
+
+    kind: str
+    layer: int
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}@{self.layer}" + (f"[{self.index}]" if self.index is not None else "")
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Component":
+        try:
+            return cls(kind=str(data["kind"]), layer=int(data["layer"]),
+                       index=None if data.get("index") is None else int(data["index"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ShedderError(f"Not a component: {data!r} (need kind, layer and for groups index).") from exc
+
+
+@dataclass(frozen=True)
+class Entry:
+    component: Component
+    params: int  # parameters freed by physical removal
+
+
+@dataclass
+class Catalogue:
+    model_type: str
+    n_layers: int
+    total_params: int
+    channel_group_size: int
+    entries: list[Entry]
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def components(self, kinds: Iterable[str] | None = None) -> list[Component]:
+        wanted = set(KINDS if kinds is None else kinds)
+        return [e.component for e in self.entries if e.component.kind in wanted]
+
+    def params_of(self, component: Component) -> int:
+        return self._by_component()[component].params
+
+    def __contains__(self, component: Component) -> bool:
+        return component in self._by_component()
+
+    def _by_component(self) -> dict[Component, Entry]:
+        if not hasattr(self, "_index"):
+            self._index = {e.component: e for e in self.entries}
+        return self._index
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per kind: how many components and how many parameters they hold in all."""
+        out: dict[str, dict[str, int]] = {}
+        for e in self.entries:
+            row = out.setdefault(e.component.kind, {"count": 0, "params": 0})
+            row["count"] += 1
+            row["params"] += e.params
+        return out
+
+
+def default_channel_group_size(intermediate: int) -> int:
+    """256 channels for real models; eight groups per MLP for small ones."""
+    return 256 if intermediate >= 2048 else max(1, intermediate // 8)
+
+
+def _numel(modules: Iterable[nn.Module], shared: set[int]) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters() if id(p) not in shared)
+
+
+def _shared_param_ids(layers: list[LayerParts]) -> set[int]:
+    """Parameters that appear in more than one layer (e.g. Zamba2's shared transformer)."""
+    counts = Counter(id(p) for parts in layers for p in {id(q): q for q in parts.layer.parameters()}.values())
+    return {pid for pid, n in counts.items() if n > 1}
+
+
+def _bias_len(linear: nn.Linear) -> int:
+    return 1 if linear.bias is not None else 0
+
+
+def ssm_params(parts: LayerParts) -> int:
+    mixer = parts.ssm
+    if parts.ssm_version == 1:
+        extra = [getattr(mixer, n, None) for n in ("dt_layernorm", "b_layernorm", "c_layernorm")]
+        return (mixer.A_log.numel() + mixer.D.numel() + _numel([mixer.x_proj, mixer.dt_proj], set())
+                + _numel([m for m in extra if m is not None], set()))
+    lay = mamba2_layout(mixer)
+    rows = 2 * lay.group_state + lay.heads
+    conv_channels = 2 * lay.group_state
+    kernel = mixer.conv1d.weight.shape[-1]
+    return (mixer.A_log.numel() + mixer.D.numel() + mixer.dt_bias.numel()
+            + rows * (mixer.in_proj.in_features + _bias_len(mixer.in_proj))
+            + conv_channels * (kernel + (1 if mixer.conv1d.bias is not None else 0)))
+
+
+def ssm_head_params(parts: LayerParts) -> int:
+    """A Mamba-2 head: its z/x/dt rows of in_proj, x channels of conv1d, A/D/dt_bias, norm slice, out_proj columns."""
+    mixer = parts.ssm
+    lay = mamba2_layout(mixer)
+    hd = lay.head_dim
+    kernel = mixer.conv1d.weight.shape[-1]
+    norm = getattr(mixer, "norm", None)
+    norm_width = hd if norm is not None and getattr(norm, "weight", None) is not None else 0
+    return ((2 * hd + 1) * (mixer.in_proj.in_features + _bias_len(mixer.in_proj))
+            + hd * (kernel + (1 if mixer.conv1d.bias is not None else 0))
+            + 3 + norm_width + mixer.out_proj.out_features * hd)
+
+
+def attn_head_params(parts: LayerParts) -> int:
+    """One query head: its rows of q_proj and its columns of o_proj (k/v may be shared, so kept)."""
+    hd = parts.attn_head_dim
+    q, o = parts.attn.q_proj, parts.attn.o_proj
+    return hd * (q.in_features + _bias_len(q)) + o.out_features * hd
+
+
+def channel_group_params(parts: LayerParts, size: int) -> int:
+    return sum(size * (lin.in_features + _bias_len(lin)) for lin in parts.mlp_in) + parts.mlp_down.out_features * size
+
+
+def channel_groups(parts: LayerParts, group_size: int) -> list[range]:
+    """Channel ranges of each group; the last group may be smaller."""
+    width = parts.mlp_down.in_features
+    return [range(s, min(s + group_size, width)) for s in range(0, width, group_size)]
+
+
+def build_catalogue(model: nn.Module, channel_group_size: int | None = None) -> Catalogue:
+    adapter, layers = describe_model(model)
+    if channel_group_size is None:
+        widths = [p.mlp_down.in_features for p in layers if p.mlp_dense]
+        channel_group_size = default_channel_group_size(max(widths)) if widths else 1
+    if channel_group_size < 1:
+        raise ShedderError("channel_group_size must be at least 1.")
+    shared = _shared_param_ids(layers)
+    entries: list[Entry] = []
+    for parts in layers:
+        i = parts.index
+        if parts.offers_block:
+            entries.append(Entry(Component("block", i), _numel([parts.layer], shared)))
+        if parts.ssm is not None:
+            entries.append(Entry(Component("ssm", i), ssm_params(parts)))
+        if parts.attn is not None:
+            entries.append(Entry(Component("attn", i), _numel([parts.attn, *parts.attn_exclusive], shared)))
+        if parts.mlp is not None:
+            entries.append(Entry(Component("mlp", i), _numel([parts.mlp, *parts.mlp_exclusive], shared)))
+        if parts.ssm is not None and parts.ssm_version == 2:
+            n = ssm_head_params(parts)
+            entries += [Entry(Component("ssm_heads", i, h), n) for h in range(mamba2_layout(parts.ssm).heads)]
+        if parts.attn is not None and parts.attn_head_dim:
+            n_heads = parts.attn.o_proj.in_features // parts.attn_head_dim
+            n = attn_head_params(parts)
+            entries += [Entry(Component("attn_heads", i, h), n) for h in range(n_heads)]
+        if parts.mlp_dense:
+            entries += [Entry(Component("mlp_channels", i, g), channel_group_params(parts, len(r)))
+                        for g, r in enumerate(channel_groups(parts, channel_group_size))]
+    return Catalogue(
+        model_type=adapter.model_type,
+        n_layers=len(layers),
+        total_params=sum(p.numel() for p in model.parameters()),
+        channel_group_size=channel_group_size,
+        entries=entries,
+    )

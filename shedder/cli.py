@@ -1,0 +1,111 @@
+"""Command line: ``python -m shedder <command> ...`` (the dashboard calls the same library functions)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .errors import ShedderError
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="zoo name, local directory, or hub id (online)")
+    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow code shipped with the model to run (only for sources you trust)")
+    parser.add_argument("--channel-group-size", type=int, default=None,
+                        help="MLP channels per mlp_channels group (default: 256, or 1/8 of small MLPs)")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .loading import load_model
+    from .masks import catalogue_of
+
+    model, _ = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    catalogue = catalogue_of(model, args.channel_group_size)
+    if args.json:
+        print(json.dumps({
+            "model_type": catalogue.model_type,
+            "n_layers": catalogue.n_layers,
+            "total_params": catalogue.total_params,
+            "channel_group_size": catalogue.channel_group_size,
+            "components": [{**e.component.to_dict(), "params": e.params} for e in catalogue],
+        }, indent=1))
+        return 0
+    print(f"{args.model}: {catalogue.model_type}, {catalogue.n_layers} layers, {catalogue.total_params:,} parameters")
+    print(f"{'kind':<14}{'count':>7}{'params':>16}  share")
+    for kind, row in catalogue.summary().items():
+        print(f"{kind:<14}{row['count']:>7}{row['params']:>16,}  {row['params'] / catalogue.total_params:6.1%}")
+    print("\nper layer:")
+    for layer in range(catalogue.n_layers):
+        here = [e for e in catalogue if e.component.layer == layer]
+        singles = ", ".join(f"{e.component.kind} ({e.params:,})" for e in here if e.component.index is None)
+        groups: dict[str, int] = {}
+        for e in here:
+            if e.component.index is not None:
+                groups[e.component.kind] = groups.get(e.component.kind, 0) + 1
+        group_text = "".join(f", {n} x {kind}" for kind, n in groups.items())
+        print(f"  {layer:>3}: {singles}{group_text}")
+    return 0
+
+
+def _ppl(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .calibration import calibration_windows
+    from .loading import load_model
+    from .perplexity import perplexity
+    from .plan import Plan
+
+    model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    removed, group_size = [], args.channel_group_size
+    if args.plan:
+        plan = Plan.load(args.plan)
+        plan.check(model)
+        removed, group_size = plan.removed, plan.channel_group_size
+    windows = calibration_windows(args.calib, tokenizer, args.seq_len, args.tokens, args.seed)
+    with tqdm(total=len(windows), desc="perplexity", unit="win", disable=args.json or None) as bar:
+        result = perplexity(model, windows, removed, args.batch_size,
+                            progress=lambda done, total: bar.update(done - bar.n), channel_group_size=group_size)
+    if args.json:
+        print(json.dumps({"model": args.model, "calib": args.calib, "removed": len(removed), **result.to_dict()}))
+    else:
+        print(f"perplexity {result.ppl:.4f}  ({result.n_windows} windows x {result.seq_len} tokens, "
+              f"{result.n_predictions:,} predictions, {len(removed)} components removed)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shedder", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    inspect = sub.add_parser("inspect", help="list every removable component of a model")
+    _add_model_args(inspect)
+    inspect.add_argument("--json", action="store_true", help="print the full catalogue as JSON")
+    inspect.set_defaults(run=_inspect)
+
+    ppl = sub.add_parser("ppl", help="perplexity on calibration text, optionally with a plan applied")
+    _add_model_args(ppl)
+    ppl.add_argument("--plan", help="plan JSON whose removals to apply")
+    ppl.add_argument("--calib", default="wiki", help="wiki (offline default), wiki-test, a .txt path, "
+                     "or wikitext2 / c4 / ptb / alpaca (online)")
+    ppl.add_argument("--tokens", type=int, default=None, help="tokens to use (default: all of the text)")
+    ppl.add_argument("--seq-len", type=int, default=512)
+    ppl.add_argument("--seed", type=int, default=None, help="sample windows with this seed instead of from the start")
+    ppl.add_argument("--batch-size", type=int, default=8)
+    ppl.add_argument("--json", action="store_true")
+    ppl.set_defaults(run=_ppl)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.run(args)
+    except ShedderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

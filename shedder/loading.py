@@ -1,0 +1,108 @@
+"""Loading a model and its tokenizer from a zoo name, a local directory or a hub id."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adapters import adapter_for, supported_model_types
+from .errors import ShedderError
+from .paths import REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+ZOO_DIR = REPO_ROOT / "zoo"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ShedderError(f"Device {device!r} asked for, but no CUDA GPU is available; use --device cpu.")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ShedderError(f"Unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def resolve_source(spec: str) -> str:
+    """A zoo name becomes its directory; anything else is passed on as a path or hub id."""
+    zoo_path = ZOO_DIR / spec
+    if "/" not in spec and (zoo_path / "config.json").is_file():
+        return str(zoo_path)
+    return spec
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def load_config(spec: str, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    source = resolve_source(spec)
+    path = Path(source).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise ShedderError(f"{path} exists but holds no config.json; point at a saved transformers model folder.")
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ShedderError(
+                f"{spec!r} needs code from its repository to load. Only allow that for sources you trust: "
+                "pass --trust-remote-code (or tick the opt-in in the dashboard)."
+            ) from exc
+        raise ShedderError(f"Could not read the config of {spec!r}: {exc}") from exc
+    except OSError as exc:
+        where = "the hub is offline (HF_HUB_OFFLINE=1)" if _offline() else "the hub did not answer"
+        raise ShedderError(
+            f"Model {spec!r} is not a zoo name or a local directory, and {where}. "
+            "Pass a local folder with config.json, a zoo name, or a hub id while online."
+        ) from exc
+    adapter_for(config.model_type)  # fail early, before loading weights, for unsupported families
+    return config
+
+
+def load_model(spec: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
+               ) -> tuple[nn.Module, object]:
+    """Load ``(model, tokenizer)`` in eval mode; the architecture must be one with an adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = load_config(spec, trust_remote_code)
+    source = resolve_source(spec)
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ShedderError(f"{spec!r} has no usable tokenizer ({exc}); save one next to the model.") from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except torch.OutOfMemoryError as exc:
+        raise ShedderError(f"Out of memory loading {spec!r} on {target}; try a smaller dtype or the CPU.") from exc
+    except (OSError, ValueError) as exc:
+        raise ShedderError(f"Could not load the weights of {spec!r}: {exc}") from exc
+    model.to(target).eval()
+    log.info("Loaded %s (%s, %s, %s)", spec, config.model_type, torch_dtype, target)
+    return model, tokenizer
+
+
+def zoo_names() -> list[str]:
+    """Models shipped with the project (trained by scripts/train_demo_models.py)."""
+    if not ZOO_DIR.is_dir():
+        return []
+    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "config.json").is_file())
+
+
+__all__ = ["load_model", "load_config", "resolve_device", "resolve_dtype", "zoo_names", "supported_model_types"]

@@ -1,0 +1,98 @@
+import pytest
+import torch
+import transformers as T
+
+from shedder.adapters import supported_model_types
+from shedder.catalogue import Component, build_catalogue
+from shedder.errors import ShedderError
+from tiny_models import FAMILIES, build
+
+# kinds offered at each layer (group kinds listed once), per family of tests/tiny_models.py
+EXPECTED_LAYERS = {
+    "mamba": [{"block", "ssm"}] * 3,
+    "falcon_mamba": [{"block", "ssm"}] * 3,
+    "mamba2": [{"block", "ssm", "ssm_heads"}] * 3,
+    "llama": [{"block", "attn", "mlp", "attn_heads", "mlp_channels"}] * 3,
+    "bamba": [{"block", "ssm", "ssm_heads", "mlp", "mlp_channels"},
+              {"block", "attn", "attn_heads", "mlp", "mlp_channels"},
+              {"block", "ssm", "ssm_heads", "mlp", "mlp_channels"}],
+    "jamba": [{"block", "ssm", "mlp", "mlp_channels"}, {"block", "attn", "attn_heads", "mlp"}] * 2,
+    "granitemoehybrid": [{"block", "ssm", "ssm_heads", "mlp"}, {"block", "attn", "attn_heads", "mlp"},
+                         {"block", "ssm", "ssm_heads", "mlp"}],
+    "nemotron_h": [{"block", "ssm", "ssm_heads"}, {"attn", "attn_heads"}, {"mlp", "mlp_channels"},
+                   {"block", "ssm", "ssm_heads"}, {"mlp"}],
+    "falcon_h1": [{"block", "ssm", "ssm_heads", "attn", "attn_heads", "mlp", "mlp_channels"}] * 3,
+    "zamba2": [{"block", "ssm", "ssm_heads"}, {"block", "ssm", "ssm_heads", "attn"}] * 2,
+}
+
+
+def test_every_required_family_has_an_adapter():
+    required = {"mamba", "mamba2", "falcon_mamba", "zamba2", "bamba", "nemotron_h", "falcon_h1", "jamba",
+                "granitemoehybrid", "llama"}
+    assert required <= set(supported_model_types())
+    assert set(FAMILIES) == required
+
+
+def test_unknown_architecture_names_the_supported_ones():
+    model = T.AutoModelForCausalLM.from_config(T.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(ShedderError, match="not supported.*mamba2.*zamba2"):
+        build_catalogue(model)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_catalogue_lists_the_expected_kinds_per_layer(family):
+    catalogue = build_catalogue(build(family))
+    per_layer = [set() for _ in range(catalogue.n_layers)]
+    for entry in catalogue:
+        per_layer[entry.component.layer].add(entry.component.kind)
+        assert entry.params > 0
+    assert per_layer == EXPECTED_LAYERS[family]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_frees_the_layers_own_parameters(family):
+    model = build(family)
+    catalogue = build_catalogue(model)
+    layers = model.model.layers if hasattr(model, "model") else model.backbone.layers
+    for entry in catalogue:
+        if entry.component.kind == "block":
+            layer = layers[entry.component.layer]
+            own = sum(p.numel() for p in layer.parameters())
+            if family == "zamba2" and hasattr(layer, "shared_transformer"):
+                own -= sum(p.numel() for p in layer.shared_transformer.parameters())
+            assert entry.params == own
+
+
+def test_mamba2_ssm_parameter_count_by_hand():
+    model = build("mamba2")  # hidden 32, d_inner 64, 8 heads, 2 groups x state 8, conv kernel 4, no in_proj bias
+    entry = {e.component: e for e in build_catalogue(model)}[Component("ssm", 1)]
+    heads, group_state, kernel = 8, 2 * 8, 4
+    a_d_dtbias = 3 * heads
+    in_proj_rows = (2 * group_state + heads) * 32
+    conv = 2 * group_state * (kernel + 1)
+    assert entry.params == a_d_dtbias + in_proj_rows + conv
+
+
+def test_mamba1_ssm_parameter_count_by_hand():
+    model = build("mamba")  # d_inner 64, state 8, dt rank 4
+    entry = {e.component: e for e in build_catalogue(model)}[Component("ssm", 0)]
+    a_log, d = 64 * 8, 64
+    x_proj = (4 + 2 * 8) * 64
+    dt_proj = 64 * 4 + 64
+    assert entry.params == a_log + d + x_proj + dt_proj
+
+
+def test_zamba2_shared_block_is_never_counted():
+    model = build("zamba2")
+    catalogue = build_catalogue(model)
+    hybrid = model.model.layers[1]
+    linear = sum(p.numel() for p in hybrid.linear.parameters())
+    assert catalogue.params_of(Component("attn", 1)) == linear == catalogue.params_of(Component("attn", 3))
+
+
+def test_channel_groups_follow_the_group_size():
+    model = build("llama")  # intermediate 64
+    assert len(build_catalogue(model).components(["mlp_channels"])) == 3 * 8
+    catalogue = build_catalogue(model, channel_group_size=24)  # 24 + 24 + 16
+    groups = [e for e in catalogue if e.component.kind == "mlp_channels" and e.component.layer == 0]
+    assert [e.params for e in groups] == [24 * 64 + 32 * 24] * 2 + [16 * 64 + 32 * 16]
