@@ -63,3 +63,28 @@ def build(family: str, seed: int = 0) -> torch.nn.Module:
 
 def token_ids(batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+SAMPLE_TEXT = (
+    "The state space model reads a sequence one token at a time and keeps a small memory of what it saw. "
+    "Pruning removes the parts of a network that matter least, and a good method measures that first. "
+) * 40
+
+
+def tiny_tokenizer(text: str = SAMPLE_TEXT, vocab_size: int = VOCAB):
+    """A character-level BPE tokenizer trained on ``text`` with at most ``vocab_size`` entries."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<eos>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+
+
+def save_tiny(family: str, directory, seed: int = 0):
+    """Save a tiny model plus tokenizer as a transformers folder, like a user's local checkpoint."""
+    model = build(family, seed)
+    model.save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return model
