@@ -84,6 +84,15 @@ class Catalogue:
             self._index = {e.component: e for e in self.entries}
         return self._index
 
+    def layer_roles(self) -> list[str]:
+        """What each layer holds, e.g. "SSM + MLP" or "attention", for architecture strips."""
+        names = {"ssm": "SSM", "attn": "attention", "mlp": "MLP"}
+        roles = [[] for _ in range(self.n_layers)]
+        for e in self.entries:
+            if e.component.kind in names:
+                roles[e.component.layer].append(names[e.component.kind])
+        return [" + ".join(r) or "block" for r in roles]
+
     def summary(self) -> dict[str, dict[str, int]]:
         """Per kind: how many components and how many parameters they hold in all."""
         out: dict[str, dict[str, int]] = {}

@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from reference import mamba1_without_scan, mamba2_without_scan
+
 from shedder.adapters import describe_model
 from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
@@ -61,26 +63,14 @@ def test_block_returns_its_input(family):
     assert not torch.equal(masked_logits, logits(model, token_ids()))
 
 
-def _conv_silu(mixer, xbc):
-    """The depthwise causal conv1d plus SiLU, by hand: (batch, len, channels) -> same."""
-    length = xbc.shape[1]
-    out = F.conv1d(xbc.transpose(1, 2), mixer.conv1d.weight, mixer.conv1d.bias,
-                   padding=mixer.conv1d.weight.shape[-1] - 1, groups=xbc.shape[-1])[..., :length]
-    return F.silu(out).transpose(1, 2)
-
-
 @pytest.mark.parametrize("family", MAMBA2_PLAIN)
 def test_mamba2_ssm_removal_is_y_equals_x_by_hand(family):
     model = build(family)
     layer = first_layer_with(model, "ssm")
     mixer = parts_of(model, layer).ssm
-    d_inner, heads = mixer.out_proj.in_features, mixer.A_log.shape[0]
-    conv_dim = mixer.conv1d.weight.shape[0]
     hidden = torch.randn(2, 11, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        z, xbc, _dt = mixer.in_proj(hidden).split([d_inner, conv_dim, heads], dim=-1)
-        x = _conv_silu(mixer, xbc)[..., :d_inner]
-        expected = mixer.out_proj(mixer.norm(x, z))  # y = x, no D term; gated norm and out_proj still run
+        expected = mamba2_without_scan(mixer, hidden)
         with masked(model, [Component("ssm", layer)]):
             actual = mixer(hidden)
         dense = mixer(hidden)
@@ -95,19 +85,16 @@ def test_mamba1_ssm_removal_is_x_times_silu_z_by_hand(family):
     mixer = parts_of(model, layer).ssm
     hidden = torch.randn(2, 11, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        x, z = mixer.in_proj(hidden).chunk(2, dim=-1)
-        expected = mixer.out_proj(_conv_silu(mixer, x) * F.silu(z))
+        expected = mamba1_without_scan(mixer, hidden)
         with masked(model, [Component("ssm", layer)]):
             actual = mixer(hidden)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "llama"])
 def test_removed_ssm_ignores_the_scan_parameters(family):
-    """With the SSM removed, A, dt and B (and the old D) no longer matter: the scan is gone."""
+    """With the SSM removed, A and dt no longer matter: the scan is gone."""
     model = build(family)
-    if not build_catalogue(model).components(["ssm"]):
-        pytest.skip("no SSM in this family")
     layer = first_layer_with(model, "ssm")
     mixer = parts_of(model, layer).ssm
     ids = token_ids()

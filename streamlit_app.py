@@ -1,0 +1,10 @@
+"""shedder dashboard: `./run.sh app` (or `streamlit run streamlit_app.py`)."""
+import logging
+
+import streamlit as st
+
+st.set_page_config(page_title="shedder", layout="wide")
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+pages = [st.Page("pages/model.py", title="Model", default=True)]
+st.navigation(pages).run()
