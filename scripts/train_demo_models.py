@@ -298,7 +298,7 @@ def token_byte_lengths(tokenizer) -> torch.Tensor:
 
 
 def encode(tokenizer, text: str) -> torch.Tensor:
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -508,6 +508,11 @@ def environment(device: torch.device) -> dict:
            "tokenizers": tokenizers.__version__, "python": platform.python_version()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    for package in ("mamba_ssm", "causal_conv1d"):  # optional fused kernels; the PyTorch path is used without them
+        try:
+            env[package] = __import__(package).__version__
+        except Exception:  # noqa: BLE001 - absent or unusable here
+            env[package] = None
     return env
 
 

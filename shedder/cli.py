@@ -98,7 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--batch-size", type=int, default=8)
     ppl.add_argument("--json", action="store_true")
     ppl.set_defaults(run=_ppl)
+    for register in _extra_commands():
+        register(sub, _add_model_args)
     return parser
+
+
+def _extra_commands():
+    """Sub-commands that live in their own modules: each exposes ``register(subparsers, add_model_args)``."""
+    from importlib import import_module
+
+    for name in COMMAND_MODULES:
+        yield import_module(f".{name}", __package__).register
+
+
+COMMAND_MODULES: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:
