@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
+import torch
 from torch import nn
 
 from .adapters import LayerParts, describe_model
@@ -161,10 +162,27 @@ def channel_group_params(parts: LayerParts, size: int) -> int:
     return sum(size * (lin.in_features + _bias_len(lin)) for lin in parts.mlp_in) + parts.mlp_down.out_features * size
 
 
-def channel_groups(parts: LayerParts, group_size: int) -> list[range]:
-    """Channel ranges of each group; the last group may be smaller."""
+CHANNEL_ORDERS = (None, "l1")
+
+
+def channel_order(parts: LayerParts, reorder: str | None) -> torch.Tensor:
+    """Intermediate channels in group order. ``l1``: by the summed L1 norm of each channel's rows in
+    the gate/up projections, largest first (the reference's reordering), so the last groups hold the
+    channels with the smallest weights."""
     width = parts.mlp_down.in_features
-    return [range(s, min(s + group_size, width)) for s in range(0, width, group_size)]
+    if reorder is None:
+        return torch.arange(width)
+    if reorder != "l1":
+        raise ShedderError(f"Unknown channel order {reorder!r}; use none or l1.")
+    with torch.no_grad():
+        importance = sum(lin.weight.detach().float().abs().sum(dim=1) for lin in parts.mlp_in)
+    return torch.sort(importance.cpu(), descending=True, stable=True).indices
+
+
+def channel_groups(parts: LayerParts, group_size: int, reorder: str | None = None) -> list[torch.Tensor]:
+    """The channel indices of each group, in group order; the last group may be smaller."""
+    order = channel_order(parts, reorder)
+    return [order[s:s + group_size] for s in range(0, order.numel(), group_size)]
 
 
 def build_catalogue(model: nn.Module, channel_group_size: int | None = None) -> Catalogue:

@@ -51,29 +51,55 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ppl(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def add_calibration_args(parser: argparse.ArgumentParser, default_tokens: int | None = None) -> None:
+    parser.add_argument("--calib", default="wiki", help="wiki (offline default), wiki-test, a .txt path, "
+                        "or wikitext2 / c4 / ptb / alpaca (online)")
+    parser.add_argument("--tokens", type=int, default=default_tokens,
+                        help="calibration tokens" + ("" if default_tokens else " (default: all of the text)"))
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=None, help="sample windows with this seed instead of from the start")
+    parser.add_argument("--batch-size", type=int, default=8)
 
+
+def windows_from_args(args: argparse.Namespace, tokenizer):
     from .calibration import calibration_windows
-    from .loading import load_model
-    from .perplexity import perplexity
+
+    return calibration_windows(args.calib, tokenizer, args.seq_len, args.tokens, args.seed)
+
+
+def load_plan_for(model, path: str | None):
+    """The plan at ``path`` checked against ``model``, or an empty plan."""
     from .plan import Plan
 
+    if not path:
+        return Plan()
+    plan = Plan.load(path)
+    plan.check(model)
+    return plan
+
+
+def progress_bar(total: int, desc: str, disable: bool = False):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="it", disable=disable or None)
+
+
+def _ppl(args: argparse.Namespace) -> int:
+    from .loading import load_model
+    from .perplexity import perplexity
+
     model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
-    removed, group_size = [], args.channel_group_size
-    if args.plan:
-        plan = Plan.load(args.plan)
-        plan.check(model)
-        removed, group_size = plan.removed, plan.channel_group_size
-    windows = calibration_windows(args.calib, tokenizer, args.seq_len, args.tokens, args.seed)
-    with tqdm(total=len(windows), desc="perplexity", unit="win", disable=args.json or None) as bar:
-        result = perplexity(model, windows, removed, args.batch_size,
-                            progress=lambda done, total: bar.update(done - bar.n), channel_group_size=group_size)
+    plan = load_plan_for(model, args.plan)
+    if not args.plan:
+        plan.channel_group_size = args.channel_group_size
+    windows = windows_from_args(args, tokenizer)
+    with progress_bar(len(windows), "perplexity", args.json) as bar:
+        result = perplexity(model, windows, plan, args.batch_size, progress=lambda done, total: bar.update(done - bar.n))
     if args.json:
-        print(json.dumps({"model": args.model, "calib": args.calib, "removed": len(removed), **result.to_dict()}))
+        print(json.dumps({"model": args.model, "calib": args.calib, "removed": len(plan.removed), **result.to_dict()}))
     else:
         print(f"perplexity {result.ppl:.4f}  ({result.n_windows} windows x {result.seq_len} tokens, "
-              f"{result.n_predictions:,} predictions, {len(removed)} components removed)")
+              f"{result.n_predictions:,} predictions, {len(plan.removed)} components removed)")
     return 0
 
 
@@ -90,12 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     ppl = sub.add_parser("ppl", help="perplexity on calibration text, optionally with a plan applied")
     _add_model_args(ppl)
     ppl.add_argument("--plan", help="plan JSON whose removals to apply")
-    ppl.add_argument("--calib", default="wiki", help="wiki (offline default), wiki-test, a .txt path, "
-                     "or wikitext2 / c4 / ptb / alpaca (online)")
-    ppl.add_argument("--tokens", type=int, default=None, help="tokens to use (default: all of the text)")
-    ppl.add_argument("--seq-len", type=int, default=512)
-    ppl.add_argument("--seed", type=int, default=None, help="sample windows with this seed instead of from the start")
-    ppl.add_argument("--batch-size", type=int, default=8)
+    add_calibration_args(ppl)
     ppl.add_argument("--json", action="store_true")
     ppl.set_defaults(run=_ppl)
     for register in _extra_commands():
@@ -111,7 +132,7 @@ def _extra_commands():
         yield import_module(f".{name}", __package__).register
 
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["cli_search"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,7 +67,7 @@ class _Edits:
         self.set(linear.weight, (rows, slice(None)), 0.0)
         self.set(linear.bias, rows, 0.0)
 
-    def zero_columns(self, linear: nn.Linear, cols: slice) -> None:
+    def zero_columns(self, linear: nn.Linear, cols: slice | torch.Tensor) -> None:
         self.set(linear.weight, (slice(None), cols), 0.0)
 
     def zero_all(self, param: torch.Tensor) -> None:
@@ -122,7 +122,7 @@ def _remove_ssm(edits: _Edits, parts: LayerParts) -> None:
 
 
 def _apply(edits: _Edits, component: Component, parts: LayerParts, block_output: Callable,
-           channel_group_size: int) -> None:
+           channel_group_size: int, channel_reorder: str | None) -> None:
     kind, index = component.kind, component.index
     if kind == "block":
         edits.override_forward(parts.layer, _passthrough(parts.layer, block_output))
@@ -141,8 +141,8 @@ def _apply(edits: _Edits, component: Component, parts: LayerParts, block_output:
     elif kind == "ssm_heads":
         edits.zero_columns(parts.ssm.out_proj, mamba2_layout(parts.ssm).head(index))
     elif kind == "mlp_channels":
-        channels = channel_groups(parts, channel_group_size)[index]
-        edits.zero_columns(parts.mlp_down, slice(channels.start, channels.stop))
+        channels = channel_groups(parts, channel_group_size, channel_reorder)[index]
+        edits.zero_columns(parts.mlp_down, channels.to(parts.mlp_down.weight.device))
     else:  # validated before, so unreachable
         raise ShedderError(f"Unknown component kind {kind!r}.")
 
@@ -181,9 +181,16 @@ def validate(model: nn.Module, removed: Iterable[Component], channel_group_size:
 
 
 @contextmanager
-def masked(model: nn.Module, removed: Iterable[Component] = (), channel_group_size: int | None = None
-           ) -> Iterator[nn.Module]:
-    """Remove ``removed`` from ``model`` inside the block; restore it exactly on exit."""
+def masked(model: nn.Module, removed: Iterable[Component] = (), channel_group_size: int | None = None,
+           channel_reorder: str | None = None) -> Iterator[nn.Module]:
+    """Remove ``removed`` from ``model`` inside the block; restore it exactly on exit.
+
+    ``removed`` is a list of components, or a plan (anything with ``removed``,
+    ``channel_group_size`` and ``channel_reorder`` attributes), whose grouping then applies.
+    """
+    if hasattr(removed, "removed"):
+        removed, channel_group_size, channel_reorder = (removed.removed, removed.channel_group_size,
+                                                         removed.channel_reorder)
     components = validate(model, removed, channel_group_size)
     group_size = catalogue_of(model, channel_group_size).channel_group_size
     adapter, layers = describe_model(model)
@@ -191,7 +198,8 @@ def masked(model: nn.Module, removed: Iterable[Component] = (), channel_group_si
         edits = _Edits()
         try:
             for component in components:
-                _apply(edits, component, layers[component.layer], adapter.block_output, group_size)
+                _apply(edits, component, layers[component.layer], adapter.block_output, group_size,
+                       channel_reorder)
             yield model
         finally:
             edits.undo_all()

@@ -4,7 +4,7 @@ JSON, versioned::
 
     {"format": "shedder-plan", "version": 1,
      "model": {"model_type": "mamba2", "n_layers": 24, "fingerprint": "..."},
-     "channel_group_size": 256,
+     "channel_group_size": 256, "channel_reorder": null,
      "removed": [{"kind": "ssm", "layer": 7}, {"kind": "mlp_channels", "layer": 3, "index": 2}]}
 """
 from __future__ import annotations
@@ -30,14 +30,15 @@ class Plan:
     n_layers: int | None = None
     fingerprint: str | None = None
     channel_group_size: int | None = None
+    channel_reorder: str | None = None  # None, or "l1": MLP channels grouped in order of weight L1 norm
     extra: dict = field(default_factory=dict)  # anything else a producer wants to keep (scores, steps ...)
 
     @classmethod
-    def for_model(cls, model: nn.Module, removed: list[Component] = (), channel_group_size: int | None = None
-                  ) -> "Plan":
+    def for_model(cls, model: nn.Module, removed: list[Component] = (), channel_group_size: int | None = None,
+                  channel_reorder: str | None = None) -> "Plan":
         catalogue = catalogue_of(model, channel_group_size)
         return cls(list(removed), catalogue.model_type, catalogue.n_layers, model_fingerprint(model),
-                   catalogue.channel_group_size)
+                   catalogue.channel_group_size, channel_reorder)
 
     def to_dict(self) -> dict:
         return {
@@ -45,6 +46,7 @@ class Plan:
             "version": VERSION,
             "model": {"model_type": self.model_type, "n_layers": self.n_layers, "fingerprint": self.fingerprint},
             "channel_group_size": self.channel_group_size,
+            "channel_reorder": self.channel_reorder,
             "removed": [c.to_dict() for c in self.removed],
             **self.extra,
         }
@@ -56,13 +58,14 @@ class Plan:
         if data.get("version") != VERSION:
             raise ShedderError(f"Plan version {data.get('version')} is not supported (this shedder reads {VERSION}).")
         model = data.get("model") or {}
-        known = {"format", "version", "model", "channel_group_size", "removed"}
+        known = {"format", "version", "model", "channel_group_size", "channel_reorder", "removed"}
         return cls(
             removed=[Component.from_dict(c) for c in data.get("removed", [])],
             model_type=model.get("model_type"),
             n_layers=model.get("n_layers"),
             fingerprint=model.get("fingerprint"),
             channel_group_size=data.get("channel_group_size"),
+            channel_reorder=data.get("channel_reorder"),
             extra={k: v for k, v in data.items() if k not in known},
         )
 

@@ -50,10 +50,13 @@ def _configs() -> dict:
 FAMILIES = sorted(_configs())
 
 
-def build(family: str, seed: int = 0) -> torch.nn.Module:
+def build(family: str, seed: int = 0, **config_overrides) -> torch.nn.Module:
     """A seeded tiny model; norms and D get random values so that no removal is accidentally a no-op."""
     torch.manual_seed(seed)
-    model = T.AutoModelForCausalLM.from_config(_configs()[family])
+    config = _configs()[family]
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    model = T.AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("norm.weight", ".D", "layernorm.weight")):
@@ -88,3 +91,16 @@ def save_tiny(family: str, directory, seed: int = 0):
     model.save_pretrained(directory)
     tiny_tokenizer().save_pretrained(directory)
     return model
+
+
+def train_briefly(model: torch.nn.Module, ids: torch.Tensor, steps: int = 60, lr: float = 3e-3, seed: int = 0):
+    """A few optimiser steps on ``ids`` so that components differ in importance, as in a real model."""
+    torch.manual_seed(seed)
+    model.train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval()

@@ -1,0 +1,126 @@
+"""CLI: ``score`` (leave-one-out sensitivity), ``search`` (the greedy Mamba-Shedder search) and
+``plan-convert`` (our plan format <-> the reference code's pruning config)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .cli import add_calibration_args, load_plan_for, progress_bar, windows_from_args
+from .errors import ShedderError
+
+
+def _kinds(text: str) -> list[str]:
+    from .catalogue import KINDS
+
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ShedderError(f"Unknown kind(s) {unknown or text!r}; choose from {', '.join(KINDS)}.")
+    return kinds
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .loading import load_model
+    from .scoring import block_influence, proxy_agreement, score, weight_magnitude
+
+    model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    base = load_plan_for(model, args.plan)
+    group_size = base.channel_group_size if args.plan else args.channel_group_size
+    reorder = base.channel_reorder if args.plan else args.channel_reorder
+    windows = windows_from_args(args, tokenizer)
+    kinds = _kinds(args.kinds)
+    with progress_bar(0, "score") as bar:
+        def tick(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+        base_ppl, scores, work = score(model, windows, kinds, base.removed, args.batch_size, group_size, reorder, tick)
+    proxies = {}
+    if "block" in kinds:
+        proxies["block_influence"] = block_influence(model, windows, base.removed, args.batch_size)
+    if {"attn_heads", "ssm_heads", "mlp_channels"} & set(kinds):
+        proxies["weight_magnitude"] = weight_magnitude(model, group_size, reorder)
+    result = {
+        "model": args.model, "calib": args.calib, "n_windows": len(windows), "seq_len": windows.seq_len,
+        "base": [c.to_dict() for c in base.removed], "base_ppl": base_ppl, "work": work,
+        "scores": [s.to_dict() for s in scores],
+        "proxies": {name: [{**c.to_dict(), "value": v} for c, v in values.items()] for name, values in proxies.items()},
+        "proxy_spearman": proxy_agreement(scores, proxies),
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    best = sorted(scores, key=lambda s: s.ppl)[:5]
+    print(f"base perplexity {base_ppl:.4f}; {len(scores)} components scored -> {args.out}")
+    for s in best:
+        print(f"  {str(s.component):<22} ppl {s.ppl:10.4f}  ({s.delta:+.4f})")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .loading import load_model
+    from .search import Stage, parse_stages, search
+
+    if args.stages and args.targets:
+        raise ShedderError("Give either --targets/--steps or --stages, not both.")
+    stages = parse_stages(args.stages) if args.stages else [Stage(tuple(_kinds(args.targets or "block")), args.steps)]
+    model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    windows = windows_from_args(args, tokenizer)
+    with progress_bar(sum(s.steps for s in stages), "search steps") as bar:
+        def on_step(step):
+            bar.update(1)
+            bar.set_postfix_str(f"removed {step['removed']['kind']}@{step['removed']['layer']} ppl {step['ppl']:.3f}")
+        record = search(model, windows, stages, args.out, args.batch_size, channel_group_size=args.channel_group_size,
+                        channel_reorder=args.channel_reorder, early_stop=not args.no_early_stop, on_step=on_step)
+    print(f"{len(record['removed'])} components removed; plan in {Path(args.out) / 'plan.json'} "
+          f"(work: {record['work']:,} layer-token passes)")
+    return 0
+
+
+def _plan_convert(args: argparse.Namespace) -> int:
+    from .loading import load_model
+    from .plan import Plan
+    from .reference_format import from_reference, is_reference_config, to_reference
+
+    model, _ = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    try:
+        data = json.loads(Path(args.input).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ShedderError(f"Cannot read {args.input}: {exc}") from exc
+    if is_reference_config(data):
+        plan = from_reference(data, model, args.channel_group_size, args.channel_reorder)
+        plan.save(args.out)
+        print(f"reference config -> shedder plan with {len(plan.removed)} removals: {args.out}")
+    else:
+        plan = Plan.from_dict(data)
+        Path(args.out).write_text(json.dumps(to_reference(plan, model), indent=4) + "\n", encoding="utf-8")
+        print(f"shedder plan -> reference config: {args.out}")
+    return 0
+
+
+def register(sub, add_model_args) -> None:
+    score = sub.add_parser("score", help="leave-one-out sensitivity of every component of some kinds")
+    add_model_args(score)
+    score.add_argument("--kinds", default="block,ssm,attn,mlp")
+    score.add_argument("--plan", help="base plan: score on top of these removals")
+    score.add_argument("--channel-reorder", choices=["l1"], default=None)
+    add_calibration_args(score, default_tokens=65536)
+    score.add_argument("--out", required=True, help="JSON file for the scores")
+    score.set_defaults(run=_score)
+
+    search = sub.add_parser("search", help="the Mamba-Shedder greedy search (resumable)")
+    add_model_args(search)
+    search.add_argument("--targets", help="kinds to search over, e.g. block,ssm")
+    search.add_argument("--steps", type=int, default=4)
+    search.add_argument("--stages", help="several stages, e.g. 'block,attn,mlp:3;mlp_channels:20;ssm:18'")
+    search.add_argument("--channel-reorder", choices=["l1"], default=None,
+                        help="group MLP channels by weight L1 norm first (the reference's --weight_reorder)")
+    search.add_argument("--no-early-stop", action="store_true", help="score every candidate fully (same plan, more work)")
+    add_calibration_args(search, default_tokens=65536)
+    search.add_argument("--out", required=True, help="output directory (re-run the same command to resume)")
+    search.set_defaults(run=_search)
+
+    convert = sub.add_parser("plan-convert", help="convert between our plan format and the reference's config")
+    add_model_args(convert)
+    convert.add_argument("--in", dest="input", required=True)
+    convert.add_argument("--channel-reorder", choices=["l1"], default=None)
+    convert.add_argument("--out", required=True)
+    convert.set_defaults(run=_plan_convert)

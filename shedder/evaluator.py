@@ -1,0 +1,172 @@
+"""Exact, cheap calibration NLL of "the base plan plus one more component".
+
+Two exact savings over recomputing the whole model for every candidate (DESIGN.md):
+
+- **Prefix reuse.** Removing a component in layer i leaves layers < i untouched, so the hidden states
+  entering each layer under the base plan are computed once per step (``set_base``) and a candidate
+  in layer i only runs layers i.. . The earlier layers are skipped on the instance and layer i gets
+  the stored tensor; the model's own forward still builds masks, positions and Zamba2's embedding
+  input, so this needs no per-family code.
+- **Early stop.** The NLL sum only grows from batch to batch (every term is >= 0), so a candidate
+  whose partial sum already exceeds ``bound`` (the best complete candidate) cannot win and stops.
+
+Work is counted in layer-forward token passes: one layer run over one token is 1.
+Batches are fixed (``batch_size`` windows each, in order) and sums are accumulated per batch in the
+same order as :func:`shedder.perplexity.perplexity`, so results are bit-identical to it.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapters import describe_model
+from .calibration import Windows
+from .catalogue import Component
+from .errors import ShedderError
+from .masks import _Edits, _passthrough, masked
+from .perplexity import model_device, window_nll
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    component: Component | None
+    nll_sum: float  # complete sum, or the partial sum when stopped early
+    complete: bool
+    windows_done: int
+    n_windows: int
+    seq_len: int
+
+    @property
+    def ppl(self) -> float | None:
+        """Perplexity, or None when evaluation stopped early (see ``ppl_lower_bound``)."""
+        return math.exp(self.nll_sum / (self.n_windows * (self.seq_len - 1))) if self.complete else None
+
+    @property
+    def ppl_lower_bound(self) -> float:
+        """A lower bound on the perplexity (equal to it when complete)."""
+        return math.exp(self.nll_sum / (self.n_windows * (self.seq_len - 1)))
+
+
+@contextmanager
+def start_at_layer(model: nn.Module, start: int, holder: dict):
+    """Skip layers before ``start`` and feed layer ``start`` the tensor in ``holder["hidden"]``."""
+    adapter, layers = describe_model(model)
+    edits = _Edits()
+    handle = None
+    try:
+        for parts in layers[:start]:
+            edits.override_forward(parts.layer, _passthrough(parts.layer, adapter.block_output))
+
+        def inject(module, args, kwargs):
+            if "hidden_states" in kwargs:
+                return args, {**kwargs, "hidden_states": holder["hidden"]}
+            return (holder["hidden"], *args[1:]), kwargs
+
+        handle = layers[start].layer.register_forward_pre_hook(inject, with_kwargs=True)
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        edits.undo_all()
+
+
+class Evaluator:
+    """NLL sums of candidate removals on top of a base plan, over fixed calibration batches."""
+
+    def __init__(self, model: nn.Module, windows: Windows, batch_size: int = 8,
+                 channel_group_size: int | None = None, channel_reorder: str | None = None,
+                 state_budget_bytes: int | None = None, prefix_reuse: bool = True):
+        if len(windows) == 0:
+            raise ShedderError("No calibration windows.")
+        self.model = model
+        self.windows = windows
+        self.batches = [windows.ids[i:i + batch_size] for i in range(0, len(windows), batch_size)]
+        self.grouping = dict(channel_group_size=channel_group_size, channel_reorder=channel_reorder)
+        self.n_layers = len(describe_model(model)[1])
+        self.state_budget_bytes = state_budget_bytes
+        self.prefix_reuse = prefix_reuse
+        self.work = 0  # layer-forward token passes so far
+        self.base: list[Component] = []
+        self._states: dict[int, list[torch.Tensor]] = {}  # layer -> per-batch input hidden states
+
+    # -- work accounting -------------------------------------------------------------------------
+    def _layers_run(self, removed: list[Component], start: int) -> int:
+        skipped = {c.layer for c in removed if c.kind == "block"}
+        return sum(1 for layer in range(start, self.n_layers) if layer not in skipped)
+
+    def _count(self, removed: list[Component], start: int, batch: torch.Tensor) -> None:
+        self.work += self._layers_run(removed, start) * batch.numel()
+
+    # -- base states -----------------------------------------------------------------------------
+    def _checkpoint_layers(self) -> list[int]:
+        """Which layers' inputs to keep: all of them, or every k-th when the budget is too small."""
+        hidden = self.model.config.hidden_size
+        per_layer = sum(b.numel() for b in self.batches) * hidden * 4  # float32 upper bound
+        if self.state_budget_bytes is None or per_layer * self.n_layers <= self.state_budget_bytes:
+            return list(range(self.n_layers))
+        stride = max(1, math.ceil(per_layer * self.n_layers / max(self.state_budget_bytes, per_layer)))
+        return list(range(0, self.n_layers, stride))
+
+    def set_base(self, base: list[Component]) -> None:
+        """Run the base plan once over all batches, keeping the hidden states entering each layer."""
+        self.base = list(base)
+        self._states = {}
+        if not self.prefix_reuse:
+            return
+        keep = self._checkpoint_layers()
+        _, layers = describe_model(self.model)
+        captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in keep}
+        handles = []
+
+        def capture(layer_index):
+            def hook(module, args, kwargs):
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                captured[layer_index].append(hidden.detach().clone())
+            return hook
+
+        try:
+            for layer in keep:
+                handles.append(layers[layer].layer.register_forward_pre_hook(capture(layer), with_kwargs=True))
+            with masked(self.model, self.base, **self.grouping), torch.no_grad():
+                for batch in self.batches:
+                    self.model(input_ids=batch.to(model_device(self.model)), use_cache=False)
+                    self._count(self.base, 0, batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._states = captured
+
+    def _start_for(self, layer: int) -> int:
+        """The latest stored layer input at or before ``layer``."""
+        return max(k for k in self._states if k <= layer)
+
+    # -- candidates ------------------------------------------------------------------------------
+    def evaluate(self, candidate: Component | None, bound: float = math.inf) -> CandidateResult:
+        """NLL sum of ``base + [candidate]``; stops once the partial sum exceeds ``bound``."""
+        removed = self.base + ([candidate] if candidate is not None else [])
+        start = self._start_for(candidate.layer) if (candidate is not None and self._states) else 0
+        total = torch.zeros((), dtype=torch.float64)
+        done = 0
+        holder: dict = {}
+        with masked(self.model, removed, **self.grouping):
+            context = start_at_layer(self.model, start, holder) if start > 0 else _nothing()
+            with context:
+                for b, batch in enumerate(self.batches):
+                    if start > 0:
+                        holder["hidden"] = self._states[start][b]
+                    total += window_nll(self.model, batch).sum()
+                    self._count(removed, start, batch)
+                    done += batch.shape[0]
+                    if float(total) > bound:
+                        break
+        complete = done == len(self.windows)
+        return CandidateResult(candidate, float(total), complete, done, len(self.windows), self.windows.seq_len)
+
+
+@contextmanager
+def _nothing():
+    yield

@@ -1,0 +1,112 @@
+"""The Mamba-Shedder reference code's pruning-config format, both ways.
+
+The reference writes ``{"pruned_mamba_block_idx": [...], "pruned_ssm_idx": [...], "pruned_mha_idx": [...],
+"pruned_mlp_idx": [...], "pruned_mlp_channels": {"<mlp>": kept_width, ...}}`` (Hymba also uses
+``pruned_hymba_block_idx``, ``pruned_self_attn_idx``, ``pruned_moe_idx``). Indices count the layers that
+hold that kind, in order (for Mamba and Mamba-2 that is the layer index; for Zamba2's attention, the
+n-th hybrid layer). ``pruned_mlp_channels`` gives, per MLP, the number of intermediate channels that
+*remain*; the removed ones are the tail (after the optional L1 reordering), i.e. our last groups.
+The format has no head groups and no removal order across kinds; imports list blocks, attention,
+MLPs, channel groups, then SSMs (the paper's hybrid stage order).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .adapters import describe_model
+from .catalogue import Catalogue, Component, channel_groups
+from .errors import ShedderError
+from .identity import model_fingerprint
+from .masks import catalogue_of
+from .plan import Plan
+
+KEY_TO_KIND = {
+    "pruned_mamba_block_idx": "block",
+    "pruned_hymba_block_idx": "block",
+    "pruned_mha_idx": "attn",
+    "pruned_self_attn_idx": "attn",
+    "pruned_mlp_idx": "mlp",
+    "pruned_moe_idx": "mlp",
+    "pruned_ssm_idx": "ssm",
+}
+EXPORT_KEYS = {"block": "pruned_mamba_block_idx", "attn": "pruned_mha_idx", "mlp": "pruned_mlp_idx",
+               "ssm": "pruned_ssm_idx"}
+CHANNELS_KEY = "pruned_mlp_channels"
+
+
+def is_reference_config(data: object) -> bool:
+    return isinstance(data, dict) and any(k in data for k in (*KEY_TO_KIND, CHANNELS_KEY))
+
+
+def _layers_holding(catalogue: Catalogue, kind: str) -> list[int]:
+    return sorted({c.layer for c in catalogue.components([kind])})
+
+
+def _dense_mlp_groups(model: nn.Module, catalogue: Catalogue, channel_reorder: str | None) -> dict[int, list[int]]:
+    """Layer of each dense MLP -> channel count of each of its groups."""
+    _, layers = describe_model(model)
+    return {layer: [len(g) for g in channel_groups(layers[layer], catalogue.channel_group_size, channel_reorder)]
+            for layer in _layers_holding(catalogue, "mlp_channels")}
+
+
+def from_reference(data: dict, model: nn.Module, channel_group_size: int | None = None,
+                   channel_reorder: str | None = None) -> Plan:
+    """A plan for ``model`` from a reference pruning config."""
+    catalogue = catalogue_of(model, channel_group_size)
+    unknown = [k for k in data if k not in KEY_TO_KIND and k != CHANNELS_KEY]
+    if unknown:
+        raise ShedderError(f"Unknown key(s) in the reference config: {', '.join(unknown)}.")
+    by_kind: dict[str, list[Component]] = {"block": [], "attn": [], "mlp": [], "mlp_channels": [], "ssm": []}
+    for key, kind in KEY_TO_KIND.items():
+        holders = _layers_holding(catalogue, kind)
+        for ordinal in data.get(key, []):
+            if not isinstance(ordinal, int) or not 0 <= ordinal < len(holders):
+                raise ShedderError(f"{key}: {ordinal!r} is not one of the model's {len(holders)} '{kind}' "
+                                   f"components (0..{len(holders) - 1}).")
+            by_kind[kind].append(Component(kind, holders[ordinal]))
+    groups = _dense_mlp_groups(model, catalogue, channel_reorder)
+    mlp_layers = list(groups)
+    for ordinal, kept in (data.get(CHANNELS_KEY) or {}).items():
+        if not str(ordinal).isdigit() or int(ordinal) >= len(mlp_layers):
+            raise ShedderError(f"{CHANNELS_KEY}: MLP {ordinal!r} does not exist (this model has {len(mlp_layers)} "
+                               "MLPs with channel groups).")
+        layer = mlp_layers[int(ordinal)]
+        sizes = groups[layer]
+        to_remove, index = sum(sizes) - int(kept), len(sizes)
+        while to_remove > 0 and index > 0:
+            index -= 1
+            to_remove -= sizes[index]
+            by_kind["mlp_channels"].append(Component("mlp_channels", layer, index))
+        if to_remove != 0 or int(kept) <= 0:
+            raise ShedderError(f"{CHANNELS_KEY}: keeping {kept} of {sum(sizes)} channels in MLP {ordinal} is not a "
+                               f"whole number of groups of {catalogue.channel_group_size}; pass the group size the "
+                               "config was made with (--channel-group-size).")
+    removed = [c for kind in ("block", "attn", "mlp", "mlp_channels", "ssm") for c in by_kind[kind]]
+    return Plan(removed, catalogue.model_type, catalogue.n_layers, model_fingerprint(model),
+                catalogue.channel_group_size, channel_reorder)
+
+
+def to_reference(plan: Plan, model: nn.Module) -> dict:
+    """The reference config for ``plan``; refuses what the format cannot express."""
+    plan.check(model)
+    catalogue = catalogue_of(model, plan.channel_group_size)
+    out: dict = {key: [] for kind, key in EXPORT_KEYS.items() if catalogue.components([kind])}
+    removed_groups: dict[int, set[int]] = {}
+    for c in plan.removed:
+        if c.kind in EXPORT_KEYS:
+            out[EXPORT_KEYS[c.kind]].append(_layers_holding(catalogue, c.kind).index(c.layer))
+        elif c.kind == "mlp_channels":
+            removed_groups.setdefault(c.layer, set()).add(c.index)
+        else:
+            raise ShedderError(f"{c}: the reference format cannot express {c.kind}; export our format instead.")
+    if removed_groups:
+        groups = _dense_mlp_groups(model, catalogue, plan.channel_reorder)
+        kept = {}
+        for ordinal, (layer, sizes) in enumerate(groups.items()):
+            gone = removed_groups.get(layer, set())
+            if gone != set(range(len(sizes) - len(gone), len(sizes))):
+                raise ShedderError(f"Layer {layer}: removed channel groups {sorted(gone)} are not the last groups; "
+                                   "the reference format only removes channels from the end.")
+            kept[str(ordinal)] = sum(sizes) - sum(sizes[i] for i in gone)
+        out[CHANNELS_KEY] = kept
+    return out

@@ -1,0 +1,153 @@
+"""Leave-one-out sensitivity, and cheap proxies for it (clearly labelled as proxies).
+
+``score``: for every component of the chosen kinds, the calibration perplexity with that component
+removed on top of a base plan, and its change from the base (exact; prefix reuse, no early stop).
+
+Proxies:
+- ``block_influence`` (blocks): 1 - cosine similarity between a layer's input and output hidden
+  states, averaged over calibration tokens (ShortGPT's Block Influence). Low = the layer changes little.
+- ``weight_magnitude`` (heads, channel groups): the Frobenius norm of the group's columns of its
+  output projection (o_proj, out_proj, down_proj). Low = the group can only write small values.
+- ``spearman``: rank correlation of each proxy with the perplexity score over the same components.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .adapters import describe_model
+from .calibration import Windows
+from .catalogue import Component, channel_groups
+from .evaluator import Evaluator
+from .masks import catalogue_of, masked
+from .perplexity import model_device
+from .ssm_layout import mamba2_layout
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Score:
+    component: Component
+    ppl: float
+    delta: float  # ppl - base ppl
+
+    def to_dict(self) -> dict:
+        return {**self.component.to_dict(), "ppl": self.ppl, "delta": self.delta}
+
+
+def score(model: nn.Module, windows: Windows, kinds: list[str], base: list[Component] = (), batch_size: int = 8,
+          channel_group_size: int | None = None, channel_reorder: str | None = None,
+          progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+          state_budget_bytes: int | None = None) -> tuple[float, list[Score], int]:
+    """(base perplexity, per-component scores in catalogue order, work in layer-token passes)."""
+    catalogue = catalogue_of(model, channel_group_size)
+    base = list(base)
+    done = set(base)
+    components = [c for c in catalogue.components(kinds) if c not in done]
+    evaluator = Evaluator(model, windows, batch_size, channel_group_size, channel_reorder, state_budget_bytes)
+    evaluator.set_base(base)
+    base_ppl = evaluator.evaluate(None).ppl
+    scores = []
+    for n, component in enumerate(components):
+        if should_stop is not None and should_stop():
+            break
+        ppl = evaluator.evaluate(component).ppl
+        scores.append(Score(component, ppl, ppl - base_ppl))
+        if progress is not None:
+            progress(n + 1, len(components))
+    return base_ppl, scores, evaluator.work
+
+
+@torch.no_grad()
+def block_influence(model: nn.Module, windows: Windows, base: list[Component] = (), batch_size: int = 8
+                    ) -> dict[Component, float]:
+    """1 - cos(input, output) per layer, averaged over all calibration tokens, under ``base``."""
+    catalogue = catalogue_of(model)
+    _, layers = describe_model(model)
+    sums = torch.zeros(len(layers), dtype=torch.float64)
+    count = 0
+    handles = []
+
+    def hook(index):
+        def record(module, args, kwargs, out):
+            hidden_in = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            hidden_out = out[0] if isinstance(out, tuple) else out
+            cos = torch.nn.functional.cosine_similarity(hidden_in.float(), hidden_out.float(), dim=-1)
+            sums[index] += (1 - cos).double().sum().cpu()
+        return record
+
+    try:
+        for parts in layers:
+            handles.append(parts.layer.register_forward_hook(hook(parts.index), with_kwargs=True))
+        with masked(model, base):
+            for start in range(0, len(windows), batch_size):
+                batch = windows.ids[start:start + batch_size]
+                model(input_ids=batch.to(model_device(model)), use_cache=False)
+                count += batch.numel()
+    finally:
+        for handle in handles:
+            handle.remove()
+    blocks = {c.layer: c for c in catalogue.components(["block"])}
+    return {blocks[i]: float(sums[i] / count) for i in blocks}
+
+
+@torch.no_grad()
+def weight_magnitude(model: nn.Module, channel_group_size: int | None = None, channel_reorder: str | None = None
+                     ) -> dict[Component, float]:
+    """Frobenius norm of each head's / channel group's columns of its output projection."""
+    catalogue = catalogue_of(model, channel_group_size)
+    _, layers = describe_model(model)
+    out = {}
+    for c in catalogue.components(["attn_heads", "ssm_heads", "mlp_channels"]):
+        parts = layers[c.layer]
+        if c.kind == "attn_heads":
+            hd = parts.attn_head_dim
+            columns = parts.attn.o_proj.weight[:, c.index * hd:(c.index + 1) * hd]
+        elif c.kind == "ssm_heads":
+            columns = parts.ssm.out_proj.weight[:, mamba2_layout(parts.ssm).head(c.index)]
+        else:
+            group = channel_groups(parts, catalogue.channel_group_size, channel_reorder)[c.index]
+            columns = parts.mlp_down.weight[:, group.to(parts.mlp_down.weight.device)]
+        out[c] = float(columns.float().norm())
+    return out
+
+
+def _ranks(values: list[float]) -> torch.Tensor:
+    """Ranks from 1, ties given their average rank."""
+    x = torch.tensor(values, dtype=torch.float64)
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(1, len(values) + 1, dtype=torch.float64)
+    for value in torch.unique(x):
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman rank correlation; None when undefined (fewer than 3 items or a constant side)."""
+    if len(a) != len(b) or len(a) < 3:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(ra.norm() * rb.norm())
+    return None if denominator == 0 else float((ra * rb).sum()) / denominator
+
+
+def proxy_agreement(scores: list[Score], proxies: dict[str, dict[Component, float]]) -> dict[str, dict]:
+    """Per proxy and kind: Spearman correlation with the perplexity score and how many components."""
+    by_component = {s.component: s.ppl for s in scores}
+    out: dict[str, dict] = {}
+    for name, values in proxies.items():
+        kinds = sorted({c.kind for c in values})
+        for kind in kinds:
+            shared = [c for c in values if c.kind == kind and c in by_component]
+            out.setdefault(name, {})[kind] = {
+                "spearman": spearman([values[c] for c in shared], [by_component[c] for c in shared]),
+                "n": len(shared),
+            }
+    return out

@@ -1,0 +1,256 @@
+"""The Mamba-Shedder greedy search: at every step remove the candidate whose removal gives the lowest
+calibration perplexity on top of what is already removed (ties: catalogue order), for K steps, in
+one or more stages of target kinds.
+
+Candidates follow the reference code: a component implied by an earlier removal is skipped (anything
+inside a removed block, heads of a removed attention, channel groups of a removed MLP), and MLP
+channel groups are removed from the tail: each MLP offers only its last remaining group, and never
+its final one (group order is channel order, or L1-norm order with ``channel_reorder="l1"``).
+
+A search writes to its output directory after every step (atomically): ``log.json`` (settings and,
+per step, every candidate's score, the pick, elapsed time and work), ``steps/step_NNN.json`` (the
+plan after that step) and ``plan.json`` (the latest plan). Re-running with the same settings
+continues after the last finished step.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from .calibration import Windows
+from .catalogue import KINDS, Catalogue, Component
+from .errors import ShedderError
+from .evaluator import CandidateResult, Evaluator
+from .identity import model_fingerprint
+from .masks import catalogue_of
+from .perplexity import perplexity
+from .plan import Plan
+
+log = logging.getLogger(__name__)
+
+LOG_VERSION = 1
+StepProgress = Callable[[dict], None]  # called with each finished step's record
+CandidateProgress = Callable[[int, int], None]  # (candidates done, candidates in this step)
+
+
+@dataclass(frozen=True)
+class Stage:
+    targets: tuple[str, ...]
+    steps: int
+
+    def __post_init__(self):
+        unknown = [t for t in self.targets if t not in KINDS]
+        if unknown or not self.targets:
+            raise ShedderError(f"Unknown target kind(s) {unknown or self.targets}; choose from {', '.join(KINDS)}.")
+        if self.steps < 0:
+            raise ShedderError("A stage needs a non-negative number of steps.")
+
+
+def parse_stages(text: str) -> list[Stage]:
+    """``"block,attn,mlp:3;mlp_channels:20;ssm:18"`` -> three stages."""
+    stages = []
+    for chunk in filter(None, (c.strip() for c in text.split(";"))):
+        targets, sep, steps = chunk.rpartition(":")
+        if not sep or not steps.strip().isdigit():
+            raise ShedderError(f"Stage {chunk!r} should look like 'kind1,kind2:steps'.")
+        stages.append(Stage(tuple(t.strip() for t in targets.split(",") if t.strip()), int(steps)))
+    if not stages:
+        raise ShedderError("No stages given.")
+    return stages
+
+
+def implied_by(removed: list[Component]) -> set[tuple[str, int]]:
+    """(kind, layer) pairs that earlier removals already make moot."""
+    implied = set()
+    for c in removed:
+        if c.kind == "block":
+            implied |= {(k, c.layer) for k in KINDS}
+        elif c.kind == "attn":
+            implied.add(("attn_heads", c.layer))
+        elif c.kind == "mlp":
+            implied.add(("mlp_channels", c.layer))
+    return implied
+
+
+def candidates_for(catalogue: Catalogue, removed: list[Component], targets: tuple[str, ...]) -> list[Component]:
+    """Remaining candidates of the target kinds, in catalogue order."""
+    done, implied = set(removed), implied_by(removed)
+    remaining = [c for c in catalogue.components(targets) if c not in done and (c.kind, c.layer) not in implied]
+    out = [c for c in remaining if c.kind != "mlp_channels"]
+    groups_left: dict[int, list[Component]] = {}
+    for c in remaining:
+        if c.kind == "mlp_channels":
+            groups_left.setdefault(c.layer, []).append(c)
+    for groups in groups_left.values():
+        if len(groups) > 1:  # the tail group; an MLP's last remaining group is never a candidate
+            out.append(max(groups, key=lambda c: c.index))
+    order = {c: i for i, c in enumerate(catalogue.components())}
+    return sorted(out, key=order.__getitem__)
+
+
+@dataclass
+class SearchSettings:
+    """Everything that determines a search's answer; a resumed search must match it."""
+
+    fingerprint: str
+    stages: list[list]
+    calib: str
+    n_windows: int
+    seq_len: int
+    seed: int | None
+    batch_size: int
+    channel_group_size: int
+    channel_reorder: str | None
+    base: list[dict] = field(default_factory=list)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _result_record(result: CandidateResult) -> dict:
+    record = {**result.component.to_dict(), "ppl": result.ppl}
+    if not result.complete:
+        record["ppl_lower_bound"] = result.ppl_lower_bound
+        record["windows_done"] = result.windows_done
+    return record
+
+
+def _evaluation_order(candidates: list[Component], previous: dict[Component, float]) -> list[Component]:
+    """Most promising first (previous step's scores, lower bounds included), then catalogue order."""
+    rank = {c: i for i, c in enumerate(candidates)}
+    return sorted(candidates, key=lambda c: (previous.get(c, math.inf), rank[c]))
+
+
+def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str | Path | None = None,
+           batch_size: int = 8, base: list[Component] = (), channel_group_size: int | None = None,
+           channel_reorder: str | None = None, early_stop: bool = True, prefix_reuse: bool = True,
+           state_budget_bytes: int | None = None, on_step: StepProgress | None = None,
+           on_candidate: CandidateProgress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run (or resume) the greedy search; returns the log (settings, steps, final ``removed``)."""
+    catalogue = catalogue_of(model, channel_group_size)
+    settings = SearchSettings(
+        fingerprint=model_fingerprint(model), stages=[[list(s.targets), s.steps] for s in stages],
+        calib=windows.source, n_windows=len(windows), seq_len=windows.seq_len, seed=windows.seed,
+        batch_size=batch_size, channel_group_size=catalogue.channel_group_size, channel_reorder=channel_reorder,
+        base=[c.to_dict() for c in base],
+    )
+    out = Path(out_dir) if out_dir is not None else None
+    record = _load_or_start(out, settings)
+    removed = list(base) + [Component.from_dict(s["removed"]) for s in record["steps"]]
+    evaluator = Evaluator(model, windows, batch_size, catalogue.channel_group_size, channel_reorder,
+                          state_budget_bytes, prefix_reuse)
+    rank = {c: i for i, c in enumerate(catalogue.components())}
+    previous = {Component.from_dict(r): r["ppl"] or r["ppl_lower_bound"]
+                for r in (record["steps"][-1]["candidates"] if record["steps"] else [])}
+    step_index = 0
+    for stage_index, stage in enumerate(stages):
+        for _ in range(stage.steps):
+            if step_index < len(record["steps"]):
+                step_index += 1
+                continue
+            if should_stop is not None and should_stop():
+                return record
+            candidates = candidates_for(catalogue, removed, stage.targets)
+            if not candidates:
+                log.info("Stage %d: no candidates left after %d steps.", stage_index, step_index)
+                break
+            started, work_before = time.perf_counter(), evaluator.work
+            evaluator.set_base(removed)
+            results: list[CandidateResult] = []
+            best: CandidateResult | None = None
+            for n, candidate in enumerate(_evaluation_order(candidates, previous)):
+                if should_stop is not None and should_stop():
+                    return record  # the unfinished step is dropped; a re-run redoes it
+                bound = best.nll_sum if (early_stop and best is not None) else math.inf
+                result = evaluator.evaluate(candidate, bound)
+                results.append(result)
+                if result.complete and (best is None or (result.nll_sum, rank[candidate]) < (best.nll_sum, rank[best.component])):
+                    best = result
+                if on_candidate is not None:
+                    on_candidate(n + 1, len(candidates))
+            removed.append(best.component)
+            step = {
+                "step": step_index, "stage": stage_index, "removed": best.component.to_dict(), "ppl": best.ppl,
+                "candidates": [_result_record(r) for r in sorted(results, key=lambda r: rank[r.component])],
+                "evaluated_fully": sum(r.complete for r in results), "seconds": time.perf_counter() - started,
+                "work": evaluator.work - work_before, "params_removed": sum(catalogue.params_of(c) for c in removed),
+            }
+            record["steps"].append(step)
+            previous = {r.component: r.ppl_lower_bound for r in results}
+            _save(out, record, removed, catalogue, channel_reorder, step_index)
+            if on_step is not None:
+                on_step(step)
+            step_index += 1
+    record["removed"] = [c.to_dict() for c in removed]
+    record["work"] = sum(s["work"] for s in record["steps"])
+    if out is not None:
+        _save(out, record, removed, catalogue, channel_reorder, step_index=None)
+    return record
+
+
+def _load_or_start(out: Path | None, settings: SearchSettings) -> dict:
+    fresh = {"version": LOG_VERSION, "settings": asdict(settings), "steps": []}
+    if out is None:
+        return fresh
+    path = out / "log.json"
+    if not path.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "steps").mkdir(exist_ok=True)
+        return fresh
+    record = json.loads(path.read_text(encoding="utf-8"))
+    theirs, ours = record.get("settings", {}), asdict(settings)
+    if record.get("version") != LOG_VERSION or theirs != ours:
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise ShedderError(f"{out} holds a search with other settings ({', '.join(diff) or 'version'}); "
+                           "use another --out, or the same settings to resume.")
+    log.info("Resuming from %s after %d finished steps.", out, len(record["steps"]))
+    return record
+
+
+def _save(out: Path | None, record: dict, removed: list[Component], catalogue: Catalogue,
+          channel_reorder: str | None, step_index: int | None) -> None:
+    """Write the plan after a step (and as plan.json) and the log; ``step_index=None``: plan.json only."""
+    if out is None:
+        return
+    plan = Plan(list(removed), catalogue.model_type, catalogue.n_layers, record["settings"]["fingerprint"],
+                catalogue.channel_group_size, channel_reorder,
+                extra={"steps": [{"step": s["step"], "removed": s["removed"], "ppl": s["ppl"]} for s in record["steps"]]})
+    if step_index is not None:
+        plan.save(out / "steps" / f"step_{step_index:03d}.json")
+        _write_json(out / "log.json", record)
+    plan.save(out / "plan.json")
+
+
+def naive_search(model: nn.Module, windows: Windows, stages: list[Stage], batch_size: int = 8,
+                 channel_group_size: int | None = None, channel_reorder: str | None = None) -> tuple[list[Component], int]:
+    """The reference procedure: every candidate masked and evaluated on the whole model over all
+    windows. Returns the removal order and the work in layer-forward token passes."""
+    catalogue = catalogue_of(model, channel_group_size)
+    removed: list[Component] = []
+    work, tokens = 0, windows.ids.numel()
+    for stage in stages:
+        for _ in range(stage.steps):
+            candidates = candidates_for(catalogue, removed, stage.targets)
+            if not candidates:
+                break
+            best, best_nll = None, math.inf
+            for candidate in candidates:  # catalogue order; strict < keeps the first of equals
+                plan = removed + [candidate]
+                result = perplexity(model, windows, plan, batch_size, channel_group_size=channel_group_size,
+                                    channel_reorder=channel_reorder)
+                blocks = {c.layer for c in plan if c.kind == "block"}
+                work += tokens * (catalogue.n_layers - len(blocks))
+                if result.nll_sum < best_nll:
+                    best, best_nll = candidate, result.nll_sum
+            removed.append(best)
+    return removed, work
