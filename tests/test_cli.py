@@ -95,3 +95,34 @@ def test_plan_round_trips_and_checks_layers(mamba2_dir, tmp_path):
     with pytest.raises(ShedderError, match="not valid JSON"):
         (tmp_path / "bad.json").write_text("{")
         Plan.load(tmp_path / "bad.json")
+
+
+def test_score_search_and_plan_convert_end_to_end(mamba2_dir, tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text(SAMPLE_TEXT, encoding="utf-8")
+    calib = ["--calib", str(text), "--tokens", "192", "--seq-len", "32", "--batch-size", "2"]
+    scored = shedder("score", "--model", str(mamba2_dir), "--kinds", "block,ssm", *calib,
+                     "--out", str(tmp_path / "scores.json"), cache=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert len(scores["scores"]) == 6 and scores["base_ppl"] > 1
+    assert {"kind", "layer", "ppl", "delta"} <= set(scores["scores"][0])
+    assert scores["proxy_spearman"]["block_influence"]["block"]["n"] == 3
+
+    run = ["search", "--model", str(mamba2_dir), "--targets", "block,ssm", "--steps", "2", *calib,
+           "--out", str(tmp_path / "run")]
+    searched = shedder(*run, cache=tmp_path)
+    assert searched.returncode == 0, searched.stderr
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert len(plan["removed"]) == 2 and plan["format"] == "shedder-plan"
+    again = shedder(*run, cache=tmp_path)  # finished: resumes, changes nothing
+    assert again.returncode == 0 and json.loads((tmp_path / "run" / "plan.json").read_text())["removed"] == plan["removed"]
+
+    to_ref = shedder("plan-convert", "--model", str(mamba2_dir), "--in", str(tmp_path / "run" / "plan.json"),
+                     "--out", str(tmp_path / "ref.json"), cache=tmp_path)
+    assert to_ref.returncode == 0, to_ref.stderr
+    back = shedder("plan-convert", "--model", str(mamba2_dir), "--in", str(tmp_path / "ref.json"),
+                   "--out", str(tmp_path / "back.json"), cache=tmp_path)
+    assert back.returncode == 0, back.stderr
+    assert {json.dumps(c, sort_keys=True) for c in json.loads((tmp_path / "back.json").read_text())["removed"]} == \
+        {json.dumps(c, sort_keys=True) for c in plan["removed"]}
