@@ -17,6 +17,7 @@ same order as :func:`shedder.perplexity.perplexity`, so results are bit-identica
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -106,9 +107,12 @@ class Evaluator:
         """Which layers' inputs to keep: all of them, or every k-th when the budget is too small."""
         hidden = self.model.config.hidden_size
         per_layer = sum(b.numel() for b in self.batches) * hidden * 4  # float32 upper bound
-        if self.state_budget_bytes is None or per_layer * self.n_layers <= self.state_budget_bytes:
+        budget = self.state_budget_bytes
+        if budget is None:
+            budget = default_state_budget(model_device(self.model))
+        if per_layer * self.n_layers <= budget:
             return list(range(self.n_layers))
-        stride = max(1, math.ceil(per_layer * self.n_layers / max(self.state_budget_bytes, per_layer)))
+        stride = max(1, math.ceil(per_layer * self.n_layers / max(budget, per_layer)))
         return list(range(0, self.n_layers, stride))
 
     def set_base(self, base: list[Component]) -> None:
@@ -165,6 +169,17 @@ class Evaluator:
                         break
         complete = done == len(self.windows)
         return CandidateResult(candidate, float(total), complete, done, len(self.windows), self.windows.seq_len)
+
+
+def default_state_budget(device: torch.device) -> int:
+    """Memory for stored layer inputs: 40% of free GPU memory, or a quarter of the machine's RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.4)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
 
 
 @contextmanager
