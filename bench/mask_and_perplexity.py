@@ -61,7 +61,7 @@ def main() -> None:
             times.append((time.perf_counter() - start) * 1e3)
         mask_ms[kind] = round(statistics.median(times), 4)
 
-    perplexity(model, windows.__class__(windows.ids[:1], windows.source, None))  # warm-up
+    perplexity(model, windows.__class__(windows.ids[: args.batch_size], windows.source, None), batch_size=args.batch_size)  # warm-up
     runs = {}
     for label, removed in [("dense", [])] + [(k, [c]) for k, c in first_of_kind.items()]:
         times, result = [], None

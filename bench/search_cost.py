@@ -21,9 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shedder.calibration import calibration_windows, cut_windows  # noqa: E402
+from shedder.calibration import Windows, calibration_windows, cut_windows  # noqa: E402
 from shedder.catalogue import Component  # noqa: E402
 from shedder.loading import load_model, resolve_device, resolve_dtype  # noqa: E402
+from shedder.perplexity import perplexity  # noqa: E402
 from shedder.search import Stage, naive_search, search  # noqa: E402
 
 
@@ -69,6 +70,8 @@ def main() -> None:
         name = args.model
     stages = [Stage(tuple(args.targets.split(",")), args.steps)]
 
+    # warm-up: kernels compile and autotune for this batch shape before anything is timed
+    perplexity(model, Windows(windows.ids[: args.batch_size], windows.source, None), batch_size=args.batch_size)
     sync(device)
     start = time.perf_counter()
     fast = search(model, windows, stages, batch_size=args.batch_size)
