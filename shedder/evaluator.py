@@ -149,17 +149,26 @@ class Evaluator:
         return max(k for k in self._states if k <= layer)
 
     # -- candidates ------------------------------------------------------------------------------
-    def evaluate(self, candidate: Component | None, bound: float = math.inf) -> CandidateResult:
-        """NLL sum of ``base + [candidate]``; stops once the partial sum exceeds ``bound``."""
+    def evaluate(self, candidate: Component | None, bound: float = math.inf,
+                 resume: CandidateResult | None = None) -> CandidateResult:
+        """NLL sum of ``base + [candidate]``; stops once the partial sum exceeds ``bound``.
+
+        ``resume``: an earlier, stopped evaluation of the same candidate to continue from; the sum
+        goes on in the same batch order, so the result is the same as evaluating in one go.
+        """
         removed = self.base + ([candidate] if candidate is not None else [])
         start = self._start_for(candidate.layer) if (candidate is not None and self._states) else 0
         total = torch.zeros((), dtype=torch.float64)
         done = 0
+        if resume is not None:
+            total += resume.nll_sum
+            done = resume.windows_done
+        first_batch = math.ceil(done / self.batches[0].shape[0])
         holder: dict = {}
         with masked(self.model, removed, **self.grouping):
             context = start_at_layer(self.model, start, holder) if start > 0 else _nothing()
             with context:
-                for b, batch in enumerate(self.batches):
+                for b, batch in enumerate(self.batches[first_batch:], start=first_batch):
                     if start > 0:
                         holder["hidden"] = self._states[start][b]
                     total += window_nll(self.model, batch).sum()

@@ -125,12 +125,6 @@ def _result_record(result: CandidateResult) -> dict:
     return record
 
 
-def _evaluation_order(candidates: list[Component], previous: dict[Component, float]) -> list[Component]:
-    """Most promising first (previous step's scores, lower bounds included), then catalogue order."""
-    rank = {c: i for i, c in enumerate(candidates)}
-    return sorted(candidates, key=lambda c: (previous.get(c, math.inf), rank[c]))
-
-
 def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str | Path | None = None,
            batch_size: int = 8, base: list[Component] = (), channel_group_size: int | None = None,
            channel_reorder: str | None = None, early_stop: bool = True, prefix_reuse: bool = True,
@@ -150,8 +144,6 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
     evaluator = Evaluator(model, windows, batch_size, catalogue.channel_group_size, channel_reorder,
                           state_budget_bytes, prefix_reuse)
     rank = {c: i for i, c in enumerate(catalogue.components())}
-    previous = {Component.from_dict(r): r["ppl"] or r["ppl_lower_bound"]
-                for r in (record["steps"][-1]["candidates"] if record["steps"] else [])}
     step_index = 0
     for stage_index, stage in enumerate(stages):
         for _ in range(stage.steps):
@@ -166,13 +158,17 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
                 break
             started, work_before = time.perf_counter(), evaluator.work
             evaluator.set_base(removed)
+            # Screening: every candidate's first batch (part of its exact sum anyway) orders the full
+            # evaluations, so a strong bound is found early and the rest can stop early.
+            screened = {c: evaluator.evaluate(c, bound=-math.inf) for c in candidates} if early_stop else {}
+            order = sorted(candidates, key=lambda c: (screened[c].nll_sum, rank[c])) if early_stop else candidates
             results: list[CandidateResult] = []
             best: CandidateResult | None = None
-            for n, candidate in enumerate(_evaluation_order(candidates, previous)):
+            for n, candidate in enumerate(order):
                 if should_stop is not None and should_stop():
                     return record  # the unfinished step is dropped; a re-run redoes it
                 bound = best.nll_sum if (early_stop and best is not None) else math.inf
-                result = evaluator.evaluate(candidate, bound)
+                result = evaluator.evaluate(candidate, bound, resume=screened.get(candidate))
                 results.append(result)
                 if result.complete and (best is None or (result.nll_sum, rank[candidate]) < (best.nll_sum, rank[best.component])):
                     best = result
@@ -186,7 +182,6 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
                 "work": evaluator.work - work_before, "params_removed": sum(catalogue.params_of(c) for c in removed),
             }
             record["steps"].append(step)
-            previous = {r.component: r.ppl_lower_bound for r in results}
             _save(out, record, removed, catalogue, channel_reorder, step_index)
             if on_step is not None:
                 on_step(step)
