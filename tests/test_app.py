@@ -35,3 +35,12 @@ def test_bad_model_folder_shows_an_error_not_a_traceback(tmp_path):
     at.run()
     assert not at.exception
     assert "no config.json" in at.error[0].value
+
+
+def test_opens_on_the_embedded_demo_model_by_default():
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["architecture"] == "mamba2" and metrics["layers"] == "12"
+    assert 5 < float(metrics["perplexity"]) < 500
