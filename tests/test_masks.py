@@ -63,32 +63,23 @@ def test_block_returns_its_input(family):
     assert not torch.equal(masked_logits, logits(model, token_ids()))
 
 
-@pytest.mark.parametrize("family", MAMBA2_PLAIN)
-def test_mamba2_ssm_removal_is_y_equals_x_by_hand(family):
+BY_HAND = [(f, mamba2_without_scan) for f in MAMBA2_PLAIN] + [(f, mamba1_without_scan) for f in MAMBA1]
+
+
+@pytest.mark.parametrize("family,reference", BY_HAND, ids=[f for f, _ in BY_HAND])
+def test_ssm_removal_matches_the_hand_computation(family, reference):
+    """Mamba-2: y = x (no D term), then gated norm with z and out_proj; Mamba-1: y = x * silu(z)."""
     model = build(family)
     layer = first_layer_with(model, "ssm")
     mixer = parts_of(model, layer).ssm
     hidden = torch.randn(2, 11, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        expected = mamba2_without_scan(mixer, hidden)
+        expected = reference(mixer, hidden)
         with masked(model, [Component("ssm", layer)]):
             actual = mixer(hidden)
         dense = mixer(hidden)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(dense, expected, atol=1e-3)
-
-
-@pytest.mark.parametrize("family", MAMBA1)
-def test_mamba1_ssm_removal_is_x_times_silu_z_by_hand(family):
-    model = build(family)
-    layer = first_layer_with(model, "ssm")
-    mixer = parts_of(model, layer).ssm
-    hidden = torch.randn(2, 11, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        expected = mamba1_without_scan(mixer, hidden)
-        with masked(model, [Component("ssm", layer)]):
-            actual = mixer(hidden)
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(dense, expected, rtol=1e-5, atol=1e-6)  # the check can tell the two apart
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "llama"])
