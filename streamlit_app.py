@@ -6,5 +6,8 @@ import streamlit as st
 st.set_page_config(page_title="shedder", layout="wide")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
-pages = [st.Page("pages/model.py", title="Model", default=True)]
+pages = [
+    st.Page("pages/model.py", title="Model", default=True),
+    st.Page("pages/sensitivity.py", title="Sensitivity"),
+]
 st.navigation(pages).run()

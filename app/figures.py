@@ -42,3 +42,31 @@ def parameter_breakdown(summary: dict[str, dict[str, int]], total: int) -> go.Fi
     ))
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=30), yaxis_title="parameters")
     return fig
+
+
+def sensitivity_heatmap(layers: int, kinds: list[str], values: dict[tuple[str, int], float],
+                        hover: dict[tuple[str, int], str], title: str) -> go.Figure:
+    """Layers (x) by component kind (y); empty cells where a layer has no such component."""
+    z = [[values.get((kind, layer)) for layer in range(layers)] for kind in kinds]
+    text = [[hover.get((kind, layer), "not in this layer") for layer in range(layers)] for kind in kinds]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(layers)), y=kinds, text=text, hovertemplate="%{text}<extra></extra>",
+        colorscale="YlOrRd", colorbar=dict(title=title), xgap=2, ygap=2,
+    ))
+    fig.update_layout(height=120 + 45 * len(kinds), margin=dict(l=10, r=10, t=10, b=30),
+                      xaxis=dict(title="layer", dtick=max(1, layers // 16)))
+    return fig
+
+
+def group_heatmap(layers: list[int], groups: int, values: dict[tuple[int, int], float],
+                  hover: dict[tuple[int, int], str], title: str) -> go.Figure:
+    """Layers (y) by group index (x) for heads or channel groups."""
+    z = [[values.get((layer, g)) for g in range(groups)] for layer in layers]
+    text = [[hover.get((layer, g), "") for g in range(groups)] for layer in layers]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(groups)), y=[str(layer) for layer in layers], text=text,
+        hovertemplate="%{text}<extra></extra>", colorscale="YlOrRd", colorbar=dict(title=title),
+    ))
+    fig.update_layout(height=120 + 22 * len(layers), margin=dict(l=10, r=10, t=10, b=30),
+                      xaxis_title="group", yaxis_title="layer")
+    return fig

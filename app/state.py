@@ -50,3 +50,33 @@ def dense_perplexity(choice: ModelChoice, calib: str, tokens: int, seq_len: int)
     result = perplexity(model, windows, batch_size=4, progress=lambda d, t: bar.progress(d / t, text=f"Perplexity: {d}/{t} windows"))
     bar.empty()
     return result.to_dict()
+
+
+def sensitivity(choice: ModelChoice, kinds: tuple[str, ...], calib: str, tokens: int, seq_len: int,
+                progress=None, compute: bool = False) -> dict | None:
+    """Leave-one-out scores and proxies, kept on disk by model fingerprint and settings.
+
+    Without ``compute``: the stored result, or None. With it: measured now, and stored."""
+    from shedder import result_cache
+    from shedder.identity import model_fingerprint
+    from shedder.scoring import block_influence, proxy_agreement, score, weight_magnitude
+
+    model, tokenizer = loaded(choice)
+    key = {"fingerprint": model_fingerprint(model), "kinds": sorted(kinds), "calib": calib, "tokens": tokens,
+           "seq_len": seq_len, "version": 1}
+    if not compute:
+        return result_cache.load("sensitivity", key)
+    windows = calibration_windows(calib, tokenizer, seq_len, tokens)
+    base_ppl, scores, work = score(model, windows, list(kinds), batch_size=4, progress=progress)
+    proxies = {}
+    if "block" in kinds:
+        proxies["block influence (1 - cos)"] = block_influence(model, windows, batch_size=4)
+    if {"attn_heads", "ssm_heads", "mlp_channels"} & set(kinds):
+        proxies["weight magnitude"] = weight_magnitude(model)
+    result = {
+        "base_ppl": base_ppl, "work": work, "scores": [s.to_dict() for s in scores],
+        "proxies": {name: [{**c.to_dict(), "value": v} for c, v in values.items()] for name, values in proxies.items()},
+        "agreement": proxy_agreement(scores, proxies),
+    }
+    result_cache.save("sensitivity", key, result)
+    return result

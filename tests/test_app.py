@@ -44,3 +44,25 @@ def test_opens_on_the_embedded_demo_model_by_default():
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["architecture"] == "mamba2" and metrics["layers"] == "12"
     assert 5 < float(metrics["perplexity"]) < 500
+
+
+def test_sensitivity_page_computes_caches_and_switches_to_a_proxy(bamba_dir, tmp_path):
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.session_state["model_choice"] = ModelChoice(str(bamba_dir))
+    at.switch_page("pages/sensitivity.py").run()
+    assert not at.exception, at.exception
+    assert "Press Compute" in at.info[0].value
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert float(at.metric[0].value) > 1
+    table = at.dataframe[-1].value
+    assert set(table["kind"]) == {"block", "ssm", "attn", "mlp"} and len(table) == 3 + 2 + 1 + 3
+    assert list(table["ppl"]) == sorted(table["ppl"])
+    colour = next(r for r in at.main.radio if r.label == "Colour by")
+    colour.set_value("block influence (1 - cos)").run()
+    assert not at.exception, at.exception
+    assert at.main.radio[0].value == "block influence (1 - cos)"
+    again = AppTest.from_file(APP, default_timeout=60)  # a new session finds the stored result
+    again.session_state["model_choice"] = ModelChoice(str(bamba_dir))
+    again.switch_page("pages/sensitivity.py").run()
+    assert not again.info and again.button[0].label == "Recompute"
