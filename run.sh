@@ -29,7 +29,8 @@ case "${1:-app}" in
   app)
     setup
     exec "$VENV/bin/python" -m streamlit run streamlit_app.py --server.address "${SHEDDER_ADDRESS:-127.0.0.1}" \
-      --server.port "${SHEDDER_PORT:-8501}" --server.headless true --browser.gatherUsageStats false ;;
+      --server.port "${SHEDDER_PORT:-8501}" --server.headless true --browser.gatherUsageStats false \
+      --client.toolbarMode minimal ;;
   test)
     setup
     shift

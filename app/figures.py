@@ -27,7 +27,7 @@ def architecture_strip(roles: list[str]) -> go.Figure:
     fig.update_layout(
         barmode="overlay", bargap=0.08, height=170, margin=dict(l=10, r=10, t=10, b=30),
         yaxis=dict(visible=False), xaxis=dict(title="layer", dtick=max(1, len(roles) // 16)),
-        legend=dict(orientation="h", y=1.25),
+        legend=dict(orientation="h", y=1.25), showlegend=True,
     )
     return fig
 

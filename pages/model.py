@@ -40,8 +40,9 @@ right.dataframe(
                    "share": f"{v['params'] / cat.total_params:.1%}"} for k, v in summary.items()]),
     hide_index=True, width="stretch",
 )
-right.caption("Parameters each kind would free if physically removed (group kinds: all groups together). "
-              f"MLP channel groups hold {cat.channel_group_size} channels.")
+groups_note = (f" MLP channel groups hold {cat.channel_group_size} channels." if "mlp_channels" in summary else "")
+right.caption("Parameters each kind would free if physically removed (group kinds: all groups together)."
+              + groups_note)
 
 st.subheader("Dense perplexity")
 c1, c2, c3 = st.columns(3)
