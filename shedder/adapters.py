@@ -7,7 +7,9 @@ neither needs to know any family.
 Zamba2 shares its transformer blocks between several hybrid layers. The shared weights are never
 edited by a mask and never counted as freed: removing the shared block at one hybrid layer
 zeroes that layer's own ``linear`` projection of the shared block's output (the only per-layer
-weight on that path), so every other invocation of the shared block is untouched.
+weight on that path), so every other invocation of the shared block is untouched. Each hybrid layer
+also owns one slot of the shared blocks' LoRA adapter lists; those count as freed with its block
+or attention.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class LayerParts:
     mlp_dense: bool = False  # a plain MLP with an up side and one down projection: channel groups offered
     mlp_in: list[nn.Linear] = field(default_factory=list)  # gate/up projections (channels are rows)
     mlp_down: nn.Linear | None = None  # down projection (channels are columns)
+    own_inside_shared: list[nn.Module] = field(default_factory=list)  # Zamba2: this layer's adapters in shared blocks
 
     def mlp_output_params(self) -> list[nn.Parameter]:
         """Parameters whose zeroing makes the MLP (or MoE) contribute exactly zero."""
@@ -169,12 +172,21 @@ def _falcon_h1(model: nn.Module) -> list[LayerParts]:
 
 def _zamba2(model: nn.Module) -> list[LayerParts]:
     out = []
-    for i, layer in enumerate(layers_of(model)):
+    layers = layers_of(model)
+    # hybrid layers may hold distinct module objects whose weights are tied; counting dedupes weights
+    shared_blocks = list({id(l.shared_transformer): l.shared_transformer
+                          for l in layers if hasattr(l, "shared_transformer")}.values())
+    hybrid_ordinal = 0
+    for i, layer in enumerate(layers):
         if hasattr(layer, "shared_transformer"):  # hybrid layer
             parts = LayerParts(i, layer, ssm=layer.mamba_decoder.mamba, ssm_version=2)
             parts.attn = layer.shared_transformer
             parts.attn_out = [layer.linear]
             parts.attn_exclusive = [layer.linear]
+            # the n-th hybrid layer's LoRA adapters sit in slot n of every shared block's adapter lists
+            parts.own_inside_shared = [module for block in shared_blocks for name, module in block.named_modules()
+                                       if name.endswith(f"_adapter_list.{hybrid_ordinal}")]
+            hybrid_ordinal += 1
         else:
             parts = LayerParts(i, layer, ssm=layer.mamba, ssm_version=2)
         out.append(parts)

@@ -5,7 +5,8 @@ Kinds (DESIGN.md): ``block`` (a residual layer), ``ssm`` (the scan inside a Mamb
 head) and ``mlp_channels`` (``channel_group_size`` consecutive intermediate channels of a dense MLP).
 
 ``params`` is the number of parameters physically removing the component would free. Weights
-shared with other layers (Zamba2's shared block) are never counted. For an ``ssm`` it is what only
+shared with other layers (Zamba2's shared block) are never counted, except a Zamba2 hybrid layer's
+own adapter slot inside them. For an ``ssm`` it is what only
 the scan uses: Mamba-1 ``A_log``, ``D``, ``x_proj``, ``dt_proj`` (and Jamba's dt/B/C norms);
 Mamba-2 ``A_log``, ``D``, ``dt_bias``, the B/C/dt rows of ``in_proj`` and the B/C channels of
 ``conv1d``.
@@ -110,7 +111,9 @@ def default_channel_group_size(intermediate: int) -> int:
 
 
 def _numel(modules: Iterable[nn.Module], shared: set[int]) -> int:
-    return sum(p.numel() for m in modules for p in m.parameters() if id(p) not in shared)
+    """Parameters of ``modules``, each counted once (tied weights appear under several modules)."""
+    unique = {id(p): p for m in modules for p in m.parameters() if id(p) not in shared}
+    return sum(p.numel() for p in unique.values())
 
 
 def _shared_param_ids(layers: list[LayerParts]) -> set[int]:
@@ -196,12 +199,14 @@ def build_catalogue(model: nn.Module, channel_group_size: int | None = None) -> 
     entries: list[Entry] = []
     for parts in layers:
         i = parts.index
+        own_shared = _numel(parts.own_inside_shared, set())
         if parts.offers_block:
-            entries.append(Entry(Component("block", i), _numel([parts.layer], shared)))
+            entries.append(Entry(Component("block", i), _numel([parts.layer], shared) + own_shared))
         if parts.ssm is not None:
             entries.append(Entry(Component("ssm", i), ssm_params(parts)))
         if parts.attn is not None:
-            entries.append(Entry(Component("attn", i), _numel([parts.attn, *parts.attn_exclusive], shared)))
+            entries.append(Entry(Component("attn", i),
+                                 _numel([parts.attn, *parts.attn_exclusive], shared) + own_shared))
         if parts.mlp is not None:
             entries.append(Entry(Component("mlp", i), _numel([parts.mlp, *parts.mlp_exclusive], shared)))
         if parts.ssm is not None and parts.ssm_version == 2:

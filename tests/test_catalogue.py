@@ -58,7 +58,10 @@ def test_block_frees_the_layers_own_parameters(family):
             layer = layers[entry.component.layer]
             own = sum(p.numel() for p in layer.parameters())
             if family == "zamba2" and hasattr(layer, "shared_transformer"):
+                slot = [1, 3].index(entry.component.layer)
                 own -= sum(p.numel() for p in layer.shared_transformer.parameters())
+                own += sum(p.numel() for n, p in layer.shared_transformer.named_parameters()
+                           if f"_adapter_list.{slot}." in n)
             assert entry.params == own
 
 
@@ -81,12 +84,14 @@ def test_mamba1_ssm_parameter_count_by_hand():
     assert entry.params == a_log + d + x_proj + dt_proj
 
 
-def test_zamba2_shared_block_is_never_counted():
-    model = build("zamba2")
+def test_zamba2_shared_block_is_never_counted_but_each_layers_adapter_slot_is():
+    model = build("zamba2", use_shared_attention_adapter=True)
     catalogue = build_catalogue(model)
-    hybrid = model.model.layers[1]
-    linear = sum(p.numel() for p in hybrid.linear.parameters())
-    assert catalogue.params_of(Component("attn", 1)) == linear == catalogue.params_of(Component("attn", 3))
+    linear = sum(p.numel() for p in model.model.layers[1].linear.parameters())
+    for layer, slot in ((1, 0), (3, 1)):
+        slot_params = sum(p.numel() for n, p in model.named_parameters() if f"_adapter_list.{slot}." in n)
+        assert slot_params > 0
+        assert catalogue.params_of(Component("attn", layer)) == linear + slot_params
 
 
 def test_channel_groups_follow_the_group_size():

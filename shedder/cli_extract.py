@@ -1,0 +1,28 @@
+"""CLI: ``extract`` writes a physically smaller model (the plan's blocks dropped) that loads with
+stock transformers."""
+from __future__ import annotations
+
+import argparse
+
+from .cli import load_plan_for
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from .extract import extract
+    from .loading import load_model
+
+    model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    plan = load_plan_for(model, args.plan)
+    result = extract(model, tokenizer, plan, args.out)
+    saved = 1 - result.params_after / result.params_before
+    print(f"extracted {len(result.removed)} blocks -> {result.out_dir}")
+    print(f"parameters {result.params_before:,} -> {result.params_after:,} ({saved:.1%} fewer)")
+    return 0
+
+
+def register(subparsers, add_model_args) -> None:
+    parser = subparsers.add_parser("extract", help="write a smaller model without the plan's removed blocks")
+    add_model_args(parser)
+    parser.add_argument("--plan", required=True, help="plan JSON (block removals only, for now)")
+    parser.add_argument("--out", required=True, help="new (or empty) folder to write the smaller model to")
+    parser.set_defaults(run=_extract)
