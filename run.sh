@@ -30,7 +30,7 @@ case "${1:-app}" in
     setup
     exec "$VENV/bin/python" -m streamlit run streamlit_app.py --server.address "${SHEDDER_ADDRESS:-127.0.0.1}" \
       --server.port "${SHEDDER_PORT:-8501}" --server.headless true --browser.gatherUsageStats false \
-      --client.toolbarMode minimal ;;
+      --client.toolbarMode minimal --server.fileWatcherType none ;;
   test)
     setup
     shift

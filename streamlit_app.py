@@ -9,5 +9,6 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 pages = [
     st.Page("pages/model.py", title="Model", default=True),
     st.Page("pages/sensitivity.py", title="Sensitivity"),
+    st.Page("pages/playground.py", title="Playground"),
 ]
 st.navigation(pages).run()

@@ -80,3 +80,11 @@ def sensitivity(choice: ModelChoice, kinds: tuple[str, ...], calib: str, tokens:
     }
     result_cache.save("sensitivity", key, result)
     return result
+
+
+@st.cache_data(show_spinner="Measuring perplexity ...", max_entries=256)
+def masked_perplexity(choice: ModelChoice, removed: tuple, calib: str, tokens: int, seq_len: int) -> float:
+    """Perplexity with ``removed`` masked (a tuple of Components), cached per setting."""
+    model, tokenizer = loaded(choice)
+    windows = calibration_windows(calib, tokenizer, seq_len, tokens)
+    return perplexity(model, windows, list(removed), batch_size=4).ppl

@@ -66,3 +66,19 @@ def test_sensitivity_page_computes_caches_and_switches_to_a_proxy(bamba_dir, tmp
     again.session_state["model_choice"] = ModelChoice(str(bamba_dir))
     again.switch_page("pages/sensitivity.py").run()
     assert not again.info and again.button[0].label == "Recompute"
+
+
+def test_playground_toggles_change_perplexity_and_plan(bamba_dir):
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.session_state["model_choice"] = ModelChoice(str(bamba_dir))
+    at.switch_page("pages/playground.py").run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m for m in at.metric}
+    dense = float(metrics["perplexity"].value)
+    assert metrics["components removed"].value == "0"
+    at.multiselect[0].select(at.multiselect[0].options[0]).run()  # one attention head / channel group
+    assert not at.exception, at.exception
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["components removed"].value == "1"
+    assert float(metrics["perplexity"].value) != dense
+    assert int(metrics["parameters freed"].value.replace(",", "")) > 0
