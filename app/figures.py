@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from shedder.catalogue import SUB_BLOCK_KINDS
+
 ROLE_COLOURS = {
     "SSM": "#2a9d8f",
     "attention": "#e76f51",
@@ -33,7 +35,7 @@ def architecture_strip(roles: list[str]) -> go.Figure:
 
 
 def parameter_breakdown(summary: dict[str, dict[str, int]], total: int) -> go.Figure:
-    kinds = [k for k in summary if k in ("block", "ssm", "attn", "mlp")]
+    kinds = [k for k in summary if k in SUB_BLOCK_KINDS]
     fig = go.Figure(go.Bar(
         x=kinds, y=[summary[k]["params"] for k in kinds],
         text=[f"{summary[k]['params'] / total:.1%}" for k in kinds],

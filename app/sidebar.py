@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from shedder.errors import ShedderError
 from shedder.loading import zoo_names
 
-from .state import ModelChoice, current_choice
+from .state import ModelChoice, catalogue, current_choice, loaded
 
 REMOTE_CODE_HELP = (
     "Some hub models (e.g. Hymba) ship Python code that transformers runs on load. Allow it only for "
@@ -37,3 +38,16 @@ def model_sidebar() -> ModelChoice:
         if new != choice:
             st.session_state.model_choice = new
         return new
+
+
+def model_or_stop(choice: ModelChoice):
+    """(model, tokenizer, catalogue) of the chosen model; otherwise say why and stop the page."""
+    if not choice.spec:
+        st.info("Choose a model in the sidebar.")
+        st.stop()
+    try:
+        model, tokenizer = loaded(choice)
+        return model, tokenizer, catalogue(choice)
+    except ShedderError as exc:
+        st.error(str(exc))
+        st.stop()

@@ -3,21 +3,13 @@ import pandas as pd
 import streamlit as st
 
 from app.figures import architecture_strip, parameter_breakdown
-from app.sidebar import model_sidebar
-from app.state import catalogue, dense_perplexity, loaded
+from app.sidebar import model_or_stop, model_sidebar
+from app.state import dense_perplexity
 from shedder.errors import ShedderError
 
 choice = model_sidebar()
 st.title("Model")
-if not choice.spec:
-    st.info("Choose a model in the sidebar.")
-    st.stop()
-try:
-    model, _ = loaded(choice)
-    cat = catalogue(choice)
-except ShedderError as exc:
-    st.error(str(exc))
-    st.stop()
+model, _, cat = model_or_stop(choice)
 
 device = next(model.parameters()).device
 dtype = next(model.parameters()).dtype

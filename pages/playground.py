@@ -4,28 +4,18 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app.sidebar import model_sidebar
-from app.state import catalogue, loaded, masked_perplexity
-from shedder.catalogue import Component
+from app.sidebar import model_or_stop, model_sidebar
+from app.state import masked_perplexity
+from shedder.catalogue import SUB_BLOCK_KINDS, Component
 from shedder.errors import ShedderError
 from shedder.masks import masked
 from shedder.plan import Plan
-
-SUB_BLOCKS = ("block", "ssm", "attn", "mlp")
 
 choice = model_sidebar()
 st.title("Playground")
 st.caption("Tick components to remove them (exactly as Mamba-Shedder defines removal) and see what it costs. "
            "Nothing is changed for good: every evaluation restores the model afterwards.")
-if not choice.spec:
-    st.info("Choose a model in the sidebar.")
-    st.stop()
-try:
-    model, tokenizer = loaded(choice)
-    cat = catalogue(choice)
-except ShedderError as exc:
-    st.error(str(exc))
-    st.stop()
+model, tokenizer, cat = model_or_stop(choice)
 
 c1, c2, c3 = st.columns(3)
 calib = c1.selectbox("Text", ["wiki-test", "wiki"])
@@ -33,7 +23,7 @@ tokens = c2.select_slider("Tokens", [1024, 2048, 4096, 8192], value=2048)
 seq_len = c3.select_slider("Window", [128, 256, 512, 1024], value=256)
 
 table = pd.DataFrame([{"remove": False, "layer": e.component.layer, "kind": e.component.kind, "parameters": e.params}
-                      for e in cat if e.component.kind in SUB_BLOCKS])
+                      for e in cat if e.component.kind in SUB_BLOCK_KINDS])
 edited = st.data_editor(table, hide_index=True, disabled=["layer", "kind", "parameters"], height=280,
                         key=f"toggles-{choice.spec}")
 groups = [e.component for e in cat if e.component.index is not None]

@@ -5,12 +5,10 @@ import pandas as pd
 import streamlit as st
 
 from app.figures import group_heatmap, sensitivity_heatmap
-from app.sidebar import model_sidebar
-from app.state import catalogue, loaded, sensitivity
-from shedder.catalogue import GROUP_KINDS
+from app.sidebar import model_or_stop, model_sidebar
+from app.state import sensitivity
+from shedder.catalogue import GROUP_KINDS, SUB_BLOCK_KINDS
 from shedder.errors import ShedderError
-
-SUB_BLOCKS = ("block", "ssm", "attn", "mlp")
 
 choice = model_sidebar()
 st.title("Sensitivity")
@@ -19,19 +17,11 @@ st.caption(
     "(Mamba-Shedder's importance score; lower = less important). Proxies are cheaper guesses, "
     "shown with how well their ranking agrees with the measured one."
 )
-if not choice.spec:
-    st.info("Choose a model in the sidebar.")
-    st.stop()
-try:
-    loaded(choice)
-    cat = catalogue(choice)
-except ShedderError as exc:
-    st.error(str(exc))
-    st.stop()
+_, _, cat = model_or_stop(choice)
 
 present = list(dict.fromkeys(e.component.kind for e in cat))
 c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
-kinds = c1.multiselect("Components", present, default=[k for k in present if k in SUB_BLOCKS])
+kinds = c1.multiselect("Components", present, default=[k for k in present if k in SUB_BLOCK_KINDS])
 calib = c2.selectbox("Text", ["wiki", "wiki-test"], help="wiki: calibration split; wiki-test: held out")
 tokens = c3.select_slider("Tokens", [1024, 2048, 4096, 8192, 16384, 65536], value=2048)
 seq_len = c4.select_slider("Window", [128, 256, 512, 1024, 2048], value=256)
@@ -75,7 +65,7 @@ else:
     cells = {(r["kind"], r["layer"], r.get("index")): (r["value"], f"{label(r)}<br>{metric}: {r['value']:.5f}")
              for r in rows}
 
-single = [k for k in kinds if k in SUB_BLOCKS]
+single = [k for k in kinds if k in SUB_BLOCK_KINDS]
 if single and any(k in {c[0] for c in cells} for k in single):
     st.subheader("Layers x components")
     values = {(k, layer): v for (k, layer, index), (v, _) in cells.items() if index is None}

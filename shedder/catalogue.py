@@ -26,6 +26,7 @@ from .ssm_layout import mamba2_layout
 
 KINDS = ("block", "ssm", "attn", "mlp", "ssm_heads", "attn_heads", "mlp_channels")
 GROUP_KINDS = ("ssm_heads", "attn_heads", "mlp_channels")
+SUB_BLOCK_KINDS = ("block", "ssm", "attn", "mlp")
 
 
 @dataclass(frozen=True)
