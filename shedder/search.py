@@ -144,17 +144,15 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
     evaluator = Evaluator(model, windows, batch_size, catalogue.channel_group_size, channel_reorder,
                           state_budget_bytes, prefix_reuse)
     rank = {c: i for i, c in enumerate(catalogue.components())}
-    step_index = 0
     for stage_index, stage in enumerate(stages):
-        for _ in range(stage.steps):
-            if step_index < len(record["steps"]):
-                step_index += 1
-                continue
+        finished = sum(1 for s in record["steps"] if s["stage"] == stage_index)  # when resuming
+        for _ in range(stage.steps - finished):
+            step_index = len(record["steps"])
             if should_stop is not None and should_stop():
                 return record
             candidates = candidates_for(catalogue, removed, stage.targets)
             if not candidates:
-                log.info("Stage %d: no candidates left after %d steps.", stage_index, step_index)
+                log.info("Stage %d: no candidates left after %d steps in all.", stage_index, step_index)
                 break
             started, work_before = time.perf_counter(), evaluator.work
             evaluator.set_base(removed)
@@ -185,7 +183,6 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
             _save(out, record, removed, catalogue, channel_reorder, step_index)
             if on_step is not None:
                 on_step(step)
-            step_index += 1
     record["removed"] = [c.to_dict() for c in removed]
     record["work"] = sum(s["work"] for s in record["steps"])
     if out is not None:

@@ -171,3 +171,12 @@ def test_published_mamba2_config_imports_onto_a_64_layer_model():
     from shedder.masks import masked
     with masked(model, plan), torch.no_grad():
         model(ids)
+
+
+def test_rerunning_a_search_whose_stage_ran_out_of_candidates_adds_nothing(windows, tmp_path):
+    model = build("mamba2")  # 3 layers: the ssm stage ends after 3 steps, not 5
+    stages = parse_stages("ssm:5;block:1")
+    first = search(model, windows, stages, tmp_path / "run", batch_size=2)
+    assert [c["kind"] for c in first["removed"]] == ["ssm", "ssm", "ssm", "block"]
+    again = search(model, windows, stages, tmp_path / "run", batch_size=2)
+    assert again["removed"] == first["removed"] and again["work"] == first["work"]
