@@ -21,7 +21,7 @@ from torch import nn
 from .adapters import describe_model
 from .calibration import Windows
 from .catalogue import Component, channel_groups
-from .evaluator import Evaluator
+from .executor import RayOptions, open_executor
 from .masks import catalogue_of, masked
 from .perplexity import model_device
 from .ssm_layout import mamba2_layout
@@ -42,24 +42,22 @@ class Score:
 def score(model: nn.Module, windows: Windows, kinds: list[str], base: list[Component] = (), batch_size: int = 8,
           channel_group_size: int | None = None, channel_reorder: str | None = None,
           progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-          state_budget_bytes: int | None = None) -> tuple[float, list[Score], int]:
-    """(base perplexity, per-component scores in catalogue order, work in layer-token passes)."""
+          state_budget_bytes: int | None = None, executor: RayOptions | None = None
+          ) -> tuple[float, list[Score], int]:
+    """(base perplexity, per-component scores in catalogue order, work in layer-token passes).
+
+    ``executor``: None scores in this process; :class:`RayOptions` on Ray workers (same numbers).
+    """
     catalogue = catalogue_of(model, channel_group_size)
     base = list(base)
     done = set(base)
     components = [c for c in catalogue.components(kinds) if c not in done]
-    evaluator = Evaluator(model, windows, batch_size, channel_group_size, channel_reorder, state_budget_bytes)
-    evaluator.set_base(base)
-    base_ppl = evaluator.evaluate(None).ppl
-    scores = []
-    for n, component in enumerate(components):
-        if should_stop is not None and should_stop():
-            break
-        ppl = evaluator.evaluate(component).ppl
-        scores.append(Score(component, ppl, ppl - base_ppl))
-        if progress is not None:
-            progress(n + 1, len(components))
-    return base_ppl, scores, evaluator.work
+    with open_executor(executor, model, windows, batch_size, channel_group_size, channel_reorder,
+                       state_budget_bytes) as runner:
+        outcome = runner.score(base, components, progress, should_stop)
+    base_ppl = outcome.base.ppl
+    scores = [Score(r.component, r.ppl, r.ppl - base_ppl) for r in outcome.results]
+    return base_ppl, scores, outcome.work
 
 
 @torch.no_grad()

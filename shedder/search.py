@@ -27,7 +27,8 @@ from torch import nn
 from .calibration import Windows
 from .catalogue import KINDS, Catalogue, Component
 from .errors import ShedderError
-from .evaluator import CandidateResult, Evaluator
+from .evaluator import CandidateResult
+from .executor import CandidateProgress, RayOptions, open_executor
 from .identity import model_fingerprint
 from .masks import catalogue_of
 from .perplexity import perplexity
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 LOG_VERSION = 1
 StepProgress = Callable[[dict], None]  # called with each finished step's record
-CandidateProgress = Callable[[int, int], None]  # (candidates done, candidates in this step)
 
 
 @dataclass(frozen=True)
@@ -129,8 +129,12 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
            batch_size: int = 8, base: list[Component] = (), channel_group_size: int | None = None,
            channel_reorder: str | None = None, early_stop: bool = True, prefix_reuse: bool = True,
            state_budget_bytes: int | None = None, on_step: StepProgress | None = None,
-           on_candidate: CandidateProgress | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Run (or resume) the greedy search; returns the log (settings, steps, final ``removed``)."""
+           on_candidate: CandidateProgress | None = None, should_stop: Callable[[], bool] | None = None,
+           executor: RayOptions | None = None) -> dict:
+    """Run (or resume) the greedy search; returns the log (settings, steps, final ``removed``).
+
+    ``executor``: None evaluates candidates in this process; :class:`RayOptions` on Ray workers (same plan).
+    """
     catalogue = catalogue_of(model, channel_group_size)
     settings = SearchSettings(
         fingerprint=model_fingerprint(model), stages=[[list(s.targets), s.steps] for s in stages],
@@ -141,43 +145,40 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
     out = Path(out_dir) if out_dir is not None else None
     record = _load_or_start(out, settings)
     removed = list(base) + [Component.from_dict(s["removed"]) for s in record["steps"]]
-    evaluator = Evaluator(model, windows, batch_size, catalogue.channel_group_size, channel_reorder,
-                          state_budget_bytes, prefix_reuse)
     rank = {c: i for i, c in enumerate(catalogue.components())}
+    with open_executor(executor, model, windows, batch_size, catalogue.channel_group_size, channel_reorder,
+                       state_budget_bytes, prefix_reuse) as runner:
+        _run_stages(runner, record, stages, removed, catalogue, rank, out, channel_reorder, early_stop,
+                    on_step, on_candidate, should_stop)
+    return record
+
+
+def _run_stages(runner, record: dict, stages: list[Stage], removed: list[Component], catalogue: Catalogue,
+                rank: dict[Component, int], out: Path | None, channel_reorder: str | None, early_stop: bool,
+                on_step: StepProgress | None, on_candidate: CandidateProgress | None,
+                should_stop: Callable[[], bool] | None) -> None:
+    """The greedy steps still to do, each written to ``out``; ``record["removed"]`` once all are done."""
     for stage_index, stage in enumerate(stages):
         finished = sum(1 for s in record["steps"] if s["stage"] == stage_index)  # when resuming
         for _ in range(stage.steps - finished):
             step_index = len(record["steps"])
             if should_stop is not None and should_stop():
-                return record
+                return
             candidates = candidates_for(catalogue, removed, stage.targets)
             if not candidates:
                 log.info("Stage %d: no candidates left after %d steps in all.", stage_index, step_index)
                 break
-            started, work_before = time.perf_counter(), evaluator.work
-            evaluator.set_base(removed)
-            # Screening: every candidate's first batch (part of its exact sum anyway) orders the full
-            # evaluations, so a strong bound is found early and the rest can stop early.
-            screened = {c: evaluator.evaluate(c, bound=-math.inf) for c in candidates} if early_stop else {}
-            order = sorted(candidates, key=lambda c: (screened[c].nll_sum, rank[c])) if early_stop else candidates
-            results: list[CandidateResult] = []
-            best: CandidateResult | None = None
-            for n, candidate in enumerate(order):
-                if should_stop is not None and should_stop():
-                    return record  # the unfinished step is dropped; a re-run redoes it
-                bound = best.nll_sum if (early_stop and best is not None) else math.inf
-                result = evaluator.evaluate(candidate, bound, resume=screened.get(candidate))
-                results.append(result)
-                if result.complete and (best is None or (result.nll_sum, rank[candidate]) < (best.nll_sum, rank[best.component])):
-                    best = result
-                if on_candidate is not None:
-                    on_candidate(n + 1, len(candidates))
+            started = time.perf_counter()
+            outcome = runner.run_step(removed, candidates, rank, early_stop, on_candidate, should_stop)
+            if outcome is None:
+                return  # the unfinished step is dropped; a re-run redoes it
+            best, results = outcome.best, outcome.results
             removed.append(best.component)
             step = {
                 "step": step_index, "stage": stage_index, "removed": best.component.to_dict(), "ppl": best.ppl,
                 "candidates": [_result_record(r) for r in sorted(results, key=lambda r: rank[r.component])],
                 "evaluated_fully": sum(r.complete for r in results), "seconds": time.perf_counter() - started,
-                "work": evaluator.work - work_before, "params_removed": sum(catalogue.params_of(c) for c in removed),
+                "work": outcome.work, "params_removed": sum(catalogue.params_of(c) for c in removed),
             }
             record["steps"].append(step)
             _save(out, record, removed, catalogue, channel_reorder, step_index)
@@ -187,7 +188,6 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
     record["work"] = sum(s["work"] for s in record["steps"])
     if out is not None:
         _save(out, record, removed, catalogue, channel_reorder, step_index=None)
-    return record
 
 
 def _load_or_start(out: Path | None, settings: SearchSettings) -> dict:

@@ -1,0 +1,411 @@
+"""Candidate evaluations on a Ray cluster: one model replica per worker, same answer as one process.
+
+Each worker is a Ray actor that loads the model itself (from :class:`~shedder.executor.RayOptions`
+plus the driver's dtype; one GPU each when the cluster has GPUs) and keeps its own
+:class:`~shedder.evaluator.Evaluator`, so prefix reuse works per worker: the first task of a step
+runs the base plan once on that worker. The calibration windows are put in the object store once.
+
+Search step (exact early stop across workers, as in the local search):
+1. every candidate's first batch is evaluated (spread over the workers);
+2. the driver orders the full evaluations by that first-batch NLL and hands candidates out in that
+   order, a few queued per worker; each continues from its first batch;
+3. whenever a candidate completes with a new best total, the driver broadcasts it; a worker reads
+   the current bound between batches (a separate concurrency group delivers it during a task) and
+   drops a candidate once its partial sum exceeds it. Per-batch sums are added in the same order as
+   in one process, so totals are bit-identical and the pick is the same.
+
+``score`` splits the calibration windows into contiguous shards of whole batches, one per worker
+(``split="windows"``): every worker scores every component on its shard and returns per-batch sums,
+which the driver adds in batch order. ``split="candidates"`` gives whole components to workers.
+
+A worker that dies (``RayActorError``) is replaced by a new actor and its unfinished tasks are
+re-queued; results already returned are kept, and finished search steps are in the search's log.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+import torch
+from torch import nn
+
+from .calibration import Windows
+from .catalogue import Component
+from .errors import ShedderError
+from .evaluator import CandidateResult, Evaluator
+from .executor import RayOptions, ScoreOutcome, StepOutcome, better
+from .identity import model_fingerprint
+from .loading import DTYPES, load_model, resolve_dtype
+from .paths import REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+# Settings a worker must see as the driver does: results cache, offline mode, hub cache.
+FORWARDED_ENV = ("SHEDDER_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE")
+
+
+def runtime_env() -> dict:
+    """Actors import shedder from this checkout (the same path on every node) and see our settings."""
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    return {"env_vars": {**env, "PYTHONPATH": path}}
+
+
+def connect(address: str | None) -> bool:
+    """Join a Ray cluster (or start a local one); True when this call started Ray here."""
+    if ray.is_initialized():
+        return False
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    try:
+        if local:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ShedderError(f"Could not connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
+                           f"{exc}. Start one with `ray start --head` (README, Scaling out).") from exc
+    return True
+
+
+def worker_dtype(dtype: str, device: str) -> str:
+    """The dtype workers will use: ``auto`` means bfloat16 when they get GPUs, float32 otherwise. A driver
+    loads its own copy (catalogue, fingerprint) with this dtype so that the weights match."""
+    on_gpu = device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
+    chosen = resolve_dtype(dtype, torch.device("cuda" if on_gpu else "cpu"))
+    return next(name for name, value in DTYPES.items() if value == chosen)
+
+
+def dtype_name(model: nn.Module) -> str:
+    dtype = next(model.parameters()).dtype
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+@dataclass
+class TaskResult:
+    value: Any  # a CandidateResult, or a shard's per-batch NLL sums
+    seconds: float  # compute on the worker, base pass excluded
+    base_seconds: float  # the step's base pass, when this task ran it
+    work: int
+    started: float  # wall clock on the worker
+    ended: float
+
+
+@ray.remote(concurrency_groups={"control": 1})
+class Replica:
+    """A model replica and its Evaluator on one worker (over all windows, or over one shard)."""
+
+    def __init__(self, spec: dict, windows: Windows, batch_range: tuple[int, int] | None, batch_size: int,
+                 grouping: dict, fingerprint: str):
+        started = time.perf_counter()
+        torch.set_num_threads(spec["cpus"])
+        model, _ = load_model(spec["model"], spec["dtype"], spec["device"], spec["trust_remote_code"])
+        if model_fingerprint(model) != fingerprint:
+            raise ShedderError(f"The worker on {ray.util.get_node_ip_address()} loaded other weights for "
+                               f"{spec['model']!r} than the driver has; every node must see the same checkpoint.")
+        if batch_range is not None:
+            first, last = batch_range
+            windows = Windows(windows.ids[first * batch_size:last * batch_size], windows.source, windows.seed)
+        self.evaluator = Evaluator(model, windows, batch_size, **grouping)
+        self.base: list[Component] | None = None
+        self.bounds: dict[int, float] = {}  # step token -> best complete total the driver knows
+        self.load_seconds = time.perf_counter() - started
+
+    def info(self) -> dict:
+        return {"node": ray.util.get_node_ip_address(), "pid": os.getpid(), "gpus": ray.get_gpu_ids(),
+                "device": str(next(self.evaluator.model.parameters()).device), "load_seconds": self.load_seconds}
+
+    @ray.method(concurrency_group="control")
+    def set_bound(self, token: int, value: float) -> None:
+        self.bounds[token] = min(self.bounds.get(token, math.inf), value)
+
+    def _task(self, base: list[Component], compute: Callable[[], Any]) -> TaskResult:
+        started, work_before = time.time(), self.evaluator.work
+        base_seconds = 0.0
+        if self.base != base:
+            clock = time.perf_counter()
+            self.evaluator.set_base(base)
+            self.base = list(base)
+            base_seconds = time.perf_counter() - clock
+        clock = time.perf_counter()
+        value = compute()
+        return TaskResult(value, time.perf_counter() - clock, base_seconds, self.evaluator.work - work_before,
+                          started, time.time())
+
+    def screen(self, base: list[Component], candidate: Component) -> TaskResult:
+        """The candidate's first batch (what the local search screens with)."""
+        return self._task(base, lambda: self.evaluator.evaluate(candidate, bound=-math.inf))
+
+    def finish(self, token: int, base: list[Component], candidate: Component, screened: CandidateResult,
+               bound: float) -> TaskResult:
+        """Continue from the first batch, one batch at a time, until complete or above the bound."""
+        for old in [t for t in self.bounds if t < token]:
+            del self.bounds[old]
+
+        def run() -> CandidateResult:
+            result = screened
+            while not result.complete:
+                result = self.evaluator.evaluate(candidate, bound=-math.inf, resume=result)  # one more batch
+                if not result.complete and result.nll_sum > min(bound, self.bounds.get(token, math.inf)):
+                    break
+            if result.complete:
+                self.set_bound(token, result.nll_sum)  # a later candidate here may stop on it
+            return result
+
+        return self._task(base, run)
+
+    def complete(self, base: list[Component], candidate: Component | None) -> TaskResult:
+        return self._task(base, lambda: self.evaluator.evaluate(candidate))
+
+    def batch_sums(self, base: list[Component], candidate: Component | None) -> TaskResult:
+        """The exact NLL sum of every batch of this worker's shard (the driver adds them in order)."""
+        return self._task(base, lambda: [self._batch_sum(candidate, b) for b in range(len(self.evaluator.batches))])
+
+    def _batch_sum(self, candidate: Component | None, batch: int) -> float:
+        # Resuming from a zero sum at batch b's first window evaluates batch b alone: 0 + s == s exactly.
+        windows = self.evaluator.windows
+        start = CandidateResult(candidate, 0.0, False, batch * self.evaluator.batches[0].shape[0], len(windows),
+                                windows.seq_len)
+        return self.evaluator.evaluate(candidate, bound=-math.inf, resume=start).nll_sum
+
+
+@dataclass
+class Job:
+    method: str
+    key: Any  # the candidate (None: the base plan)
+    args: Callable[[], tuple]  # built at submission, so that a bound is the newest one
+    slot: int | None = None  # a shard's worker, or None for any worker
+
+
+@dataclass
+class RayExecutor:
+    """Runs search steps and score sweeps on Ray workers; see the module docstring."""
+
+    options: RayOptions
+    model: nn.Module
+    windows: Windows
+    batch_size: int = 8
+    channel_group_size: int | None = None
+    channel_reorder: str | None = None
+    state_budget_bytes: int | None = None
+    prefix_reuse: bool = True
+    workers: list = field(default_factory=list, init=False)
+    replacements: int = field(default=0, init=False)
+    timeline: list[dict] = field(default_factory=list, init=False)  # one record per finished task
+    startup: dict = field(default_factory=dict, init=False)
+
+    def __post_init__(self):
+        self.fingerprint = model_fingerprint(self.model)
+        self.n_batches = math.ceil(len(self.windows) / self.batch_size)
+        self.started_ray = connect(self.options.address)
+        self.use_gpu = self._check_resources()
+        clock = time.perf_counter()
+        self.windows_ref = ray.put(self.windows)
+        self.startup["put_seconds"] = time.perf_counter() - clock
+        self.mode: str | None = None
+        self.shards: list[tuple[int, int] | None] = []
+        self.tokens = itertools.count()
+        self.run_id, self.started_workers = uuid.uuid4().hex[:8], 0
+
+    # -- workers ---------------------------------------------------------------------------------
+    def _check_resources(self) -> bool:
+        options, resources = self.options, ray.cluster_resources()
+        gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+        if options.device.startswith("cuda") and gpus < 1:
+            raise ShedderError("Workers on cuda asked for, but the Ray cluster has no GPUs; use --device cpu.")
+        use_gpu = options.device != "cpu" and gpus >= 1
+        if use_gpu and gpus < options.workers:
+            raise ShedderError(f"{options.workers} workers need one GPU each; the Ray cluster has {gpus:g}.")
+        if cpus < options.workers * options.cpus_per_worker:
+            raise ShedderError(f"{options.workers} workers x {options.cpus_per_worker} CPUs; the Ray cluster has "
+                               f"{cpus:g} CPUs. Use fewer --workers.")
+        return use_gpu
+
+    def _new_worker(self, batch_range: tuple[int, int] | None):
+        options = self.options
+        spec = {"model": options.model, "dtype": dtype_name(self.model), "device": "cuda" if self.use_gpu else "cpu",
+                "trust_remote_code": options.trust_remote_code, "cpus": options.cpus_per_worker}
+        grouping = {"channel_group_size": self.channel_group_size, "channel_reorder": self.channel_reorder,
+                    "state_budget_bytes": self.state_budget_bytes, "prefix_reuse": self.prefix_reuse}
+        self.started_workers += 1  # named, so that `ray list actors` shows what they are
+        name = f"shedder-worker-{self.run_id}-{self.started_workers}"
+        return Replica.options(name=name, num_cpus=options.cpus_per_worker, num_gpus=1 if self.use_gpu else 0,
+                               runtime_env=runtime_env()).remote(
+            spec, self.windows_ref, batch_range, self.batch_size, grouping, self.fingerprint)
+
+    def _pool(self, mode: str) -> None:
+        """Workers over all windows (``whole``) or one contiguous shard of batches each (``shards``)."""
+        if self.mode == mode:
+            return
+        self._stop_workers()
+        if mode == "shards":
+            n = min(self.options.workers, self.n_batches)
+            cuts = [round(i * self.n_batches / n) for i in range(n + 1)]
+            self.shards = list(zip(cuts[:-1], cuts[1:]))
+        else:
+            self.shards = [None] * self.options.workers
+        clock = time.perf_counter()
+        self.workers = [self._new_worker(shard) for shard in self.shards]
+        try:
+            infos = ray.get([w.info.remote() for w in self.workers])
+        except ray.exceptions.RayActorError as exc:
+            raise ShedderError(f"A Ray worker could not start: {_last_line(exc)}") from exc
+        self.startup.update(workers=infos, start_seconds=time.perf_counter() - clock)
+        self.mode = mode
+
+    def _replace(self, slot: int, error: Exception) -> None:
+        if getattr(error, "actor_init_failed", False):
+            raise ShedderError(f"A Ray worker could not start: {_last_line(error)}") from error
+        self.replacements += 1
+        if self.replacements > self.options.max_replacements:
+            raise ShedderError(f"Ray workers died {self.replacements} times; last: {_last_line(error)}") from error
+        log.warning("Ray worker %d died (%s); starting a new one and re-running its tasks.", slot, _last_line(error))
+        try:
+            ray.kill(self.workers[slot])
+        except Exception:  # already gone
+            pass
+        self.workers[slot] = self._new_worker(self.shards[slot])
+
+    def _stop_workers(self) -> None:
+        for worker in self.workers:
+            try:
+                ray.kill(worker)
+            except Exception:  # already gone
+                pass
+        self.workers, self.mode = [], None
+
+    def close(self) -> None:
+        self._stop_workers()
+        if self.started_ray:
+            ray.shutdown()
+
+    # -- dispatch --------------------------------------------------------------------------------
+    def _dispatch(self, jobs: list[Job], on_result: Callable[[Job, TaskResult], None],
+                  should_stop: Callable[[], bool] | None) -> bool:
+        """Run ``jobs`` (a few queued per worker, in order); False when ``should_stop`` said so."""
+        shared = deque(j for j in jobs if j.slot is None)
+        own = [deque(j for j in jobs if j.slot == slot) for slot in range(len(self.workers))]
+        inflight: dict[Any, tuple[int, Job, float]] = {}
+        while shared or any(own) or inflight:
+            if should_stop is not None and should_stop():
+                return False
+            for slot, worker in enumerate(self.workers):
+                queue = own[slot] or shared
+                while queue and sum(1 for s, _, _ in inflight.values() if s == slot) < self.options.pipeline_depth:
+                    job = queue.popleft()
+                    inflight[getattr(worker, job.method).remote(*job.args())] = (slot, job, time.time())
+                    queue = own[slot] or shared
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                if ref not in inflight:  # a dead worker's task, already re-queued
+                    continue
+                slot, job, submitted = inflight.pop(ref)
+                try:
+                    out: TaskResult = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    lost = [job]
+                    for other in [r for r, (s, _, _) in inflight.items() if s == slot]:
+                        lost.append(inflight.pop(other)[1])
+                    for j in reversed(lost):  # back at the front, in their order
+                        (own[slot] if j.slot is not None else shared).appendleft(j)
+                    self._replace(slot, exc)
+                    continue
+                except ray.exceptions.RayTaskError as exc:
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None), ShedderError) else None
+                    raise cause or ShedderError(f"A Ray worker failed: {_last_line(exc)}") from exc
+                self.timeline.append({"method": job.method, "candidate": str(job.key), "worker": slot,
+                                      "submitted": submitted, "started": out.started, "ended": out.ended,
+                                      "received": time.time(), "seconds": out.seconds,
+                                      "base_seconds": out.base_seconds, "work": out.work})
+                on_result(job, out)
+        return True
+
+    # -- the two things an executor does -------------------------------------------------------------
+    def run_step(self, base, candidates, rank, early_stop, on_candidate=None, should_stop=None):
+        self._pool("whole")
+        token, base = next(self.tokens), list(base)
+        work = 0
+        screened: dict[Component, CandidateResult] = {}
+
+        def keep_screened(job: Job, out: TaskResult) -> None:
+            nonlocal work
+            screened[job.key] = out.value
+            work += out.work
+
+        if early_stop:
+            jobs = [Job("screen", c, lambda c=c: (base, c)) for c in candidates]
+            if not self._dispatch(jobs, keep_screened, should_stop):
+                return None
+            order = sorted(candidates, key=lambda c: (screened[c].nll_sum, rank[c]))
+        else:
+            order = candidates
+        results: list[CandidateResult] = []
+        best: CandidateResult | None = None
+
+        def keep_result(job: Job, out: TaskResult) -> None:
+            nonlocal best, work
+            work += out.work
+            results.append(out.value)
+            if out.value.complete and better(out.value, best, rank):
+                best = out.value
+                for worker in self.workers:
+                    worker.set_bound.remote(token, best.nll_sum)
+            if on_candidate is not None:
+                on_candidate(len(results), len(candidates))
+
+        def bound() -> float:
+            return best.nll_sum if best is not None else math.inf
+
+        if early_stop:
+            jobs = [Job("finish", c, lambda c=c: (token, base, c, screened[c], bound())) for c in order]
+        else:
+            jobs = [Job("complete", c, lambda c=c: (base, c)) for c in order]
+        if not self._dispatch(jobs, keep_result, should_stop):
+            return None
+        return StepOutcome(results, best, work)
+
+    def score(self, base, components, progress=None, should_stop=None):
+        base, wanted = list(base), [None, *components]
+        work, done = 0, {}
+        if self.options.split == "candidates":
+            self._pool("whole")
+            jobs = [Job("complete", c, lambda c=c: (base, c)) for c in wanted]
+        else:
+            self._pool("shards")
+            jobs = [Job("batch_sums", c, lambda c=c: (base, c), slot) for c in wanted for slot in range(len(self.shards))]
+        parts: dict[Component | None, dict[int, list[float]]] = {}
+
+        def keep(job: Job, out: TaskResult) -> None:
+            nonlocal work
+            work += out.work
+            if job.slot is None:
+                done[job.key] = out.value
+            else:
+                parts.setdefault(job.key, {})[job.slot] = out.value
+                if len(parts[job.key]) < len(self.shards):
+                    return
+                total = 0.0
+                for slot in range(len(self.shards)):  # batch order, as one process adds them
+                    for batch_sum in parts[job.key][slot]:
+                        total += batch_sum
+                n = len(self.windows)
+                done[job.key] = CandidateResult(job.key, total, True, n, n, self.windows.seq_len)
+            if progress is not None and job.key is not None:
+                progress(sum(1 for c in done if c is not None), len(components))
+
+        self._dispatch(jobs, keep, should_stop)
+        if None not in done:
+            raise ShedderError("Scoring stopped before the base plan was evaluated.")
+        return ScoreOutcome(done[None], [done[c] for c in components if c in done], work)
+
+
+def _last_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

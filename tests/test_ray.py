@@ -1,0 +1,118 @@
+"""The Ray executor gives the local answer: a local Ray instance with 2 CPU workers and a tiny model."""
+import json
+import logging
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from shedder.calibration import cut_windows, tokenize_text  # noqa: E402
+from shedder.catalogue import Component  # noqa: E402
+from shedder.executor import RayOptions  # noqa: E402
+from shedder.loading import load_model  # noqa: E402
+from shedder.ray_jobs import SearchJob, search_progress, submit_search  # noqa: E402
+from shedder.scoring import score  # noqa: E402
+from shedder.search import parse_stages, search  # noqa: E402
+from tiny_models import SAMPLE_TEXT, build, tiny_tokenizer, train_briefly  # noqa: E402
+
+SEQ_LEN, N_WINDOWS = 16, 6
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20, logging_level=logging.WARNING)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A briefly trained 8-layer Mamba-2 saved as a folder (what every worker loads) and its windows."""
+    tokenizer = tiny_tokenizer()
+    windows = cut_windows(tokenize_text(SAMPLE_TEXT, tokenizer, use_cache=False), SEQ_LEN, SEQ_LEN * N_WINDOWS,
+                          source="sample")
+    model = train_briefly(build("mamba2", num_hidden_layers=8), windows.ids, steps=12, lr=1e-2)
+    folder = tmp_path_factory.mktemp("trained-mamba2")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "calib.txt").write_text(SAMPLE_TEXT, encoding="utf-8")
+    loaded, _ = load_model(str(folder), "float32", "cpu")
+    return folder, loaded, windows
+
+
+def on_ray(folder, **overrides) -> RayOptions:
+    return RayOptions(model=str(folder), device="cpu", workers=2, **overrides)
+
+
+def plan_and_ppls(record):
+    return record["removed"], [s["ppl"] for s in record["steps"]]
+
+
+def test_search_on_ray_gives_the_local_plan_even_when_a_worker_dies(cluster, checkpoint, caplog):
+    folder, model, windows = checkpoint
+    stages = parse_stages("block,ssm:3")
+    local = search(model, windows, stages, batch_size=1)
+    killed = []
+
+    def kill_one_worker(done, total):  # mid-step: the dead worker's queued candidates must re-run elsewhere
+        if done == 3 and not killed:
+            worker = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                          if a["name"].startswith("shedder-worker"))
+            ray.kill(ray.get_actor(worker["name"], namespace=worker["namespace"]))
+            killed.append(worker["name"])
+
+    with caplog.at_level(logging.WARNING, logger="shedder.ray_executor"):
+        remote = search(model, windows, stages, batch_size=1, on_candidate=kill_one_worker, executor=on_ray(folder))
+    assert killed and "died" in caplog.text
+    assert plan_and_ppls(remote) == plan_and_ppls(local)
+    for ours, theirs in zip(remote["steps"], local["steps"]):
+        assert len(ours["candidates"]) == len(theirs["candidates"])
+        exact = {(c["kind"], c["layer"]): c["ppl"] for c in theirs["candidates"]}
+        for c in ours["candidates"]:  # complete ones are bit-identical; stopped ones have a lower bound only
+            assert c["ppl"] == exact[(c["kind"], c["layer"])] if c["ppl"] is not None else c["ppl_lower_bound"] > ours["ppl"]
+    assert any(c["ppl"] is None for s in remote["steps"] for c in s["candidates"]), "early stop never triggered"
+
+
+@pytest.mark.parametrize("split", ["windows", "candidates"])
+def test_score_on_ray_equals_local(cluster, checkpoint, split):
+    folder, model, windows = checkpoint
+    base = [Component("ssm", 0)]
+    local = score(model, windows, ["block", "ssm"], base, batch_size=2)
+    remote = score(model, windows, ["block", "ssm"], base, batch_size=2, executor=on_ray(folder, split=split))
+    assert remote[0] == local[0] and remote[1] == local[1]  # base perplexity and every score, exactly
+
+
+def test_a_search_resumed_on_ray_continues_its_log(cluster, checkpoint, tmp_path):
+    folder, model, windows = checkpoint
+    stages = parse_stages("block:2;ssm:2")
+    whole = search(model, windows, stages, batch_size=2)
+    steps = []
+    search(model, windows, stages, tmp_path / "run", batch_size=2, on_step=steps.append,
+           should_stop=lambda: len(steps) >= 2)
+    resumed_steps = []
+    resumed = search(model, windows, stages, tmp_path / "run", batch_size=2, on_step=resumed_steps.append,
+                     executor=on_ray(folder))
+    assert [s["step"] for s in resumed_steps] == [2, 3]  # finished steps are not recomputed
+    assert plan_and_ppls(resumed) == plan_and_ppls(whole)
+    assert sorted(p.name for p in (tmp_path / "run" / "steps").iterdir()) == [f"step_00{i}.json" for i in range(4)]
+
+
+def test_a_submitted_search_runs_detached_and_reports_progress(cluster, checkpoint, tmp_path):
+    folder, model, windows = checkpoint
+    out = tmp_path / "job"
+    job = SearchJob(model=str(folder), stages="block,ssm:2", out_dir=str(out), calib=str(folder / "calib.txt"),
+                    tokens=SEQ_LEN * N_WINDOWS, seq_len=SEQ_LEN, batch_size=2, device="cpu", workers=2)
+    name = submit_search(job, address=None)
+    assert name.startswith("shedder-search-")
+    deadline, progress = time.time() + 120, {}
+    while time.time() < deadline:
+        progress = search_progress(out)
+        if progress["state"] in ("finished", "failed", "stopped"):
+            break
+        time.sleep(0.5)
+    assert progress["state"] == "finished", progress
+    local = search(model, windows, parse_stages("block,ssm:2"), batch_size=2)
+    assert [s["removed"] for s in progress["steps"]] == local["removed"]
+    assert progress["steps_done"] == progress["steps_total"] == 2
+    assert json.loads((out / "plan.json").read_text())["removed"] == local["removed"]
