@@ -10,5 +10,7 @@ pages = [
     st.Page("pages/model.py", title="Model", default=True),
     st.Page("pages/sensitivity.py", title="Sensitivity"),
     st.Page("pages/playground.py", title="Playground"),
+    st.Page("pages/search.py", title="Search"),
+    st.Page("pages/export.py", title="Export & compare"),
 ]
 st.navigation(pages).run()

@@ -72,3 +72,68 @@ def group_heatmap(layers: list[int], groups: int, values: dict[tuple[int, int], 
     fig.update_layout(height=120 + 22 * len(layers), margin=dict(l=10, r=10, t=10, b=30),
                       xaxis_title="group", yaxis_title="layer")
     return fig
+
+
+def search_trajectory(points: list[dict], selected: int | None = None) -> go.Figure:
+    """Perplexity after each search step (``points``: step, ppl, label, stage), step 0 = the start."""
+    fig = go.Figure(go.Scatter(
+        x=[p["step"] for p in points], y=[p["ppl"] for p in points], mode="lines+markers",
+        text=[p["label"] for p in points], hovertemplate="after step %{x}: %{text}<br>perplexity %{y:.4f}<extra></extra>",
+        marker=dict(size=8, color=[p.get("stage", 0) for p in points], colorscale="Viridis"), line=dict(color="#adb5bd"),
+    ))
+    if selected is not None:
+        chosen = [p for p in points if p["step"] == selected]
+        fig.add_trace(go.Scatter(x=[p["step"] for p in chosen], y=[p["ppl"] for p in chosen], mode="markers",
+                                 marker=dict(size=16, symbol="circle-open", color="#e63946", line=dict(width=3)),
+                                 hoverinfo="skip", showlegend=False))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=30), showlegend=False,
+                      xaxis=dict(title="components removed (search step)", dtick=max(1, len(points) // 16)),
+                      yaxis_title="calibration perplexity")
+    return fig
+
+
+def pareto_front(points: list[dict], x_better: str, y_better: str) -> list[dict]:
+    """The points no other point beats on both axes (``*_better``: "high" or "low"), ordered by x."""
+    sx = 1 if x_better == "high" else -1
+    sy = 1 if y_better == "high" else -1
+
+    def beaten(p: dict) -> bool:
+        return any(sx * q["x"] >= sx * p["x"] and sy * q["y"] >= sy * p["y"] and (q["x"], q["y"]) != (p["x"], p["y"])
+                   for q in points)
+
+    return sorted((p for p in points if not beaten(p)), key=lambda p: p["x"])
+
+
+def pareto_chart(points: list[dict], x_title: str, y_title: str, x_better: str, y_better: str) -> go.Figure:
+    """Every plan as a point (``points``: x, y, name, source), the non-dominated ones joined by a line."""
+    fig = go.Figure()
+    symbols = {"search step": "circle", "saved plan": "diamond", "dense": "star"}
+    for source in dict.fromkeys(p["source"] for p in points):
+        mine = [p for p in points if p["source"] == source]
+        fig.add_trace(go.Scatter(
+            x=[p["x"] for p in mine], y=[p["y"] for p in mine], mode="markers", name=source,
+            text=[p["name"] for p in mine], marker=dict(size=11, symbol=symbols.get(source, "circle")),
+            hovertemplate="%{text}<br>" + x_title + ": %{x:.4g}<br>" + y_title + ": %{y:.4g}<extra></extra>",
+        ))
+    front = pareto_front(points, x_better, y_better)
+    if len(front) > 1:
+        fig.add_trace(go.Scatter(x=[p["x"] for p in front], y=[p["y"] for p in front], mode="lines", name="Pareto front",
+                                 line=dict(color="#e63946", dash="dot", shape="hv"), hoverinfo="skip"))
+    fig.update_layout(height=380, margin=dict(l=10, r=10, t=10, b=30), xaxis_title=x_title, yaxis_title=y_title,
+                      legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def accuracy_bars(rows: list[dict]) -> go.Figure:
+    """Per task, one bar per plan (``rows``: plan, task, value, stderr), error bars = standard error."""
+    fig = go.Figure()
+    for plan in dict.fromkeys(r["plan"] for r in rows):
+        mine = [r for r in rows if r["plan"] == plan]
+        fig.add_trace(go.Bar(
+            name=plan, x=[r["task"] for r in mine], y=[r["value"] for r in mine],
+            error_y=dict(type="data", array=[r["stderr"] or 0 for r in mine], visible=True),
+            hovertemplate=plan + "<br>%{x}: %{y:.3f} ± %{error_y.array:.3f}<extra></extra>",
+        ))
+    fig.update_layout(barmode="group", height=340, margin=dict(l=10, r=10, t=10, b=30),
+                      yaxis=dict(title="accuracy (paper's metric)", range=[0, 1]), legend=dict(orientation="h", y=1.12))
+    return fig

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 import streamlit as st
 
 from shedder.calibration import calibration_windows
+from shedder.identity import model_fingerprint
 from shedder.loading import load_model, zoo_names
-from shedder.masks import catalogue_of
+from shedder.masks import catalogue_of, model_lock
 from shedder.perplexity import perplexity
+from shedder.plan import Plan
 
 DEFAULT_MODEL = "demo-mamba2"
 
@@ -38,8 +40,65 @@ def loaded(choice: ModelChoice):
     return load_model(choice.spec, choice.dtype, choice.device, choice.trust_remote_code)
 
 
-def catalogue(choice: ModelChoice):
-    return catalogue_of(loaded(choice)[0])
+def catalogue(choice: ModelChoice, channel_group_size: int | None = None):
+    return catalogue_of(loaded(choice)[0], channel_group_size)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def fingerprint(choice: ModelChoice) -> str:
+    """The loaded model's fingerprint: names its folders of searches and saved plans."""
+    model = loaded(choice)[0]
+    with model_lock(model):  # never hash weights another session has masked
+        return model_fingerprint(model)
+
+
+def params_freed(choice: ModelChoice, plan: Plan) -> int:
+    """Parameters physical removal of the plan's components would free (each counted on its own)."""
+    cat = catalogue(choice, plan.channel_group_size)
+    return sum(cat.params_of(c) for c in plan.removed)
+
+
+# --- the session's current plan, shared by the Playground, Search and Export pages ---------------
+# Kept per model in session state (never in a widget's state, which streamlit drops on a page switch).
+# ``plan_version`` changes whenever a page other than the Playground replaces the plan, so the
+# Playground's widgets are created afresh from it.
+
+def new_plan(choice: ModelChoice, removed: list = (), channel_group_size: int | None = None,
+             channel_reorder: str | None = None) -> Plan:
+    """A plan for the loaded model (its fingerprint taken under the model's lock)."""
+    cat = catalogue(choice, channel_group_size)
+    return Plan(list(removed), cat.model_type, cat.n_layers, fingerprint(choice), cat.channel_group_size, channel_reorder)
+
+
+def current_plan(choice: ModelChoice) -> Plan:
+    plans = st.session_state.setdefault("plans", {})
+    if choice.spec not in plans:
+        plans[choice.spec] = new_plan(choice)
+    return plans[choice.spec]
+
+
+def plan_version(choice: ModelChoice) -> int:
+    return st.session_state.setdefault("plan_versions", {}).get(choice.spec, 0)
+
+
+def set_plan(choice: ModelChoice, plan: Plan) -> None:
+    """Make ``plan`` the current plan (e.g. a search step or an uploaded file)."""
+    st.session_state.setdefault("plans", {})[choice.spec] = plan
+    versions = st.session_state.setdefault("plan_versions", {})
+    versions[choice.spec] = versions.get(choice.spec, 0) + 1
+
+
+def update_removed(choice: ModelChoice, wanted: list) -> Plan:
+    """The current plan with exactly ``wanted`` removed: kept ones in their order, new ones appended."""
+    plan = current_plan(choice)
+    wanted_set = set(wanted)
+    removed = [c for c in plan.removed if c in wanted_set]
+    removed += [c for c in wanted if c not in set(removed)]
+    if removed != plan.removed:
+        plan = Plan(removed, plan.model_type, plan.n_layers, plan.fingerprint, plan.channel_group_size,
+                    plan.channel_reorder)
+        st.session_state["plans"][choice.spec] = plan
+    return plan
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -67,12 +126,13 @@ def sensitivity(choice: ModelChoice, kinds: tuple[str, ...], calib: str, tokens:
     if not compute:
         return result_cache.load("sensitivity", key)
     windows = calibration_windows(calib, tokenizer, seq_len, tokens)
-    base_ppl, scores, work = score(model, windows, list(kinds), batch_size=4, progress=progress)
-    proxies = {}
-    if "block" in kinds:
-        proxies["block influence (1 - cos)"] = block_influence(model, windows, batch_size=4)
-    if {"attn_heads", "ssm_heads", "mlp_channels"} & set(kinds):
-        proxies["weight magnitude"] = weight_magnitude(model)
+    with model_lock(model):  # scoring hooks layers outside its masks: keep other sessions off meanwhile
+        base_ppl, scores, work = score(model, windows, list(kinds), batch_size=4, progress=progress)
+        proxies = {}
+        if "block" in kinds:
+            proxies["block influence (1 - cos)"] = block_influence(model, windows, batch_size=4)
+        if {"attn_heads", "ssm_heads", "mlp_channels"} & set(kinds):
+            proxies["weight magnitude"] = weight_magnitude(model)
     result = {
         "base_ppl": base_ppl, "work": work, "scores": [s.to_dict() for s in scores],
         "proxies": {name: [{**c.to_dict(), "value": v} for c, v in values.items()] for name, values in proxies.items()},
@@ -83,8 +143,28 @@ def sensitivity(choice: ModelChoice, kinds: tuple[str, ...], calib: str, tokens:
 
 
 @st.cache_data(show_spinner="Measuring perplexity ...", max_entries=256)
-def masked_perplexity(choice: ModelChoice, removed: tuple, calib: str, tokens: int, seq_len: int) -> float:
+def masked_perplexity(choice: ModelChoice, removed: tuple, calib: str, tokens: int, seq_len: int,
+                      channel_group_size: int | None = None, channel_reorder: str | None = None) -> float:
     """Perplexity with ``removed`` masked (a tuple of Components), cached per setting."""
     model, tokenizer = loaded(choice)
     windows = calibration_windows(calib, tokenizer, seq_len, tokens)
-    return perplexity(model, windows, list(removed), batch_size=4).ppl
+    return perplexity(model, windows, list(removed), batch_size=4, channel_group_size=channel_group_size,
+                      channel_reorder=channel_reorder).ppl
+
+
+def plan_perplexity(choice: ModelChoice, plan: Plan, calib: str, tokens: int, seq_len: int) -> float:
+    return masked_perplexity(choice, tuple(plan.removed), calib, tokens, seq_len, plan.channel_group_size,
+                             plan.channel_reorder)
+
+
+@st.cache_data(show_spinner="Generating ...", max_entries=64)
+def continuation(choice: ModelChoice, removed: tuple, channel_group_size: int | None, channel_reorder: str | None,
+                 prompt: str, new_tokens: int = 30) -> str:
+    """The greedy continuation of ``prompt`` with ``removed`` masked."""
+    from shedder.masks import masked
+
+    model, tokenizer = loaded(choice)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+    with masked(model, list(removed), channel_group_size, channel_reorder):
+        out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=new_tokens, do_sample=False)
+    return tokenizer.decode(out[0], skip_special_tokens=True)

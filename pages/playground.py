@@ -1,62 +1,142 @@
-"""Playground: remove components by hand and watch perplexity, size and generations change."""
+"""Playground: remove components by hand and watch perplexity, size, latency, accuracy and generations."""
 import json
 
 import pandas as pd
 import streamlit as st
 
+from app.measures import accuracy, accuracy_settings, latency, latency_settings, use_accuracy_settings
 from app.sidebar import model_or_stop, model_sidebar
-from app.state import masked_perplexity
-from shedder.catalogue import SUB_BLOCK_KINDS, Component
+from app.state import (catalogue, current_plan, continuation, masked_perplexity, params_freed, plan_version,
+                       update_removed)
+from shedder.catalogue import GROUP_KINDS, SUB_BLOCK_KINDS
 from shedder.errors import ShedderError
-from shedder.masks import masked
 from shedder.plan import Plan
+from shedder.tasks import PAPER_TASKS
+
+KIND_HELP = {
+    "block": "the whole residual layer: it returns its input",
+    "ssm": "the scan inside the Mamba mixer: y = x (gate, norm and output projection still run)",
+    "attn": "the attention sub-block: it adds nothing to the residual stream",
+    "mlp": "the MLP sub-block: it adds nothing to the residual stream",
+}
 
 choice = model_sidebar()
 st.title("Playground")
-st.caption("Tick components to remove them (exactly as Mamba-Shedder defines removal) and see what it costs. "
+st.caption("Pick components to remove (exactly as Mamba-Shedder defines removal) and see what it costs. "
            "Nothing is changed for good: every evaluation restores the model afterwards.")
-model, tokenizer, cat = model_or_stop(choice)
+model, tokenizer, _ = model_or_stop(choice)
+plan = current_plan(choice)
+cat = catalogue(choice, plan.channel_group_size)
+version = plan_version(choice)
 
 c1, c2, c3 = st.columns(3)
-calib = c1.selectbox("Text", ["wiki-test", "wiki"])
-tokens = c2.select_slider("Tokens", [1024, 2048, 4096, 8192], value=2048)
+calib = c1.selectbox("Text", ["wiki-test", "wiki"], help="wiki-test: held-out Wikipedia lead sections")
+tokens = c2.select_slider("Tokens", [1024, 2048, 4096, 8192, 32768], value=2048)
 seq_len = c3.select_slider("Window", [128, 256, 512, 1024], value=256)
+st.caption("2,048 tokens by default so that a change shows its perplexity within a second on a CPU "
+           "(measured by bench/toggle_latency.py); more tokens give steadier numbers.")
 
-table = pd.DataFrame([{"remove": False, "layer": e.component.layer, "kind": e.component.kind, "parameters": e.params}
-                      for e in cat if e.component.kind in SUB_BLOCK_KINDS])
-edited = st.data_editor(table, hide_index=True, disabled=["layer", "kind", "parameters"], height=280,
-                        key=f"toggles-{choice.spec}")
-groups = [e.component for e in cat if e.component.index is not None]
-picked_groups = st.multiselect("Heads and channel groups", groups, format_func=str)
-removed = [Component(row.kind, int(row.layer)) for row in edited.itertuples() if row.remove] + picked_groups
+wanted = []
+for kind in SUB_BLOCK_KINDS:
+    layers = [c.layer for c in cat.components([kind])]
+    if not layers:
+        continue
+    sizes = sorted({cat.params_of(c) for c in cat.components([kind])})
+    size = f"{sizes[0]:,}" if len(sizes) == 1 else f"{sizes[0]:,} to {sizes[-1]:,}"
+    picked = st.pills(f"{kind}: {KIND_HELP[kind]} ({size} parameters each)", layers, selection_mode="multi",
+                      default=[c.layer for c in plan.removed if c.kind == kind], key=f"pick-{kind}-{choice.spec}-{version}",
+                      format_func=lambda layer: f"{layer}")
+    wanted += [c for c in cat.components([kind]) if c.layer in picked]
+groups = cat.components(GROUP_KINDS)
+if groups:
+    wanted += st.multiselect("Heads and MLP channel groups (kind@layer[group])", groups, format_func=str,
+                             default=[c for c in plan.removed if c.kind in GROUP_KINDS],
+                             key=f"groups-{choice.spec}-{version}")
+plan = update_removed(choice, wanted)
+removed = tuple(plan.removed)
 
 try:
     dense = masked_perplexity(choice, (), calib, tokens, seq_len)
-    pruned = masked_perplexity(choice, tuple(removed), calib, tokens, seq_len) if removed else dense
+    pruned = masked_perplexity(choice, removed, calib, tokens, seq_len, plan.channel_group_size,
+                               plan.channel_reorder) if removed else dense
 except ShedderError as exc:
     st.error(str(exc))
     st.stop()
-freed = sum(cat.params_of(c) for c in removed)
+freed = params_freed(choice, plan)
 m1, m2, m3 = st.columns(3)
 m1.metric("perplexity", f"{pruned:.3f}", delta=f"{pruned - dense:+.3f}" if removed else None, delta_color="inverse")
 m2.metric("components removed", len(removed))
-m3.metric("parameters freed", f"{freed:,}", help=f"{freed / cat.total_params:.1%} of {cat.total_params:,}; "
-          "what physical removal would delete (masks alone make nothing smaller or faster)")
-
-plan = Plan.for_model(model, removed)
+m3.metric("parameters freed", f"{freed:,}", delta=f"{freed / cat.total_params:.1%} of {cat.total_params:,}",
+          delta_color="off", help="What physical removal would delete (masks alone make nothing smaller or faster)")
 st.download_button("Download this plan (JSON)", json.dumps(plan.to_dict(), indent=1), file_name="plan.json",
                    mime="application/json", disabled=not removed)
 
+# --- latency of the physically extracted model ---------------------------------------------------
+st.subheader("Latency")
+lat_settings = latency_settings()
+st.caption(f"The extracted model (removed parts deleted, not masked) generating {lat_settings['new_tokens']} tokens "
+           f"after a {lat_settings['prompt_len']}-token prompt, batch 1, median of 3; the dense model timed alongside.")
+if st.button("Measure latency"):
+    with st.spinner("Extracting and timing ..."):
+        try:
+            latency(choice, plan, **lat_settings, compute=True)
+        except ShedderError as exc:
+            st.error(str(exc))
+timed = latency(choice, plan, **lat_settings)
+if timed is not None:
+    l1, l2, l3 = st.columns(3)
+    l1.metric("prefill + decode", f"{timed['total_ms']:.1f} ms", help=f"dense: {timed['dense']['total_ms']:.1f} ms; {timed['device']}")
+    l2.metric("speedup", f"{timed['speedup']:.2f}x", help="dense time / extracted time")
+    l3.metric("decode", f"{timed['tokens_per_s']:.1f} tokens/s", help=f"dense: {timed['dense']['tokens_per_s']:.1f} tokens/s")
+
+# --- zero-shot accuracy on a subsample -------------------------------------------------------------
+st.subheader("Accuracy")
+settings = accuracy_settings()
+c1, c2, c3 = st.columns([3, 1, 1])
+tasks = c1.multiselect("Zero-shot tasks", PAPER_TASKS, default=settings["tasks"])
+limit = c2.number_input("Documents per task", min_value=5, max_value=5000, value=settings["limit"],
+                        help="A seeded subsample: dense and pruned see the same documents")
+if tasks:
+    settings = use_accuracy_settings(tasks, limit)
+if c3.button("Evaluate accuracy", disabled=not tasks):
+    bar = st.progress(0.0, text="Scoring ...")
+    try:
+        for name, p in (("dense", Plan()), ("pruned", plan)):
+            accuracy(choice, p, **settings, compute=True,
+                     progress=lambda d, t, name=name: bar.progress(d / t, text=f"Scoring the {name} model: {d} of {t}"))
+    except ShedderError as exc:
+        st.error(str(exc))
+    bar.empty()
+scored = {name: accuracy(choice, p, **settings) for name, p in (("dense", Plan()), ("pruned", plan))}
+if all(scored.values()):
+    dense_acc, pruned_acc = scored["dense"], scored["pruned"]
+    st.metric("average accuracy", f"{pruned_acc['average']:.3f}",
+              delta=f"{pruned_acc['average'] / dense_acc['average']:.1%} of dense" if dense_acc["average"] else None,
+              delta_color="off")
+    st.dataframe(pd.DataFrame([{
+        "task": task, "metric": result["paper_metric"], "pruned": result["paper_value"],
+        "± stderr": result["stderr"].get(result["paper_metric"]), "dense": dense_acc["tasks"][task]["paper_value"],
+        "documents": result["n_docs"],
+    } for task, result in pruned_acc["tasks"].items()]), hide_index=True)
+else:
+    st.caption("Press Evaluate accuracy to score the dense and the pruned model on these documents.")
+
+# --- generations ---------------------------------------------------------------------------------
 st.subheader("Generations")
-prompt = st.text_input("Prompt", value="The history of the city")
-if prompt.strip():
-    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+with st.form("generate"):
+    prompt = st.text_input("Prompt", value="The history of the city")
+    go = st.form_submit_button("Generate")
+key = (choice.spec, removed, prompt)
+if go and prompt.strip():
+    try:
+        st.session_state["generations"] = (key, continuation(choice, (), None, None, prompt),
+                                           continuation(choice, removed, plan.channel_group_size, plan.channel_reorder, prompt))
+    except ShedderError as exc:
+        st.error(str(exc))
+shown = st.session_state.get("generations")
+if shown and shown[0] == key:
     left, right = st.columns(2)
-    with masked(model, []):
-        dense_out = model.generate(ids, max_new_tokens=30, do_sample=False)
-    with masked(model, removed):
-        pruned_out = model.generate(ids, max_new_tokens=30, do_sample=False)
     left.markdown("**dense**")
-    left.write(tokenizer.decode(dense_out[0], skip_special_tokens=True))
+    left.write(shown[1])
     right.markdown(f"**with {len(removed)} removed**")
-    right.write(tokenizer.decode(pruned_out[0], skip_special_tokens=True))
+    right.write(shown[2])

@@ -1,0 +1,82 @@
+"""Where the dashboard keeps a model's searches and named plans: folders under the cache, one per
+model fingerprint, so that reopening the dashboard finds them again.
+
+    cache/searches/<fingerprint>/<run>/   a search's resumable output (log.json, steps/, plan.json)
+    cache/plans/<fingerprint>/<name>.json named plans in our plan format
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from shedder.errors import ShedderError
+from shedder.paths import cache_dir
+from shedder.plan import Plan
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def _slug(text: str) -> str:
+    return _UNSAFE.sub("-", text).strip("-.")
+
+
+def search_root(fingerprint: str) -> Path:
+    return cache_dir() / "searches" / fingerprint
+
+
+def search_dir(fingerprint: str, settings: dict) -> Path:
+    """The run folder for these settings: the same settings resume the same run."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    stages = ";".join(f"{','.join(targets)}:{steps}" for targets, steps in settings["stages"])
+    return search_root(fingerprint) / f"{_slug(stages)[:60]}-{digest}"
+
+
+def searches(fingerprint: str) -> list[Path]:
+    """Run folders holding a log, newest first."""
+    root = search_root(fingerprint)
+    runs = [p.parent for p in root.glob("*/log.json")] if root.is_dir() else []
+    return sorted(runs, key=lambda p: (p / "log.json").stat().st_mtime, reverse=True)
+
+
+def read_log(run: Path) -> dict:
+    try:
+        return json.loads((run / "log.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ShedderError(f"Cannot read the search log in {run}: {exc}") from exc
+
+
+def step_plan(run: Path, step: int) -> Plan:
+    return Plan.load(run / "steps" / f"step_{step:03d}.json")
+
+
+def plans_root(fingerprint: str) -> Path:
+    return cache_dir() / "plans" / fingerprint
+
+
+def plan_name(text: str) -> str:
+    name = _slug(text.strip())
+    if not name:
+        raise ShedderError("Give the plan a name (letters, digits, '.', '_', '+' or '-').")
+    return name
+
+
+def saved_plans(fingerprint: str) -> dict[str, Plan]:
+    """Named plans of this model, by name."""
+    root = plans_root(fingerprint)
+    if not root.is_dir():
+        return {}
+    return {path.stem: Plan.load(path) for path in sorted(root.glob("*.json"))}
+
+
+def save_plan(fingerprint: str, name: str, plan: Plan) -> str:
+    name = plan_name(name)
+    root = plans_root(fingerprint)
+    root.mkdir(parents=True, exist_ok=True)
+    plan.save(root / f"{name}.json")
+    return name
+
+
+def delete_plan(fingerprint: str, name: str) -> None:
+    (plans_root(fingerprint) / f"{plan_name(name)}.json").unlink(missing_ok=True)

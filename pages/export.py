@@ -1,0 +1,162 @@
+"""Export & compare: download and upload plans, extract the pruned model, compare saved plans."""
+import json
+
+import pandas as pd
+import streamlit as st
+
+from app import store
+from app.figures import accuracy_bars
+from app.measures import accuracy, accuracy_settings, use_accuracy_settings
+from app.sidebar import model_or_stop, model_sidebar
+from app.state import current_plan, fingerprint, new_plan, params_freed, plan_perplexity, set_plan
+from shedder.errors import ShedderError
+from shedder.extract import extract
+from shedder.masks import model_lock
+from shedder.paths import cache_dir
+from shedder.plan import Plan
+from shedder.reference_format import from_reference, is_reference_config, to_reference
+from shedder.tasks import PAPER_TASKS
+
+choice = model_sidebar()
+st.title("Export & compare")
+model, tokenizer, cat = model_or_stop(choice)
+fp = fingerprint(choice)
+plan = current_plan(choice)
+
+
+def freed(p: Plan) -> int:
+    return params_freed(choice, p)
+
+
+def save_box(p: Plan, key: str, default: str) -> None:
+    c1, c2 = st.columns([3, 1])
+    # keyed by the plan too, so another plan gets its own default name
+    name = c1.text_input("Name", value=default, key=f"name-{key}-{hash(tuple(p.removed))}", label_visibility="collapsed")
+    if c2.button("Save as a named plan", key=f"save-{key}"):
+        try:
+            st.success(f"Saved as {store.save_plan(fp, name, p)}.")
+        except ShedderError as exc:
+            st.error(str(exc))
+
+
+# --- the current plan ----------------------------------------------------------------------------
+st.subheader("The current plan")
+if plan.removed:
+    st.write(f"{len(plan.removed)} components removed, {freed(plan):,} parameters freed "
+             f"({freed(plan) / cat.total_params:.1%}): " + ", ".join(map(str, plan.removed)))
+else:
+    st.info("Nothing is removed yet: tick components in the Playground, or take a step's plan on the Search page.")
+c1, c2 = st.columns(2)
+c1.download_button("Download (shedder plan, JSON)", json.dumps(plan.to_dict(), indent=1), file_name="plan.json",
+                   mime="application/json", disabled=not plan.removed)
+try:
+    reference = json.dumps(to_reference(plan, model), indent=4)
+    c2.download_button("Download (reference pruning_config.json)", reference, file_name="pruning_config.json",
+                       mime="application/json", disabled=not plan.removed,
+                       help="The format of the Mamba-Shedder reference code")
+except ShedderError as exc:
+    c2.warning(f"Reference format: {exc}")
+if plan.removed:
+    save_box(plan, "current", f"plan-{len(plan.removed)}")
+
+# --- upload --------------------------------------------------------------------------------------
+st.subheader("Load a plan")
+upload = st.file_uploader("A plan file: ours, or the reference code's pruning_config.json", type=["json"])
+if upload is not None:
+    try:
+        data = json.loads(upload.getvalue().decode("utf-8"))
+        if is_reference_config(data):
+            uploaded = from_reference(data, model)
+        else:
+            uploaded = Plan.from_dict(data)
+            uploaded.check(model)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        st.error(f"{upload.name} is not a JSON file ({exc}).")
+    except ShedderError as exc:
+        st.error(f"{upload.name} does not fit the loaded {cat.model_type} model: {exc}")
+    else:
+        st.success(f"{upload.name} fits this model: {len(uploaded.removed)} removals "
+                   f"({', '.join(map(str, uploaded.removed[:12]))}{' ...' if len(uploaded.removed) > 12 else ''}).")
+        if uploaded.fingerprint and uploaded.fingerprint != fp:
+            st.warning("It was made for a model of this shape with other weights (e.g. another checkpoint or dtype): "
+                       "its removals apply, but a search on these weights could choose differently.")
+        if st.button("Make it the current plan"):
+            set_plan(choice, uploaded)
+            st.rerun()
+        save_box(uploaded, "uploaded", upload.name.removesuffix(".json"))
+
+# --- extraction ----------------------------------------------------------------------------------
+st.subheader("Extract the pruned model")
+st.caption("Writes a physically smaller model (the removed parts deleted, the config rewritten) that loads "
+           "without shedder. Masks alone make nothing smaller or faster.")
+folder = st.text_input("Folder", value=str(cache_dir() / "extracted" / f"{cat.model_type}-{fp[:8]}-{len(plan.removed)}removed"))
+if st.button("Extract", disabled=not plan.removed):
+    try:
+        with st.spinner("Extracting ..."), model_lock(model):  # never copy weights another session has masked
+            result = extract(model, tokenizer, plan, folder)
+        st.success(f"Wrote {result.out_dir}: {result.params_before:,} -> {result.params_after:,} parameters "
+                   f"({1 - result.params_after / result.params_before:.1%} fewer).")
+        remote = ", trust_remote_code=True" if getattr(result, "needs_remote_code", False) else ""
+        st.code("from transformers import AutoModelForCausalLM\n"
+                f"model = AutoModelForCausalLM.from_pretrained({str(result.out_dir)!r}{remote})", language="python")
+        if remote:
+            st.caption("This layout needs the small model file written next to the weights (no shedder needed).")
+    except ShedderError as exc:
+        st.error(str(exc))
+
+# --- comparison ----------------------------------------------------------------------------------
+st.subheader("Compare saved plans")
+saved = store.saved_plans(fp)
+if not saved:
+    st.info("No saved plan for this model yet: save the current plan above, or a search step on the Search page.")
+    st.stop()
+picked = st.multiselect("Plans", list(saved), default=list(saved)[:4])
+c1, c2, c3 = st.columns(3)
+calib = c1.selectbox("Perplexity on", ["wiki-test", "wiki"])
+tokens = c2.select_slider("Tokens", [1024, 2048, 4096, 8192, 16384], value=2048)
+seq_len = c3.select_slider("Window", [128, 256, 512, 1024], value=256)
+settings = accuracy_settings()
+c1, c2, c3 = st.columns([3, 1, 1])
+tasks = c1.multiselect("Zero-shot tasks", PAPER_TASKS, default=settings["tasks"])
+limit = c2.number_input("Documents per task", min_value=5, max_value=5000, value=settings["limit"],
+                        help="A seeded subsample: the same documents for every plan")
+evaluate = c3.button("Evaluate accuracy", disabled=not tasks, help="Scores the dense model and every chosen plan")
+settings = use_accuracy_settings(tasks, limit) if tasks else settings
+
+plans = {"dense": new_plan(choice), **{name: saved[name] for name in picked}}
+bar = st.progress(0.0, text="Scoring ...") if evaluate else None
+rows, bars, dense_avg = [], [], None
+try:
+    for n, (name, p) in enumerate(plans.items()):
+        if evaluate:
+            bar.progress(n / len(plans), text=f"Scoring {name} ({n + 1} of {len(plans)}) ...")
+        acc = accuracy(choice, p, **settings, compute=evaluate)
+        row = {"plan": name, "removed": len(p.removed), "parameters freed": f"{freed(p) / cat.total_params:.1%}",
+               "perplexity": round(plan_perplexity(choice, p, calib, tokens, seq_len), 3)}
+        if acc is not None:
+            dense_avg = acc["average"] if name == "dense" else dense_avg
+            row["average accuracy"] = round(acc["average"], 4)
+            row["relative"] = f"{acc['average'] / dense_avg:.1%}" if dense_avg else None
+            for task, result in acc["tasks"].items():
+                err = result["stderr"].get(result["paper_metric"])
+                row[task] = f"{result['paper_value']:.3f}" + (f" ± {err:.3f}" if err is not None else "")
+                bars.append({"plan": name, "task": task, "value": result["paper_value"], "stderr": err})
+        rows.append(row)
+except ShedderError as exc:
+    st.error(str(exc))
+    st.stop()
+if bar is not None:
+    bar.empty()
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+if bars:
+    st.plotly_chart(accuracy_bars(bars), width="stretch")
+    st.caption(f"Accuracy on {settings['limit']} documents per task (seed {settings['seed']}); error bars: standard error. "
+               "The paper's metric per task: acc for arc_easy, winogrande and LAMBADA, acc_norm otherwise.")
+else:
+    st.caption("Press Evaluate accuracy to score these plans on a subsample of the zero-shot tasks.")
+
+with st.expander("Delete a saved plan"):
+    gone = st.selectbox("Plan", list(saved), key="delete-which")
+    if st.button("Delete", key="delete"):
+        store.delete_plan(fp, gone)
+        st.rerun()

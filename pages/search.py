@@ -1,0 +1,195 @@
+"""Search: the Mamba-Shedder greedy search, live and resumable; any step's plan; a Pareto chart."""
+import json
+
+import pandas as pd
+import streamlit as st
+
+from app import store
+from app.figures import pareto_chart, search_trajectory
+from app.pareto import X_AXES, Y_AXES, axes_points, plan_points
+from app.sidebar import model_or_stop, model_sidebar
+from app.measures import accuracy_settings, latency_settings
+from app.state import fingerprint, masked_perplexity, new_plan, set_plan
+from shedder.calibration import calibration_windows
+from shedder.catalogue import KINDS, Component
+from shedder.errors import ShedderError
+from shedder.masks import model_lock
+from shedder.search import Stage, parse_stages, search
+
+choice = model_sidebar()
+st.title("Search")
+st.caption(
+    "Mamba-Shedder's greedy search: at every step each remaining candidate is removed on top of what is "
+    "already removed, and the one whose removal gives the lowest calibration perplexity goes. Hybrids run "
+    "stages (e.g. blocks / attention / MLPs, then MLP channel groups, then SSMs). Every step is saved, so "
+    "any step's plan can be taken, and a stopped search resumes where it stopped."
+)
+model, tokenizer, cat = model_or_stop(choice)
+fp = fingerprint(choice)
+present = [k for k in KINDS if cat.components([k])]
+
+
+def default_stages() -> str:
+    first = [k for k in ("block", "attn", "mlp") if k in present]
+    rest = [f"{k}:4" for k in ("mlp_channels", "ssm") if k in present]
+    return ";".join([f"{','.join(first)}:2"] * bool(first) + rest)
+
+
+st.subheader("Settings")
+mode = st.radio("What to search", ["one stage", "several stages"], horizontal=True,
+                help="One stage searches all chosen kinds together; stages run one after another.")
+try:
+    if mode == "one stage":
+        c1, c2 = st.columns([3, 1])
+        targets = c1.multiselect("Candidates", present, default=[k for k in ("block", "ssm") if k in present] or present[:1])
+        steps = c2.number_input("Steps", min_value=1, max_value=max(1, len(cat.components(targets))), value=4)
+        stages = [Stage(tuple(targets), int(steps))] if targets else []
+    else:
+        text = st.text_input("Stages", value=default_stages(),
+                             help="kinds:steps per stage, stages separated by ';', e.g. block,attn,mlp:3;mlp_channels:20;ssm:18")
+        stages = parse_stages(text)
+        missing = sorted({t for s in stages for t in s.targets} - set(present))
+        if missing:
+            raise ShedderError(f"This {cat.model_type} model has no {', '.join(missing)} components; it has {', '.join(present)}.")
+        st.dataframe(pd.DataFrame([{"stage": i + 1, "candidates": ", ".join(s.targets), "steps": s.steps}
+                                   for i, s in enumerate(stages)]), hide_index=True)
+except ShedderError as exc:
+    st.error(str(exc))
+    stages = []
+c1, c2, c3, c4 = st.columns(4)
+source = c1.selectbox("Calibration text", ["wiki", "wiki-test", "a .txt file"],
+                      help="wiki: Wikipedia lead sections (calibration split); wiki-test: the held-out tenth")
+calib = c1.text_input("Path of the .txt file") if source == "a .txt file" else source
+tokens = c2.select_slider("Tokens", [1024, 2048, 4096, 8192, 16384, 65536], value=4096)
+seq_len = c3.select_slider("Window", [128, 256, 512, 1024, 2048], value=256)
+batch_size = int(c4.number_input("Batch size", min_value=1, max_value=64, value=4))
+group_size, reorder = None, None
+if "mlp_channels" in present:
+    c1, c2 = st.columns(2)
+    group_size = int(c1.number_input("MLP channels per group", min_value=1, value=cat.channel_group_size))
+    reorder = c2.radio("Channel order", [None, "l1"], horizontal=True,
+                       format_func=lambda r: "as stored" if r is None else "by weight L1 norm (reference)")
+
+settings = {"stages": [[list(s.targets), s.steps] for s in stages], "calib": calib, "tokens": tokens,
+            "seq_len": seq_len, "batch_size": batch_size, "channel_group_size": group_size, "channel_reorder": reorder}
+out_dir = store.search_dir(fp, settings)
+done = len(store.read_log(out_dir)["steps"]) if (out_dir / "log.json").is_file() else 0
+total_steps = sum(s.steps for s in stages)
+label = "Run search" if not done else ("Finished" if done >= total_steps else f"Resume ({done} of {total_steps} steps done)")
+c1, c2 = st.columns([1, 5])
+run = c1.button(label, type="primary", disabled=not stages or not calib or done >= total_steps)
+if run:
+    c2.button("Stop", help="Stops after the running step's candidates; finished steps are kept and a re-run resumes.")
+    steps_seen = [done]
+    bar = st.progress(0.0, text="Loading calibration text ...")
+    live = st.empty()
+    trail: list[dict] = []
+
+    def on_candidate(n: int, total: int) -> None:
+        bar.progress(n / total, text=f"Step {steps_seen[0] + 1} of {total_steps}: {n} of {total} candidates evaluated")
+
+    def on_step(step: dict) -> None:
+        steps_seen[0] += 1
+        trail.append({"step": step["step"] + 1, "ppl": step["ppl"], "stage": step["stage"],
+                      "label": str(Component.from_dict(step["removed"]))})
+        live.plotly_chart(search_trajectory(trail), width="stretch", key=f"live-{len(trail)}")
+
+    st.session_state.setdefault("search_runs", {})[fp] = str(out_dir)
+    try:
+        windows = calibration_windows(calib, tokenizer, seq_len, tokens)
+        with model_lock(model):  # the search hooks layers outside its masks: keep other sessions off meanwhile
+            search(model, windows, stages, out_dir, batch_size, channel_group_size=group_size,
+                   channel_reorder=reorder, on_step=on_step, on_candidate=on_candidate)
+    except ShedderError as exc:
+        bar.empty()
+        st.error(str(exc))
+    else:
+        st.rerun()  # show the finished search from disk
+
+# --- a finished (or stopped) search of this model ------------------------------------------------
+runs = store.searches(fp)
+if not runs:
+    st.info("No search of this model yet: choose the settings and press Run search.")
+    st.stop()
+st.subheader("Results")
+
+
+def describe(run) -> str:
+    log = store.read_log(run)
+    s = log["settings"]
+    stages_text = "; ".join(f"{','.join(t)}:{n}" for t, n in s["stages"])
+    return f"{stages_text} · {s['calib']} {s['n_windows']}x{s['seq_len']} · {len(log['steps'])} steps done"
+
+
+last = st.session_state.get("search_runs", {}).get(fp)
+index = next((i for i, r in enumerate(runs) if str(r) == last), 0)
+run_dir = st.selectbox("Search", runs, index=index, format_func=describe)
+log = store.read_log(run_dir)
+s = log["settings"]
+base = [Component.from_dict(c) for c in s["base"]]
+calib_run, tokens_run = s["calib"], s["n_windows"] * s["seq_len"]
+try:
+    start_ppl = masked_perplexity(choice, tuple(base), calib_run, tokens_run, s["seq_len"], s["channel_group_size"],
+                                  s["channel_reorder"])
+except ShedderError as exc:
+    st.error(str(exc))
+    st.stop()
+trajectory = [{"step": 0, "ppl": start_ppl, "stage": 0, "label": "nothing removed", "params": 0}]
+trajectory += [{"step": step["step"] + 1, "ppl": step["ppl"], "stage": step["stage"],
+                "label": str(Component.from_dict(step["removed"])), "params": step["params_removed"]} for step in log["steps"]]
+if len(trajectory) == 1:
+    st.info("This search has not finished a step yet.")
+    st.stop()
+chosen = st.slider("Plan after step", 0, len(trajectory) - 1, len(trajectory) - 1,
+                   help="Every step's plan is saved; pick one to use, download or keep.")
+st.plotly_chart(search_trajectory(trajectory, chosen), width="stretch")
+plan = store.step_plan(run_dir, chosen - 1) if chosen else new_plan(choice, base, s["channel_group_size"],
+                                                                    s["channel_reorder"])
+m1, m2, m3 = st.columns(3)
+m1.metric("perplexity", f"{trajectory[chosen]['ppl']:.3f}", delta=f"{trajectory[chosen]['ppl'] - start_ppl:+.3f}",
+          delta_color="inverse")
+m2.metric("components removed", len(plan.removed))
+m3.metric("parameters freed", f"{trajectory[chosen]['params'] / cat.total_params:.1%}",
+          help=f"{trajectory[chosen]['params']:,} of {cat.total_params:,}")
+c1, c2, c3, c4 = st.columns([1, 1, 2, 1])
+if c1.button("Use in Playground", help="Make this the current plan (Playground, Export & compare)"):
+    set_plan(choice, plan)
+    st.success(f"The Playground now removes the {len(plan.removed)} components of step {chosen}.")
+c2.download_button("Download plan", json.dumps(plan.to_dict(), indent=1), file_name=f"plan_step{chosen:03d}.json",
+                   mime="application/json")
+name = c3.text_input("Name", value=f"{run_dir.name.rsplit('-', 1)[0]}-step{chosen}", label_visibility="collapsed")
+if c4.button("Save plan"):
+    try:
+        st.success(f"Saved as {store.save_plan(fp, name, plan)}.")
+    except ShedderError as exc:
+        st.error(str(exc))
+
+with st.expander("Every step"):
+    st.dataframe(pd.DataFrame([{
+        "step": step["step"] + 1, "stage": step["stage"] + 1, "removed": str(Component.from_dict(step["removed"])),
+        "perplexity": step["ppl"], "parameters freed": step["params_removed"],
+        "fully evaluated": f"{step['evaluated_fully']} of {len(step['candidates'])}", "seconds": round(step["seconds"], 2),
+    } for step in log["steps"]]), hide_index=True, width="stretch")
+
+st.subheader("Trade-offs")
+st.caption("Every step of this search and every saved plan of this model; perplexity on this search's calibration "
+           "text. Accuracy and latency appear for plans measured in the Playground or on Export & compare "
+           "(with the settings used there).")
+c1, c2 = st.columns(2)
+x_axis = c1.radio("Across", list(X_AXES), horizontal=True)
+y_axis = c2.radio("Up", list(Y_AXES), horizontal=True)
+named = {f"step {p['step']}": ("search step" if p["step"] else "dense",
+                               store.step_plan(run_dir, p["step"] - 1) if p["step"] else new_plan(choice, base),
+                               p["ppl"]) for p in trajectory}
+named.update({name: ("saved plan", saved, None) for name, saved in store.saved_plans(fp).items()})
+try:
+    points = plan_points(choice, named, calib_run, tokens_run, s["seq_len"], accuracy_settings(), latency_settings())
+except ShedderError as exc:
+    st.error(str(exc))
+    st.stop()
+shown = axes_points(points, x_axis, y_axis)
+if len(shown) < 2:
+    st.info(f"{len(shown)} of {len(points)} plans have both values measured.")
+else:
+    st.plotly_chart(pareto_chart(shown, x_axis, y_axis, X_AXES[x_axis], Y_AXES[y_axis]), width="stretch")
+    st.caption(f"{len(shown)} of {len(points)} plans measured on both axes; the dotted line joins those no other plan beats on both.")
