@@ -77,6 +77,10 @@ class Executor(Protocol):
               should_stop: ShouldStop = None) -> ScoreOutcome:
         """The base plan's and each component's complete NLL sum."""
 
+    def check_same(self, model: nn.Module, windows: Windows, batch_size: int, channel_group_size: int | None,
+                   channel_reorder: str | None, state_budget_bytes: int | None, prefix_reuse: bool) -> None:
+        """Raise ShedderError unless opened with these settings (an open executor passed on)."""
+
     def close(self) -> None:
         ...
 
@@ -109,6 +113,16 @@ class LocalExecutor:
                 on_candidate(n + 1, len(candidates))
         return StepOutcome(results, best, evaluator.work - work_before)
 
+    def check_same(self, model, windows, batch_size, channel_group_size, channel_reorder, state_budget_bytes,
+                   prefix_reuse):
+        evaluator = self.evaluator
+        same = (model is evaluator.model and windows is evaluator.windows and evaluator.prefix_reuse == prefix_reuse
+                and evaluator.state_budget_bytes == state_budget_bytes
+                and evaluator.grouping == dict(channel_group_size=channel_group_size, channel_reorder=channel_reorder)
+                and evaluator.batches[0].shape[0] == min(batch_size, len(windows)))
+        if not same:
+            raise ShedderError("This executor was opened for another model, windows or settings; open a new one.")
+
     def score(self, base, components, progress=None, should_stop=None):
         evaluator = self.evaluator
         work_before = evaluator.work
@@ -128,23 +142,29 @@ class LocalExecutor:
 
 
 class open_executor:
-    """``with open_executor(options, model, windows, ...) as executor:`` local when ``options`` is
-    None, on Ray for :class:`RayOptions`; Ray workers are stopped on exit."""
+    """``with open_executor(executor, model, windows, ...) as runner:`` local when ``executor`` is None,
+    on new Ray workers for :class:`RayOptions` (stopped on exit), or an executor already open (kept
+    open; it checks that it was opened with these settings)."""
 
-    def __init__(self, options: RayOptions | None, model: nn.Module, windows: Windows, batch_size: int,
+    def __init__(self, executor: "RayOptions | Executor | None", model: nn.Module, windows: Windows, batch_size: int,
                  channel_group_size: int | None, channel_reorder: str | None, state_budget_bytes: int | None = None,
                  prefix_reuse: bool = True):
         settings = dict(batch_size=batch_size, channel_group_size=channel_group_size, channel_reorder=channel_reorder,
                         state_budget_bytes=state_budget_bytes, prefix_reuse=prefix_reuse)
-        if options is None:
+        self.owned = executor is None or isinstance(executor, RayOptions)
+        if executor is None:
             self.executor = LocalExecutor(Evaluator(model, windows, **settings))
-        else:
+        elif isinstance(executor, RayOptions):
             from .ray_executor import RayExecutor  # imports ray only when asked for
 
-            self.executor = RayExecutor(options, model, windows, **settings)
+            self.executor = RayExecutor(executor, model, windows, **settings)
+        else:
+            executor.check_same(model, windows, **settings)
+            self.executor = executor
 
     def __enter__(self) -> Executor:
         return self.executor
 
     def __exit__(self, *exc) -> None:
-        self.executor.close()
+        if self.owned:
+            self.executor.close()

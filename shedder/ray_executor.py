@@ -30,7 +30,7 @@ import os
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import ray
@@ -43,6 +43,7 @@ from .errors import ShedderError
 from .evaluator import CandidateResult, Evaluator
 from .executor import RayOptions, ScoreOutcome, StepOutcome, better
 from .identity import model_fingerprint
+from .masks import catalogue_of
 from .loading import DTYPES, load_model, resolve_dtype
 from .paths import REPO_ROOT
 
@@ -184,35 +185,50 @@ class Job:
     slot: int | None = None  # a shard's worker, or None for any worker
 
 
-@dataclass
 class RayExecutor:
-    """Runs search steps and score sweeps on Ray workers; see the module docstring."""
+    """Runs search steps and score sweeps on Ray workers; see the module docstring.
 
-    options: RayOptions
-    model: nn.Module
-    windows: Windows
-    batch_size: int = 8
-    channel_group_size: int | None = None
-    channel_reorder: str | None = None
-    state_budget_bytes: int | None = None
-    prefix_reuse: bool = True
-    workers: list = field(default_factory=list, init=False)
-    replacements: int = field(default=0, init=False)
-    timeline: list[dict] = field(default_factory=list, init=False)  # one record per finished task
-    startup: dict = field(default_factory=dict, init=False)
+    Pass an open one as ``executor=`` to several ``search`` / ``score`` calls to keep its workers
+    (they must use the same model, windows and batch settings; checked). Close it when done.
+    """
 
-    def __post_init__(self):
-        self.fingerprint = model_fingerprint(self.model)
-        self.n_batches = math.ceil(len(self.windows) / self.batch_size)
-        self.started_ray = connect(self.options.address)
+    def __init__(self, options: RayOptions, model: nn.Module, windows: Windows, batch_size: int = 8,
+                 channel_group_size: int | None = None, channel_reorder: str | None = None,
+                 state_budget_bytes: int | None = None, prefix_reuse: bool = True):
+        self.options, self.model, self.windows = options, model, windows
+        self.settings = {"batch_size": batch_size, "channel_group_size": catalogue_of(model, channel_group_size).channel_group_size,
+                         "channel_reorder": channel_reorder, "state_budget_bytes": state_budget_bytes,
+                         "prefix_reuse": prefix_reuse}
+        self.batch_size = batch_size
+        self.fingerprint = model_fingerprint(model)
+        self.n_batches = math.ceil(len(windows) / batch_size)
+        self.started_ray = connect(options.address)
         self.use_gpu = self._check_resources()
+        self.startup: dict = {}
         clock = time.perf_counter()
-        self.windows_ref = ray.put(self.windows)
+        self.windows_ref = ray.put(windows)
         self.startup["put_seconds"] = time.perf_counter() - clock
+        self.workers: list = []
         self.mode: str | None = None
         self.shards: list[tuple[int, int] | None] = []
+        self.replacements = 0
+        self.timeline: list[dict] = []  # one record per finished task
         self.tokens = itertools.count()
         self.run_id, self.started_workers = uuid.uuid4().hex[:8], 0
+
+    def check_same(self, model: nn.Module, windows: Windows, batch_size: int, channel_group_size: int | None,
+                   channel_reorder: str | None, state_budget_bytes: int | None, prefix_reuse: bool) -> None:
+        """Refuse a search or score whose settings differ from the ones the workers were started with."""
+        asked = {"batch_size": batch_size, "channel_group_size": catalogue_of(model, channel_group_size).channel_group_size,
+                 "channel_reorder": channel_reorder, "state_budget_bytes": state_budget_bytes,
+                 "prefix_reuse": prefix_reuse}
+        differ = [k for k in asked if asked[k] != self.settings[k]]
+        if model is not self.model and model_fingerprint(model) != self.fingerprint:
+            differ.append("model")
+        if windows is not self.windows and not torch.equal(windows.ids, self.windows.ids):
+            differ.append("windows")
+        if differ:
+            raise ShedderError(f"This Ray executor was opened with other {', '.join(differ)}; open a new one.")
 
     # -- workers ---------------------------------------------------------------------------------
     def _check_resources(self) -> bool:
@@ -232,8 +248,7 @@ class RayExecutor:
         options = self.options
         spec = {"model": options.model, "dtype": dtype_name(self.model), "device": "cuda" if self.use_gpu else "cpu",
                 "trust_remote_code": options.trust_remote_code, "cpus": options.cpus_per_worker}
-        grouping = {"channel_group_size": self.channel_group_size, "channel_reorder": self.channel_reorder,
-                    "state_budget_bytes": self.state_budget_bytes, "prefix_reuse": self.prefix_reuse}
+        grouping = {k: v for k, v in self.settings.items() if k != "batch_size"}
         self.started_workers += 1  # named, so that `ray list actors` shows what they are
         name = f"shedder-worker-{self.run_id}-{self.started_workers}"
         return Replica.options(name=name, num_cpus=options.cpus_per_worker, num_gpus=1 if self.use_gpu else 0,

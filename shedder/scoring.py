@@ -21,7 +21,7 @@ from torch import nn
 from .adapters import describe_model
 from .calibration import Windows
 from .catalogue import Component, channel_groups
-from .executor import RayOptions, open_executor
+from .executor import Executor, RayOptions, open_executor
 from .masks import catalogue_of, masked
 from .perplexity import model_device
 from .ssm_layout import mamba2_layout
@@ -42,11 +42,12 @@ class Score:
 def score(model: nn.Module, windows: Windows, kinds: list[str], base: list[Component] = (), batch_size: int = 8,
           channel_group_size: int | None = None, channel_reorder: str | None = None,
           progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-          state_budget_bytes: int | None = None, executor: RayOptions | None = None
+          state_budget_bytes: int | None = None, executor: RayOptions | Executor | None = None
           ) -> tuple[float, list[Score], int]:
     """(base perplexity, per-component scores in catalogue order, work in layer-token passes).
 
-    ``executor``: None scores in this process; :class:`RayOptions` on Ray workers (same numbers).
+    ``executor``: None scores in this process; :class:`RayOptions` on new Ray workers, or an open
+    :class:`~shedder.ray_executor.RayExecutor` on its workers (same numbers).
     """
     catalogue = catalogue_of(model, channel_group_size)
     base = list(base)

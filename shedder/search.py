@@ -28,7 +28,7 @@ from .calibration import Windows
 from .catalogue import KINDS, Catalogue, Component
 from .errors import ShedderError
 from .evaluator import CandidateResult
-from .executor import CandidateProgress, RayOptions, open_executor
+from .executor import CandidateProgress, Executor, RayOptions, open_executor
 from .identity import model_fingerprint
 from .masks import catalogue_of
 from .perplexity import perplexity
@@ -130,10 +130,11 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
            channel_reorder: str | None = None, early_stop: bool = True, prefix_reuse: bool = True,
            state_budget_bytes: int | None = None, on_step: StepProgress | None = None,
            on_candidate: CandidateProgress | None = None, should_stop: Callable[[], bool] | None = None,
-           executor: RayOptions | None = None) -> dict:
+           executor: RayOptions | Executor | None = None) -> dict:
     """Run (or resume) the greedy search; returns the log (settings, steps, final ``removed``).
 
-    ``executor``: None evaluates candidates in this process; :class:`RayOptions` on Ray workers (same plan).
+    ``executor``: None evaluates candidates in this process; :class:`RayOptions` on new Ray workers, or an
+    open :class:`~shedder.ray_executor.RayExecutor` on its workers (same plan).
     """
     catalogue = catalogue_of(model, channel_group_size)
     settings = SearchSettings(

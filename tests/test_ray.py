@@ -1,29 +1,36 @@
 """The Ray executor gives the local answer: a local Ray instance with 2 CPU workers and a tiny model."""
+import dataclasses
 import json
 import logging
 import time
 
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 
 from shedder.calibration import cut_windows, tokenize_text  # noqa: E402
 from shedder.catalogue import Component  # noqa: E402
+from shedder.errors import ShedderError  # noqa: E402
 from shedder.executor import RayOptions  # noqa: E402
 from shedder.loading import load_model  # noqa: E402
+from shedder.ray_executor import RayExecutor  # noqa: E402
 from shedder.ray_jobs import SearchJob, search_progress, submit_search  # noqa: E402
 from shedder.scoring import score  # noqa: E402
 from shedder.search import parse_stages, search  # noqa: E402
 from tiny_models import SAMPLE_TEXT, build, tiny_tokenizer, train_briefly  # noqa: E402
 
-SEQ_LEN, N_WINDOWS = 16, 6
+SEQ_LEN, N_WINDOWS, BATCH = 16, 6, 2
 
 
 @pytest.fixture(scope="module")
 def cluster():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like each worker; tiny models only lose time to threads on a busy CPU
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20, logging_level=logging.WARNING)
     yield
     ray.shutdown()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -41,70 +48,28 @@ def checkpoint(tmp_path_factory):
     return folder, loaded, windows
 
 
-def on_ray(folder, **overrides) -> RayOptions:
-    return RayOptions(model=str(folder), device="cpu", workers=2, **overrides)
+@pytest.fixture(scope="module")
+def pool(cluster, checkpoint):
+    """Two workers kept open across the tests below (their start is most of the time)."""
+    folder, model, windows = checkpoint
+    executor = RayExecutor(RayOptions(model=str(folder), device="cpu", workers=2), model, windows, BATCH)
+    yield executor
+    executor.close()
 
 
 def plan_and_ppls(record):
     return record["removed"], [s["ppl"] for s in record["steps"]]
 
 
-def test_search_on_ray_gives_the_local_plan_even_when_a_worker_dies(cluster, checkpoint, caplog):
-    folder, model, windows = checkpoint
-    stages = parse_stages("block,ssm:3")
-    local = search(model, windows, stages, batch_size=1)
-    killed = []
-
-    def kill_one_worker(done, total):  # mid-step: the dead worker's queued candidates must re-run elsewhere
-        if done == 3 and not killed:
-            worker = next(a for a in ray.util.list_named_actors(all_namespaces=True)
-                          if a["name"].startswith("shedder-worker"))
-            ray.kill(ray.get_actor(worker["name"], namespace=worker["namespace"]))
-            killed.append(worker["name"])
-
-    with caplog.at_level(logging.WARNING, logger="shedder.ray_executor"):
-        remote = search(model, windows, stages, batch_size=1, on_candidate=kill_one_worker, executor=on_ray(folder))
-    assert killed and "died" in caplog.text
-    assert plan_and_ppls(remote) == plan_and_ppls(local)
-    for ours, theirs in zip(remote["steps"], local["steps"]):
-        assert len(ours["candidates"]) == len(theirs["candidates"])
-        exact = {(c["kind"], c["layer"]): c["ppl"] for c in theirs["candidates"]}
-        for c in ours["candidates"]:  # complete ones are bit-identical; stopped ones have a lower bound only
-            assert c["ppl"] == exact[(c["kind"], c["layer"])] if c["ppl"] is not None else c["ppl_lower_bound"] > ours["ppl"]
-    assert any(c["ppl"] is None for s in remote["steps"] for c in s["candidates"]), "early stop never triggered"
-
-
-@pytest.mark.parametrize("split", ["windows", "candidates"])
-def test_score_on_ray_equals_local(cluster, checkpoint, split):
-    folder, model, windows = checkpoint
-    base = [Component("ssm", 0)]
-    local = score(model, windows, ["block", "ssm"], base, batch_size=2)
-    remote = score(model, windows, ["block", "ssm"], base, batch_size=2, executor=on_ray(folder, split=split))
-    assert remote[0] == local[0] and remote[1] == local[1]  # base perplexity and every score, exactly
-
-
-def test_a_search_resumed_on_ray_continues_its_log(cluster, checkpoint, tmp_path):
-    folder, model, windows = checkpoint
-    stages = parse_stages("block:2;ssm:2")
-    whole = search(model, windows, stages, batch_size=2)
-    steps = []
-    search(model, windows, stages, tmp_path / "run", batch_size=2, on_step=steps.append,
-           should_stop=lambda: len(steps) >= 2)
-    resumed_steps = []
-    resumed = search(model, windows, stages, tmp_path / "run", batch_size=2, on_step=resumed_steps.append,
-                     executor=on_ray(folder))
-    assert [s["step"] for s in resumed_steps] == [2, 3]  # finished steps are not recomputed
-    assert plan_and_ppls(resumed) == plan_and_ppls(whole)
-    assert sorted(p.name for p in (tmp_path / "run" / "steps").iterdir()) == [f"step_00{i}.json" for i in range(4)]
-
-
 def test_a_submitted_search_runs_detached_and_reports_progress(cluster, checkpoint, tmp_path):
+    # first in this file: the search takes both CPUs of the cluster for its own workers
     folder, model, windows = checkpoint
     out = tmp_path / "job"
     job = SearchJob(model=str(folder), stages="block,ssm:2", out_dir=str(out), calib=str(folder / "calib.txt"),
-                    tokens=SEQ_LEN * N_WINDOWS, seq_len=SEQ_LEN, batch_size=2, device="cpu", workers=2)
+                    tokens=SEQ_LEN * N_WINDOWS, seq_len=SEQ_LEN, batch_size=BATCH, device="cpu", workers=2)
     name = submit_search(job, address=None)
     assert name.startswith("shedder-search-")
+    local = search(model, windows, parse_stages("block,ssm:2"), batch_size=BATCH)  # while it runs
     deadline, progress = time.time() + 120, {}
     while time.time() < deadline:
         progress = search_progress(out)
@@ -112,7 +77,66 @@ def test_a_submitted_search_runs_detached_and_reports_progress(cluster, checkpoi
             break
         time.sleep(0.5)
     assert progress["state"] == "finished", progress
-    local = search(model, windows, parse_stages("block,ssm:2"), batch_size=2)
     assert [s["removed"] for s in progress["steps"]] == local["removed"]
+    assert [s["ppl"] for s in progress["steps"]] == [s["ppl"] for s in local["steps"]]
     assert progress["steps_done"] == progress["steps_total"] == 2
     assert json.loads((out / "plan.json").read_text())["removed"] == local["removed"]
+    while any(a["name"] == name for a in ray.util.list_named_actors(all_namespaces=True)):
+        time.sleep(0.2)  # the detached search exits by itself, freeing its CPUs
+
+
+@pytest.mark.parametrize("split", ["windows", "candidates"])
+def test_score_on_ray_equals_local(pool, checkpoint, split):
+    folder, model, windows = checkpoint
+    pool.options = dataclasses.replace(pool.options, split=split)
+    base = [Component("ssm", 0)]
+    local = score(model, windows, ["block", "ssm"], base, batch_size=BATCH)
+    remote = score(model, windows, ["block", "ssm"], base, batch_size=BATCH, executor=pool)
+    assert remote[0] == local[0] and remote[1] == local[1]  # base perplexity and every score, exactly
+
+
+def test_search_on_ray_gives_the_local_plan_even_when_a_worker_dies(pool, checkpoint, caplog):
+    folder, model, windows = checkpoint
+    stages = parse_stages("block,ssm:3")
+    local = search(model, windows, stages, batch_size=BATCH)
+    killed = []
+
+    def kill_one_worker(done, total):  # mid-step: the dead worker's queued candidates must re-run elsewhere
+        if done == 3 and not killed:
+            ray.kill(pool.workers[0])
+            killed.append(done)
+
+    with caplog.at_level(logging.WARNING, logger="shedder.ray_executor"):
+        remote = search(model, windows, stages, batch_size=BATCH, on_candidate=kill_one_worker, executor=pool)
+    assert killed and pool.replacements == 1 and "died" in caplog.text
+    assert plan_and_ppls(remote) == plan_and_ppls(local)
+    for ours, theirs in zip(remote["steps"], local["steps"]):
+        assert len(ours["candidates"]) == len(theirs["candidates"])
+        exact = {(c["kind"], c["layer"]): c["ppl"] for c in theirs["candidates"]}
+        for c in ours["candidates"]:  # complete ones are bit-identical; stopped ones have a lower bound only
+            if c["ppl"] is not None:
+                assert c["ppl"] == exact[(c["kind"], c["layer"])]
+            else:
+                assert c["ppl_lower_bound"] > ours["ppl"]
+    assert any(c["ppl"] is None for s in remote["steps"] for c in s["candidates"]), "early stop never triggered"
+
+
+def test_a_search_resumed_on_ray_continues_its_log(pool, checkpoint, tmp_path):
+    folder, model, windows = checkpoint
+    stages = parse_stages("block:2;ssm:2")
+    whole = search(model, windows, stages, batch_size=BATCH)
+    steps = []
+    search(model, windows, stages, tmp_path / "run", batch_size=BATCH, on_step=steps.append,
+           should_stop=lambda: len(steps) >= 2)
+    resumed_steps = []
+    resumed = search(model, windows, stages, tmp_path / "run", batch_size=BATCH, on_step=resumed_steps.append,
+                     executor=pool)
+    assert [s["step"] for s in resumed_steps] == [2, 3]  # finished steps are not recomputed
+    assert plan_and_ppls(resumed) == plan_and_ppls(whole)
+    assert sorted(p.name for p in (tmp_path / "run" / "steps").iterdir()) == [f"step_00{i}.json" for i in range(4)]
+
+
+def test_an_open_executor_refuses_other_settings(pool, checkpoint):
+    folder, model, windows = checkpoint
+    with pytest.raises(ShedderError, match="other batch_size"):
+        search(model, windows, parse_stages("block:1"), batch_size=BATCH + 1, executor=pool)
