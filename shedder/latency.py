@@ -1,0 +1,442 @@
+"""Measured latency of a model, dense and (with a plan) physically extracted.
+
+For each model: time to first token (``generate`` with one new token, batch 1), and at every batch
+size the decode rate of plain ``generate`` (greedy, exactly ``new_tokens`` tokens, no early stop:
+``(new_tokens - 1) * batch / (t(new_tokens) - t(1))``) and of the overhead-free decode loop of
+:mod:`shedder.static_decode` (CUDA graph on a GPU), plus peak memory. Each figure is the median (with
+min and max) of ``repeats`` timed runs after ``warmup`` untimed ones, with the device synchronised
+around every timed region. With a plan the extracted model is timed, never the masked one (masks make
+nothing faster), and the measured speedups are set against the ideal ones of :mod:`shedder.cost_model`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .adapters import describe_model
+from .cost_model import ideal_speedups, model_cost
+from .errors import ShedderError
+from .plan import Plan
+from .static_decode import StaticDecoder, cache_bytes, eos_ids
+
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "shedder-latency", 1
+
+
+@dataclass
+class BenchSettings:
+    prompt_len: int = 2048
+    new_tokens: int = 128
+    batch_sizes: tuple[int, ...] = (1, 16)
+    repeats: int = 3
+    warmup: int = 1
+    static_loop: bool = True  # also time the overhead-free decode loop
+    use_graph: bool = True  # capture it in a CUDA graph (GPU only)
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.prompt_len < 1:
+            raise ShedderError("--prompt-len must be at least 1.")
+        if self.new_tokens < 2:
+            raise ShedderError("--new-tokens must be at least 2 (the first token comes from the prompt).")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ShedderError("--batch-sizes must be positive whole numbers, e.g. 1,16.")
+        if self.repeats < 1 or self.warmup < 0:
+            raise ShedderError("--repeats must be at least 1 and --warmup at least 0.")
+
+    @property
+    def mean_decode_context(self) -> int:
+        """The average context length while decoding, for the ideal bytes per step."""
+        return self.prompt_len + self.new_tokens // 2
+
+
+# --- what ran, where ------------------------------------------------------------------------------
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _kernel_of(function) -> str | None:
+    """The module that really runs a transformers kernel-with-fallback function, or None if not one.
+
+    transformers wraps each Mamba kernel entry point (``causal_conv1d_fn``, ``selective_state_update``
+    ...) in a closure that holds the chosen ``implementation``: the mamba-ssm / causal-conv1d function
+    when importable, else its own PyTorch reference.
+    """
+    seen = 0
+    while function is not None and seen < 5:
+        code = getattr(function, "__code__", None)
+        if code is not None and "implementation" in code.co_freevars and function.__closure__:
+            chosen = function.__closure__[code.co_freevars.index("implementation")].cell_contents
+            return getattr(chosen, "__module__", None) or "?"
+        function, seen = getattr(function, "__wrapped__", None), seen + 1
+    return None
+
+
+def kernel_backend(model: nn.Module, device: torch.device) -> dict:
+    """Which implementation runs the model's Mamba mixers: mamba-ssm kernels or pure PyTorch."""
+    _, layers = describe_model(model)
+    mixer = next((p.ssm for p in layers if p.ssm is not None), None)
+    if mixer is None:
+        return {"summary": "no Mamba layers", "functions": {}}
+    module = sys.modules[type(mixer).__module__]
+    functions = {}
+    for name, value in vars(module).items():
+        chosen = _kernel_of(value) if callable(value) else None
+        if chosen is not None:
+            functions[name] = "pure PyTorch" if chosen.startswith("transformers") else chosen
+    if not functions and hasattr(module, "is_fast_path_available"):  # older transformers: one flag
+        fast = bool(module.is_fast_path_available)
+        functions = {"is_fast_path_available": "mamba-ssm kernels" if fast else "pure PyTorch"}
+    kernels = [f for f, impl in functions.items() if impl != "pure PyTorch"]
+    if device.type != "cuda" or not kernels:
+        summary = "pure PyTorch"
+    elif len(kernels) == len(functions):
+        summary = "mamba-ssm kernels"
+    else:
+        summary = f"mixed: kernels for {', '.join(sorted(kernels))}; PyTorch for the rest"
+    return {"summary": summary, "functions": functions}
+
+
+def environment(model: nn.Module) -> dict:
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return {
+        "device": str(device),
+        "device_name": name,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "backend": kernel_backend(model, device),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "transformers": _version("transformers"),
+            "mamba-ssm": _version("mamba-ssm") or _version("mamba_ssm"),
+            "causal-conv1d": _version("causal-conv1d") or _version("causal_conv1d"),
+        },
+    }
+
+
+# --- timing helpers -------------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stats(values: list[float], digits: int = 3) -> dict:
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "runs": len(values)}
+
+
+class PeakMemory:
+    """Peak memory of what runs between :meth:`reset` and :meth:`read`: allocated GPU memory on a GPU,
+    the process's resident-set high-water mark on a CPU (Linux can reset it; elsewhere it is the peak
+    since the process started)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            self.kind = "torch.cuda.max_memory_allocated"
+        elif Path("/proc/self/clear_refs").exists():
+            self.kind = "process resident set high-water mark (VmHWM), reset before each measurement"
+        else:
+            self.kind = "process resident set high-water mark since start (ru_maxrss)"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+    def read(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        try:
+            status = Path("/proc/self/status").read_text()
+            return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+        except (OSError, AttributeError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _FirstTokenClock(StoppingCriteria):
+    """A stopping criterion that never stops: it notes when ``generate`` has produced its first token
+    (the prompt's forward pass), so one run gives both the time to first token and the decode time."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.first = device, None
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        if self.first is None:
+            _sync(self.device)
+            self.first = time.perf_counter()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def _generate(model: nn.Module, prompt: torch.Tensor, new_tokens: int, clock: _FirstTokenClock | None = None
+              ) -> torch.Tensor:
+    """Greedy ``generate`` of exactly ``new_tokens`` tokens (end-of-sequence suppressed until then)."""
+    eos = eos_ids(model)
+    pad = model.generation_config.pad_token_id
+    criteria = StoppingCriteriaList([clock] if clock is not None else [])
+    with torch.no_grad():
+        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, num_beams=1, eos_token_id=eos or None,
+                             pad_token_id=pad if pad is not None else (eos[0] if eos else None),
+                             stopping_criteria=criteria)
+    return out[:, prompt.shape[1]:]
+
+
+def _generate_runs(model: nn.Module, prompt: torch.Tensor, settings: BenchSettings) -> dict:
+    """Per timed run of ``generate``: seconds to the first token, and seconds of the decode steps after it."""
+    device = prompt.device
+    for _ in range(settings.warmup):
+        _generate(model, prompt, settings.new_tokens)
+    first, decode, tokens = [], [], None
+    for _ in range(settings.repeats):
+        clock = _FirstTokenClock(device)
+        _sync(device)
+        start = time.perf_counter()
+        tokens = _generate(model, prompt, settings.new_tokens, clock)
+        _sync(device)
+        end = time.perf_counter()
+        first.append(clock.first - start)
+        decode.append(end - clock.first)
+    return {"first": first, "decode": decode, "tokens": tokens}
+
+
+def random_prompt(model: nn.Module, batch: int, length: int, seed: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.config.vocab_size, (batch, length), generator=generator).to(device)
+
+
+# --- one model ------------------------------------------------------------------------------------
+
+def _decode_at(model: nn.Module, batch: int, settings: BenchSettings, memory: PeakMemory) -> dict:
+    prompt = random_prompt(model, batch, settings.prompt_len, settings.seed + batch)
+    steps = settings.new_tokens - 1
+    memory.reset()
+    runs = _generate_runs(model, prompt, settings)
+    record = {
+        "first_token_ms": _stats([1000 * s for s in runs["first"]]),
+        "generate": {
+            "tokens_per_s": _stats([batch * steps / s for s in runs["decode"]], 1),
+            "ms_per_step": _stats([1000 * s / steps for s in runs["decode"]]),
+            "peak_memory_bytes": memory.read(),
+        },
+    }
+    if settings.static_loop:
+        try:
+            record["static"] = _static_decode(model, prompt, settings, memory, runs["tokens"])
+        except torch.OutOfMemoryError as exc:
+            record["static"] = _out_of_memory(batch, exc, prompt.device)
+    return record
+
+
+def _static_decode(model: nn.Module, prompt: torch.Tensor, settings: BenchSettings, memory: PeakMemory,
+                   reference: torch.Tensor) -> dict:
+    device = prompt.device
+    batch, steps = prompt.shape[0], settings.new_tokens - 1
+    memory.reset()
+    decoder = StaticDecoder(model, batch, settings.prompt_len, settings.new_tokens, settings.use_graph)
+    decoder.prepare(prompt)
+    for _ in range(settings.warmup):
+        decoder.run(prompt)
+    seconds = []
+    for _ in range(settings.repeats):
+        decoder.prefill(prompt)  # untimed: the prompt's forward pass is timed through generate
+        _sync(device)
+        start = time.perf_counter()
+        decoder.decode()
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    tokens = decoder.generated
+    record = {
+        "mode": decoder.mode,
+        "fallback_reason": decoder.fallback_reason,
+        "tokens_per_s": _stats([batch * steps / s for s in seconds], 1),
+        "ms_per_step": _stats([1000 * s / steps for s in seconds]),
+        "peak_memory_bytes": memory.read(),
+        "cache_bytes": cache_bytes(decoder.cache),
+        "tokens_equal_generate": bool(torch.equal(tokens, reference)),
+        "tokens_agreement": round((tokens == reference).float().mean().item(), 4),
+    }
+    del decoder
+    return record
+
+
+def _out_of_memory(batch: int, exc: BaseException, device: torch.device) -> dict:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"error": f"out of memory at batch {batch}: {str(exc).splitlines()[0]}"}
+
+
+def time_model(model: nn.Module, settings: BenchSettings, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Time-to-first-token, decode rates and peak memory of one model (see the module docstring)."""
+    device = next(model.parameters()).device
+    memory = PeakMemory(device)
+    params = {id(p): p for p in model.parameters()}.values()
+    record = {
+        "params": sum(p.numel() for p in params),
+        "param_bytes": sum(p.numel() * p.element_size() for p in params),
+        "layers": model.config.num_hidden_layers,
+        "peak_memory_kind": memory.kind,
+    }
+    record["decode"] = {}
+    for batch in settings.batch_sizes:
+        progress(f"batch {batch}")
+        try:
+            record["decode"][str(batch)] = _decode_at(model, batch, settings, memory)
+        except torch.OutOfMemoryError as exc:
+            record["decode"][str(batch)] = _out_of_memory(batch, exc, device)
+    at_one = record["decode"].get("1")
+    if at_one is None:  # time to first token is defined at batch 1
+        progress("time to first token")
+        runs = _generate_runs(model, random_prompt(model, 1, settings.prompt_len, settings.seed + 1), settings)
+        at_one = {"first_token_ms": _stats([1000 * s for s in runs["first"]])}
+    record["ttft_ms"] = at_one.get("first_token_ms")
+    return record
+
+
+# --- dense vs extracted ---------------------------------------------------------------------------
+
+def extracted_model(model: nn.Module, tokenizer, plan: Plan) -> tuple[nn.Module, str]:
+    """The physically smaller model for ``plan``, on the CPU in the source dtype, and how it was made.
+
+    Uses the in-memory builder of :mod:`shedder.extract` where there is one, else writes the
+    extraction to a temporary folder and loads it back as any user would.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from . import extract
+
+    builder = getattr(extract, "build_extracted", None)
+    if builder is not None:
+        built = builder(model, plan)
+        small = built if isinstance(built, nn.Module) else getattr(built, "model", built[0])
+        return small.eval(), "in memory (shedder.extract.build_extracted)"
+    dtype = next(model.parameters()).dtype
+    with tempfile.TemporaryDirectory(prefix="shedder-bench-") as tmp:
+        folder = Path(tmp) / "extracted"
+        extract.extract(model, tokenizer, plan, folder)
+        # the folder was written by shedder itself just now, so any model code it holds is ours
+        small = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=True)
+    return small.eval(), "extract() to a temporary folder, loaded back with from_pretrained"
+
+
+def _speedups(dense: dict, pruned: dict, ideal: dict) -> dict:
+    """Measured dense/pruned time ratios, and each as a fraction of the ideal one."""
+    out = {"ttft": None, "ttft_over_ideal": None, "decode": {}}
+    if dense["ttft_ms"] and pruned["ttft_ms"]:
+        out["ttft"] = round(dense["ttft_ms"]["median"] / pruned["ttft_ms"]["median"], 4)
+        out["ttft_over_ideal"] = round(out["ttft"] / ideal["prefill_flops"], 4)
+    for batch, row in dense["decode"].items():
+        other = pruned["decode"].get(batch, {})
+        if "error" in row or "error" in other:
+            continue
+        entry = {}
+        for path in ("generate", "static"):
+            if "tokens_per_s" in row.get(path, {}) and "tokens_per_s" in other.get(path, {}):
+                ratio = other[path]["tokens_per_s"]["median"] / row[path]["tokens_per_s"]["median"]
+                entry[path] = round(ratio, 4)
+                entry[f"{path}_over_ideal"] = round(ratio / ideal["decode_bytes"][batch], 4)
+        out["decode"][batch] = entry
+    return out
+
+
+def benchmark(model: nn.Module, tokenizer=None, plan: Plan | None = None, settings: BenchSettings | None = None,
+              progress: Callable[[str], None] = lambda _: None, dense_record: dict | None = None) -> dict:
+    """The full report: environment, the dense model's timings, and with a non-empty ``plan`` the
+    extracted model's timings, the ideal speedups and measured / ideal.
+
+    With a plan the dense model is moved to the CPU while the extracted one is timed (so each peak
+    memory is that model's alone) and moved back afterwards. ``dense_record`` (the ``"dense"`` part of
+    an earlier report on the same model and settings) skips timing the dense model again.
+    """
+    settings = settings or BenchSettings()
+    settings.check()
+    device = next(model.parameters()).device
+    removed = list(plan.removed) if plan is not None else []
+    report = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_type": model.config.model_type,
+        "settings": {**asdict(settings), "batch_sizes": list(settings.batch_sizes)},
+        "environment": environment(model),
+        "removed": [c.to_dict() for c in removed],
+    }
+    small = None
+    if removed:
+        progress("extracting")
+        small, how = extracted_model(model, tokenizer, plan)
+        small.to("cpu")  # off the device while the dense model is timed
+        report["extraction"] = how
+    if dense_record is None:
+        progress("dense model")
+        dense_record = time_model(model, settings, lambda what: progress(f"dense: {what}"))
+    report["dense"] = dense_record
+    if small is None:
+        return report
+    group_size = plan.channel_group_size
+    dense_cost, pruned_cost = model_cost(model, [], group_size), model_cost(model, removed, group_size)
+    model.to("cpu")
+    try:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        small.to(device)
+        report["extracted"] = time_model(small, settings, lambda what: progress(f"extracted: {what}"))
+    finally:
+        del small
+        model.to(device)
+    batches = list(settings.batch_sizes)
+    context = settings.mean_decode_context
+    ideal = ideal_speedups(dense_cost, pruned_cost, settings.prompt_len, batches, context)
+    report["cost_model"] = {"dense": dense_cost.to_dict(settings.prompt_len, batches, context),
+                            "extracted": pruned_cost.to_dict(settings.prompt_len, batches, context),
+                            "decode_context": context}
+    report["ideal_speedup"] = _rounded(ideal)
+    report["measured_speedup"] = _speedups(report["dense"], report["extracted"], ideal)
+    return report
+
+
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def save_report(report: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
