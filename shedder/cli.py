@@ -132,7 +132,7 @@ def _extra_commands():
         yield import_module(f".{name}", __package__).register
 
 
-COMMAND_MODULES: list[str] = ["cli_search", "cli_eval", "cli_extract", "cli_bench"]
+COMMAND_MODULES: list[str] = ["cli_search", "cli_eval", "cli_extract", "cli_bench", "cli_recover"]
 
 
 def main(argv: list[str] | None = None) -> int:
