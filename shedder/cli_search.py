@@ -20,11 +20,37 @@ def _kinds(text: str) -> list[str]:
     return kinds
 
 
-def _score(args: argparse.Namespace) -> int:
+def add_executor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="evaluate candidates in this process, or on Ray workers (same results)")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to join (auto, HOST:6379); default: RAY_ADDRESS, one running here, or a new one")
+    parser.add_argument("--workers", type=int, default=None, help="Ray workers, one model replica each (default 2)")
+
+
+def load_with_executor(args: argparse.Namespace, split: str = "windows"):
+    """(model, tokenizer, executor options). With Ray, this process's copy (for the catalogue, the
+    fingerprint and proxies) is on the CPU, in the dtype the workers will use."""
     from .loading import load_model
+
+    if args.executor == "local":
+        if args.ray_address or args.workers:
+            raise ShedderError("--ray-address and --workers need --executor ray.")
+        return (*load_model(args.model, args.dtype, args.device, args.trust_remote_code), None)
+    from .executor import RayOptions
+    from .ray_executor import connect, worker_dtype
+
+    connect(args.ray_address)
+    options = RayOptions(model=args.model, device=args.device, trust_remote_code=args.trust_remote_code,
+                         address=args.ray_address, workers=args.workers or 2, split=split)
+    model, tokenizer = load_model(args.model, worker_dtype(args.dtype, args.device), "cpu", args.trust_remote_code)
+    return model, tokenizer, options
+
+
+def _score(args: argparse.Namespace) -> int:
     from .scoring import block_influence, proxy_agreement, score, weight_magnitude
 
-    model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    model, tokenizer, executor = load_with_executor(args, args.ray_split)
     base = load_plan_for(model, args.plan)
     group_size = base.channel_group_size if args.plan else args.channel_group_size
     reorder = base.channel_reorder if args.plan else args.channel_reorder
@@ -34,7 +60,8 @@ def _score(args: argparse.Namespace) -> int:
         def tick(done, total):
             bar.total = total
             bar.update(done - bar.n)
-        base_ppl, scores, work = score(model, windows, kinds, base.removed, args.batch_size, group_size, reorder, tick)
+        base_ppl, scores, work = score(model, windows, kinds, base.removed, args.batch_size, group_size, reorder, tick,
+                                       executor=executor)
     proxies = {}
     if "block" in kinds:
         proxies["block_influence"] = block_influence(model, windows, base.removed, args.batch_size)
@@ -56,20 +83,20 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from .loading import load_model
     from .search import Stage, parse_stages, search
 
     if args.stages and args.targets:
         raise ShedderError("Give either --targets/--steps or --stages, not both.")
     stages = parse_stages(args.stages) if args.stages else [Stage(tuple(_kinds(args.targets or "block")), args.steps)]
-    model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    model, tokenizer, executor = load_with_executor(args)
     windows = windows_from_args(args, tokenizer)
     with progress_bar(sum(s.steps for s in stages), "search steps") as bar:
         def on_step(step):
             bar.update(1)
             bar.set_postfix_str(f"removed {step['removed']['kind']}@{step['removed']['layer']} ppl {step['ppl']:.3f}")
         record = search(model, windows, stages, args.out, args.batch_size, channel_group_size=args.channel_group_size,
-                        channel_reorder=args.channel_reorder, early_stop=not args.no_early_stop, on_step=on_step)
+                        channel_reorder=args.channel_reorder, early_stop=not args.no_early_stop, on_step=on_step,
+                        executor=executor)
     print(f"{len(record['removed'])} components removed; plan in {Path(args.out) / 'plan.json'} "
           f"(work: {record['work']:,} layer-token passes)")
     return 0
@@ -103,6 +130,10 @@ def register(sub, add_model_args) -> None:
     score.add_argument("--plan", help="base plan: score on top of these removals")
     score.add_argument("--channel-reorder", choices=["l1"], default=None)
     add_calibration_args(score, default_tokens=65536)
+    add_executor_args(score)
+    score.add_argument("--ray-split", choices=["windows", "candidates"], default="windows",
+                       help="with Ray: each worker scores every component on its shard of the windows, "
+                            "or whole components go to workers")
     score.add_argument("--out", required=True, help="JSON file for the scores")
     score.set_defaults(run=_score)
 
@@ -115,6 +146,7 @@ def register(sub, add_model_args) -> None:
                         help="group MLP channels by weight L1 norm first (the reference's --weight_reorder)")
     search.add_argument("--no-early-stop", action="store_true", help="score every candidate fully (same plan, more work)")
     add_calibration_args(search, default_tokens=65536)
+    add_executor_args(search)
     search.add_argument("--out", required=True, help="output directory (re-run the same command to resume)")
     search.set_defaults(run=_search)
 

@@ -48,7 +48,7 @@ class RayOptions:
     model: str  # what every worker loads: zoo name, folder (same path on every node) or hub id
     device: str = "auto"  # auto: one GPU per worker when the cluster has GPUs, else CPU; or cpu, cuda
     trust_remote_code: bool = False
-    address: str | None = None  # None: this process's cluster, RAY_ADDRESS, or a new local one
+    address: str | None = None  # None: this process's cluster, RAY_ADDRESS, one running here, or a new one
     workers: int = 2
     cpus_per_worker: int = 1
     split: str = "windows"  # score only: "windows" (calibration shards) or "candidates"

@@ -61,7 +61,7 @@ def runtime_env() -> dict:
 
 
 def connect(address: str | None) -> bool:
-    """Join a Ray cluster (or start a local one); True when this call started Ray here."""
+    """Join a Ray cluster (or start a local one); True when this call connected this process."""
     if ray.is_initialized():
         return False
     local = address is None and not os.environ.get("RAY_ADDRESS")
@@ -255,7 +255,7 @@ class RayExecutor:
                                runtime_env=runtime_env()).remote(
             spec, self.windows_ref, batch_range, self.batch_size, grouping, self.fingerprint)
 
-    def _pool(self, mode: str) -> None:
+    def start_workers(self, mode: str = "whole") -> None:
         """Workers over all windows (``whole``) or one contiguous shard of batches each (``shards``)."""
         if self.mode == mode:
             return
@@ -344,7 +344,7 @@ class RayExecutor:
 
     # -- the two things an executor does -------------------------------------------------------------
     def run_step(self, base, candidates, rank, early_stop, on_candidate=None, should_stop=None):
-        self._pool("whole")
+        self.start_workers("whole")
         token, base = next(self.tokens), list(base)
         work = 0
         screened: dict[Component, CandidateResult] = {}
@@ -390,10 +390,10 @@ class RayExecutor:
         base, wanted = list(base), [None, *components]
         work, done = 0, {}
         if self.options.split == "candidates":
-            self._pool("whole")
+            self.start_workers("whole")
             jobs = [Job("complete", c, lambda c=c: (base, c)) for c in wanted]
         else:
-            self._pool("shards")
+            self.start_workers("shards")
             jobs = [Job("batch_sums", c, lambda c=c: (base, c), slot) for c in wanted for slot in range(len(self.shards))]
         parts: dict[Component | None, dict[int, list[float]]] = {}
 

@@ -11,6 +11,7 @@ ray = pytest.importorskip("ray")
 
 from shedder.calibration import cut_windows, tokenize_text  # noqa: E402
 from shedder.catalogue import Component  # noqa: E402
+from shedder.cli import main  # noqa: E402
 from shedder.errors import ShedderError  # noqa: E402
 from shedder.executor import RayOptions  # noqa: E402
 from shedder.loading import load_model  # noqa: E402
@@ -27,7 +28,8 @@ SEQ_LEN, N_WINDOWS, BATCH = 16, 6, 2
 def cluster():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # like each worker; tiny models only lose time to threads on a busy CPU
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 << 20,
+             logging_level=logging.WARNING)
     yield
     ray.shutdown()
     torch.set_num_threads(threads)
@@ -62,11 +64,11 @@ def plan_and_ppls(record):
 
 
 def test_a_submitted_search_runs_detached_and_reports_progress(cluster, checkpoint, tmp_path):
-    # first in this file: the search takes both CPUs of the cluster for its own workers
+    # before the tests that keep a pool of workers open: the search needs a CPU of the cluster for its own
     folder, model, windows = checkpoint
     out = tmp_path / "job"
     job = SearchJob(model=str(folder), stages="block,ssm:2", out_dir=str(out), calib=str(folder / "calib.txt"),
-                    tokens=SEQ_LEN * N_WINDOWS, seq_len=SEQ_LEN, batch_size=BATCH, device="cpu", workers=2)
+                    tokens=SEQ_LEN * N_WINDOWS, seq_len=SEQ_LEN, batch_size=BATCH, device="cpu", workers=1)
     name = submit_search(job, address=None)
     assert name.startswith("shedder-search-")
     local = search(model, windows, parse_stages("block,ssm:2"), batch_size=BATCH)  # while it runs
@@ -83,6 +85,18 @@ def test_a_submitted_search_runs_detached_and_reports_progress(cluster, checkpoi
     assert json.loads((out / "plan.json").read_text())["removed"] == local["removed"]
     while any(a["name"] == name for a in ray.util.list_named_actors(all_namespaces=True)):
         time.sleep(0.2)  # the detached search exits by itself, freeing its CPUs
+
+
+def test_cli_search_on_ray(cluster, checkpoint, tmp_path, capsys):
+    folder, model, windows = checkpoint
+    common = ["search", "--model", str(folder), "--targets", "block,ssm", "--steps", "2", "--device", "cpu",
+              "--calib", str(folder / "calib.txt"), "--tokens", str(SEQ_LEN * N_WINDOWS), "--seq-len", str(SEQ_LEN),
+              "--batch-size", str(BATCH)]
+    assert main([*common, "--workers", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "--workers need --executor ray" in capsys.readouterr().err
+    assert main([*common, "--executor", "ray", "--workers", "1", "--out", str(tmp_path / "run")]) == 0
+    local = search(model, windows, parse_stages("block,ssm:2"), batch_size=BATCH)
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["removed"] == local["removed"]
 
 
 @pytest.mark.parametrize("split", ["windows", "candidates"])

@@ -1,0 +1,225 @@
+"""Benchmark: the same greedy search on 1, 2 (... N) Ray workers, one GPU each, for a model of realistic
+size. Records per-step wall times, per-candidate evaluation times and Ray's own costs (putting the
+windows in the object store, starting workers, dispatch gaps, result latency), checks that every run
+picks the same plan, prints the speedup and extrapolates (labelled as an estimate) to 8 GPUs and to
+several nodes with a simple model fitted to the measured parts:
+
+    step time(N) = serial + max(parallel / N, longest candidate) + per-task overhead * tasks / N
+
+where ``serial`` is the base pass every worker repeats each step (prefix reuse) plus the driver's own
+time per step, ``parallel`` the sum of all candidate evaluations (first batches and the rest), both
+measured on the 1-worker run. Results go to bench/results/ray_scaling_<tag>.json.
+
+    python bench/ray_scaling.py --workers 1,2 --random-mamba2 32x1536 --dtype bfloat16 \\
+        --windows 32 --seq-len 1024 --batch-size 4 --targets block,ssm --steps 3
+    python bench/ray_scaling.py --small      # CPU, tiny, end to end in a minute or two
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ray  # noqa: E402
+
+from search_cost import random_mamba2  # noqa: E402
+from shedder.calibration import cut_windows  # noqa: E402
+from shedder.catalogue import Component  # noqa: E402
+from shedder.executor import RayOptions  # noqa: E402
+from shedder.loading import load_model  # noqa: E402
+from shedder.masks import catalogue_of  # noqa: E402
+from shedder.ray_executor import RayExecutor  # noqa: E402
+from shedder.search import Stage, candidates_for, search  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NODE_DISPATCH_EXTRA_S = 0.002  # estimate: extra latency of a task sent to another node over a LAN
+NODE_BANDWIDTH_BPS = 1.25e9  # estimate: 10 Gbit/s between nodes, for the windows' one transfer
+
+
+def save_checkpoint(shape: str, dtype: torch.dtype, folder: Path) -> None:
+    """A random-weight Mamba-2 saved as a transformers folder (what every worker loads), with a
+    one-entry tokenizer: the windows are random token ids, so only loading needs it."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    random_mamba2(shape, torch.device("cpu"), dtype).save_pretrained(folder)
+    tokenizer = Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>").save_pretrained(folder)
+
+
+def warm_up(executor: RayExecutor, model, targets: tuple[str, ...]) -> None:
+    """Two candidates per worker evaluated in full, so kernels are compiled before anything is timed."""
+    catalogue = catalogue_of(model)
+    rank = {c: i for i, c in enumerate(catalogue.components())}
+    candidates = candidates_for(catalogue, [], targets)[: 2 * executor.options.workers]
+    executor.run_step([], candidates, rank, early_stop=False)
+    executor.timeline.clear()
+
+
+def per_worker(timeline: list[dict], key: str) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for task in timeline:
+        out.setdefault(task[key], []).append(task)
+    return out
+
+
+def summarise(record: dict, timeline: list[dict], startup: dict, workers: int, seconds: float) -> dict:
+    """What one run measured: step times, candidate times, and where Ray spent time."""
+    tasks = [t for t in timeline if t["method"] in ("screen", "finish")]
+    gaps, latencies = [], []
+    for runs in per_worker(tasks, "worker").values():
+        runs.sort(key=lambda t: t["started"])
+        gaps += [b["started"] - a["ended"] for a, b in zip(runs, runs[1:]) if b["submitted"] < a["ended"]]
+        latencies += [t["received"] - t["ended"] for t in runs]
+    steps = record["steps"]
+    base = sum(t["base_seconds"] for t in tasks)
+    busy = sum(t["seconds"] + t["base_seconds"] for t in tasks)
+    return {
+        "workers": workers, "seconds": round(seconds, 3),
+        "plan": [str(Component.from_dict(c)) for c in record["removed"]],
+        "work": record["work"],
+        "step_seconds": [round(s["seconds"], 3) for s in steps],
+        "candidates": [len(s["candidates"]) for s in steps],
+        "fully_evaluated": [s["evaluated_fully"] for s in steps],
+        "tasks": len(tasks),
+        "screen_seconds_mean": _mean(t["seconds"] for t in tasks if t["method"] == "screen"),
+        "finish_seconds_mean": _mean(t["seconds"] for t in tasks if t["method"] == "finish"),
+        "candidate_seconds_max": round(max((t["seconds"] for t in tasks), default=0.0), 4),
+        "candidate_seconds_sum": round(sum(t["seconds"] for t in tasks), 3),
+        "base_pass_seconds_per_worker_step": round(base / max(1, workers * len(steps)), 4),
+        "worker_busy_fraction": round(busy / max(1e-9, workers * sum(s["seconds"] for s in steps)), 3),
+        "dispatch_gap_seconds_mean": _mean(gaps), "result_latency_seconds_mean": _mean(latencies),
+        "windows_put_seconds": round(startup.get("put_seconds", 0.0), 4),
+        "workers_start_seconds": round(startup.get("start_seconds", 0.0), 2),
+        "worker_load_seconds": [round(w["load_seconds"], 2) for w in startup.get("workers", [])],
+        "worker_devices": [f"{w['node']}:{w['device']}" for w in startup.get("workers", [])],
+    }
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return round(statistics.fmean(values), 5) if values else 0.0
+
+
+def scaling_model(one: dict, windows_bytes: int) -> dict:
+    """Fit the step-time model to the 1-worker run and predict N workers on one node and on several."""
+    n_steps = len(one["step_seconds"])
+    step = sum(one["step_seconds"]) / n_steps
+    parallel = one["candidate_seconds_sum"] / n_steps
+    overhead = one["dispatch_gap_seconds_mean"] + one["result_latency_seconds_mean"]
+    tasks = one["tasks"] / n_steps
+    base = one["base_pass_seconds_per_worker_step"]
+    serial = base + max(0.0, step - parallel - base - overhead * tasks)  # base pass + driver time, per step
+    longest = one["candidate_seconds_max"]
+
+    def predict(n: int, nodes: int = 1) -> float:
+        extra = NODE_DISPATCH_EXTRA_S * (nodes - 1) / nodes  # the share of tasks that cross nodes
+        transfer = windows_bytes / NODE_BANDWIDTH_BPS / n_steps if nodes > 1 else 0.0
+        return serial + max(parallel / n, longest) + (overhead + extra) * tasks / n + transfer
+
+    layouts = {f"{n} workers": (n, 1) for n in (1, 2, 4, 8)}
+    layouts.update({f"{nodes} nodes x 8 workers": (8 * nodes, nodes) for nodes in (2, 4, 8)})
+    return {
+        "estimate": True,
+        "per_step": {"serial_seconds": round(serial, 4), "parallel_seconds": round(parallel, 4),
+                     "longest_candidate_seconds": round(longest, 4), "tasks": round(tasks, 1),
+                     "per_task_overhead_seconds": round(overhead, 5)},
+        "serial_fraction": round(serial / step, 4),
+        "amdahl_limit_speedup": round(step / (serial + longest), 2),
+        "predicted_step_seconds": {name: round(predict(n, nodes), 3) for name, (n, nodes) in layouts.items()},
+        "predicted_speedup": {name: round(predict(1) / predict(n, nodes), 2) for name, (n, nodes) in layouts.items()},
+        "assumptions": f"node-to-node dispatch +{NODE_DISPATCH_EXTRA_S * 1e3:g} ms per task, "
+                       f"{NODE_BANDWIDTH_BPS * 8 / 1e9:g} Gbit/s for the windows; early stopping as on 1 worker",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--random-mamba2", default="32x1536", help="LAYERSxWIDTH of the random-weight Mamba-2")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="auto", help="workers' device: auto (a GPU each when there are GPUs), cpu")
+    parser.add_argument("--workers", default="1,2", help="worker counts to compare, e.g. 1,2 or 1,2,4,8")
+    parser.add_argument("--windows", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--targets", default="block,ssm")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--ray-address", default=None, help="a running cluster (default: a local one)")
+    parser.add_argument("--tag", default=None, help="results file suffix (default: from the device)")
+    parser.add_argument("--small", action="store_true", help="CPU smoke run: 6x128 model, 8 x 64 tokens, 2 steps")
+    args = parser.parse_args()
+    if args.small:
+        args.random_mamba2, args.dtype, args.device = "6x128", "float32", "cpu"
+        args.windows, args.seq_len, args.batch_size, args.steps = 8, 64, 2, 2
+    counts = [int(n) for n in args.workers.split(",")]
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[args.dtype]
+
+    if args.ray_address:
+        ray.init(address=args.ray_address)
+    else:
+        ray.init(address="local", num_cpus=max(counts) if args.device == "cpu" else None, include_dashboard=False)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpu_name = torch.cuda.get_device_name(0).replace("NVIDIA ", "").replace(" ", "-") if torch.cuda.is_available() else ""
+    tag = args.tag or (f"{gpus}x{gpu_name}" if gpus and args.device != "cpu" else "cpu-small" if args.small else "cpu")
+
+    stages = [Stage(tuple(args.targets.split(",")), args.steps)]
+    result = {"tag": tag, "machine": platform.machine(), "torch": torch.__version__, "ray": ray.__version__,
+              "gpus": gpus, "gpu": gpu_name, "model": f"random mamba2 {args.random_mamba2}", "dtype": args.dtype,
+              "windows": args.windows, "seq_len": args.seq_len, "batch_size": args.batch_size,
+              "targets": args.targets, "steps": args.steps, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        save_checkpoint(args.random_mamba2, dtype, folder)
+        model, _ = load_model(str(folder), args.dtype, "cpu")  # the driver's copy: catalogue, fingerprint
+        result["params"] = sum(p.numel() for p in model.parameters())
+        stream = torch.randint(0, model.config.vocab_size, (args.windows * args.seq_len,),
+                               generator=torch.Generator().manual_seed(0))
+        windows = cut_windows(stream, args.seq_len, source="random tokens")
+        for n in counts:
+            options = RayOptions(model=str(folder), device=args.device, workers=n, address=args.ray_address)
+            executor = RayExecutor(options, model, windows, args.batch_size)
+            try:
+                executor.start_workers()
+                warm_up(executor, model, stages[0].targets)
+                start = time.perf_counter()
+                record = search(model, windows, stages, batch_size=args.batch_size, executor=executor)
+                seconds = time.perf_counter() - start
+                run = summarise(record, executor.timeline, executor.startup, n, seconds)
+            finally:
+                executor.close()
+            result["runs"].append(run)
+            print(f"{n} worker(s): {seconds:.2f} s for {len(record['steps'])} steps, steps {run['step_seconds']}, "
+                  f"busy {run['worker_busy_fraction']:.0%}", flush=True)
+    runs = result["runs"]
+    result["plans_equal"] = all(r["plan"] == runs[0]["plan"] for r in runs)
+    result["speedup"] = {str(r["workers"]): round(runs[0]["seconds"] / r["seconds"], 2) for r in runs}
+    # more workers evaluate concurrently, so a strong early-stop bound arrives later: a little more work
+    result["work_ratio"] = {str(r["workers"]): round(r["work"] / runs[0]["work"], 3) for r in runs}
+    if runs[0]["workers"] == 1:
+        result["model_of_scaling"] = scaling_model(runs[0], windows.ids.numel() * windows.ids.element_size())
+        measured = {f"{r['workers']} workers": r["seconds"] / len(r["step_seconds"]) for r in runs}
+        result["model_of_scaling"]["measured_step_seconds"] = {k: round(v, 3) for k, v in measured.items()}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"ray_scaling_{tag}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps({k: result[k] for k in ("plans_equal", "speedup", "work_ratio")}, indent=1))
+    if "model_of_scaling" in result:
+        print("estimate:", json.dumps(result["model_of_scaling"]["predicted_speedup"]))
+    print(f"-> {path}")
+    ray.shutdown()
+    if not result["plans_equal"]:
+        sys.exit("plans differ between worker counts")
+
+
+if __name__ == "__main__":
+    main()
