@@ -12,5 +12,6 @@ pages = [
     st.Page("pages/playground.py", title="Playground"),
     st.Page("pages/search.py", title="Search"),
     st.Page("pages/export.py", title="Export & compare"),
+    st.Page("pages/recover.py", title="Recovery"),
 ]
 st.navigation(pages).run()

@@ -1,10 +1,13 @@
 """The sidebar every page shares: which model is loaded, and how."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from shedder.errors import ShedderError
 from shedder.loading import zoo_names
+from shedder.model_folders import local_models
 
 from .state import ModelChoice, catalogue, current_choice, loaded
 
@@ -19,16 +22,23 @@ def model_sidebar() -> ModelChoice:
     with st.sidebar:
         st.header("Model")
         names = zoo_names()
-        source = st.radio("Source", ["zoo", "local folder or hub id"], horizontal=True,
-                          index=0 if choice.spec in names or not choice.spec else 1)
-        if source == "zoo":
+        made = {m.path: m for m in local_models()}  # extracted and recovered by the dashboard, newest first
+        sources = ["zoo", *(["extracted / recovered"] if made else []), "local folder or hub id"]
+        current = ("zoo" if choice.spec in names or not choice.spec
+                   else "extracted / recovered" if choice.spec in made else "local folder or hub id")
+        source = st.radio("Source", sources, horizontal=True, index=sources.index(current))
+        if source == "extracted / recovered":
+            spec = st.selectbox("Model", list(made), index=list(made).index(choice.spec) if choice.spec in made else 0,
+                                format_func=lambda p: f"{Path(p).name} ({made[p].kind})", help="\n\n".join(
+                                    f"{Path(p).name}: {m.description}" for p, m in list(made.items())[:8]))
+        elif source == "zoo":
             if not names:
                 st.warning("No zoo model is installed; use a local folder.")
                 spec = ""
             else:
                 spec = st.selectbox("Zoo model", names, index=names.index(choice.spec) if choice.spec in names else 0)
         else:
-            spec = st.text_input("Folder or hub id", value="" if choice.spec in names else choice.spec,
+            spec = st.text_input("Folder or hub id", value="" if choice.spec in names or choice.spec in made else choice.spec,
                                  placeholder="/path/to/model or state-spaces/mamba-130m-hf").strip()
         dtype = st.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"],
                              index=["auto", "float32", "bfloat16", "float16"].index(choice.dtype))

@@ -208,3 +208,55 @@ def test_dense_reference_is_found_in_the_zoo_and_dashboard_folders_are_listed(mo
     listed = local_models()
     assert [(Path(m.path).name, m.kind) for m in listed] == [("pruned-lora", "recovered"), ("pruned", "extracted")]
     assert "won back" in listed[0].description
+
+
+def test_recovery_page_recovers_a_model_and_offers_it_in_the_sidebar(models):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from app.state import ModelChoice
+
+    shutil.copytree(models["pruned"], extracted_dir() / "tiny-pruned")
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=300)
+    at.session_state["model_choice"] = ModelChoice(str(models["dense"]), device="cpu")
+    at.switch_page("pages/recover.py").run()
+    assert not at.exception, at.exception
+
+    def widget(kind: str, label: str):
+        return next(w for w in getattr(at, kind) if w.label == label)
+
+    widget("number_input", "Steps").set_value(4)
+    widget("selectbox", "Windows per step").set_value(2)
+    widget("select_slider", "Window (tokens)").set_value(32)
+    widget("select_slider", "Held-out tokens").set_value("512")
+    widget("text_input", "Training text").set_value(str(models["text"]))
+    widget("text_input", "Dense reference").set_value(str(models["dense"]))
+    at.run()
+    assert widget("selectbox", "Extracted model").value.endswith("tiny-pruned")
+    widget("button", "Start recovery").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, at.error[0].value
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["share of the pruning loss recovered"].endswith("%")
+    assert list(at.dataframe[0].value["model"]) == ["dense", "pruned", "recovered"]
+    recovered = [m for m in local_models() if m.kind == "recovered"]
+    assert len(recovered) == 1 and json.loads((Path(recovered[0].path) / "recovery.json").read_text())[
+        "training"]["steps"] == 4
+
+
+    dense = AutoModelForCausalLM.from_pretrained(models["dense"])  # the current plan of the sidebar's model
+    at.session_state["plans"] = {str(models["dense"]): Plan.for_model(dense, [Component("block", 0)])}
+    widget("radio", "Recover").set_value("the current plan").run()
+    widget("number_input", "Steps").set_value(2).run()
+    widget("button", "Start recovery").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, at.error[0].value
+    newest = local_models()[0]
+    assert newest.kind == "recovered" and len(local_models()) == 4  # + the plan's extraction and its recovery
+    assert json.loads((Path(newest.path) / "plan.json").read_text())["removed"] == [{"kind": "block", "layer": 0}]
+
+    widget("button", "Use the recovered model").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["model_choice"].spec == newest.path
+    assert widget("radio", "Source").value == "extracted / recovered"
