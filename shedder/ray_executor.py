@@ -16,7 +16,8 @@ Search step (exact early stop across workers, as in the local search):
 
 ``score`` splits the calibration windows into contiguous shards of whole batches, one per worker
 (``split="windows"``): every worker scores every component on its shard and returns per-batch sums,
-which the driver adds in batch order. ``split="candidates"`` gives whole components to workers.
+which the driver adds in batch order. ``split="candidates"`` gives whole components to workers. A
+worker keeps one Evaluator at a time (all windows, or its shard), so the same workers serve both.
 
 A worker that dies (``RayActorError``) is replaced by a new actor and its unfinished tasks are
 re-queued; results already returned are kept, and finished search steps are in the search's log.
@@ -101,34 +102,46 @@ class TaskResult:
 
 @ray.remote(concurrency_groups={"control": 1})
 class Replica:
-    """A model replica and its Evaluator on one worker (over all windows, or over one shard)."""
+    """A model replica on one worker, with an Evaluator over all windows or over one shard of them."""
 
-    def __init__(self, spec: dict, windows: Windows, batch_range: tuple[int, int] | None, batch_size: int,
-                 grouping: dict, fingerprint: str):
+    def __init__(self, spec: dict, windows: Windows, batch_size: int, grouping: dict, fingerprint: str):
         started = time.perf_counter()
         torch.set_num_threads(spec["cpus"])
-        model, _ = load_model(spec["model"], spec["dtype"], spec["device"], spec["trust_remote_code"])
-        if model_fingerprint(model) != fingerprint:
+        self.model, _ = load_model(spec["model"], spec["dtype"], spec["device"], spec["trust_remote_code"])
+        if model_fingerprint(self.model) != fingerprint:
             raise ShedderError(f"The worker on {ray.util.get_node_ip_address()} loaded other weights for "
                                f"{spec['model']!r} than the driver has; every node must see the same checkpoint.")
-        if batch_range is not None:
-            first, last = batch_range
-            windows = Windows(windows.ids[first * batch_size:last * batch_size], windows.source, windows.seed)
-        self.evaluator = Evaluator(model, windows, batch_size, **grouping)
+        self.windows, self.batch_size, self.grouping = windows, batch_size, grouping
+        self.evaluator: Evaluator | None = None
+        self.batch_range: tuple[int, int] | None = None
         self.base: list[Component] | None = None
         self.bounds: dict[int, float] = {}  # step token -> best complete total the driver knows
         self.load_seconds = time.perf_counter() - started
 
     def info(self) -> dict:
         return {"node": ray.util.get_node_ip_address(), "pid": os.getpid(), "gpus": ray.get_gpu_ids(),
-                "device": str(next(self.evaluator.model.parameters()).device), "load_seconds": self.load_seconds}
+                "device": str(next(self.model.parameters()).device), "load_seconds": self.load_seconds}
+
+    def _use(self, batch_range: tuple[int, int] | None) -> Evaluator:
+        """The Evaluator over batches ``[first, last)`` (None: all); one at a time, so stored states are freed."""
+        if self.evaluator is None or batch_range != self.batch_range:
+            windows = self.windows
+            if batch_range is not None:
+                first, last = batch_range
+                windows = Windows(windows.ids[first * self.batch_size:last * self.batch_size], windows.source,
+                                  windows.seed)
+            self.evaluator = None  # drop the old one's stored states first
+            self.evaluator = Evaluator(self.model, windows, self.batch_size, **self.grouping)
+            self.batch_range, self.base = batch_range, None
+        return self.evaluator
 
     @ray.method(concurrency_group="control")
     def set_bound(self, token: int, value: float) -> None:
         self.bounds[token] = min(self.bounds.get(token, math.inf), value)
 
-    def _task(self, base: list[Component], compute: Callable[[], Any]) -> TaskResult:
-        started, work_before = time.time(), self.evaluator.work
+    def _task(self, base: list[Component], compute: Callable[[], Any],
+              batch_range: tuple[int, int] | None = None) -> TaskResult:
+        started, work_before = time.time(), self._use(batch_range).work
         base_seconds = 0.0
         if self.base != base:
             clock = time.perf_counter()
@@ -165,9 +178,11 @@ class Replica:
     def complete(self, base: list[Component], candidate: Component | None) -> TaskResult:
         return self._task(base, lambda: self.evaluator.evaluate(candidate))
 
-    def batch_sums(self, base: list[Component], candidate: Component | None) -> TaskResult:
-        """The exact NLL sum of every batch of this worker's shard (the driver adds them in order)."""
-        return self._task(base, lambda: [self._batch_sum(candidate, b) for b in range(len(self.evaluator.batches))])
+    def batch_sums(self, base: list[Component], candidate: Component | None, batch_range: tuple[int, int]
+                   ) -> TaskResult:
+        """The exact NLL sum of every batch of a shard (the driver adds them in order)."""
+        return self._task(base, lambda: [self._batch_sum(candidate, b) for b in range(len(self.evaluator.batches))],
+                          batch_range)
 
     def _batch_sum(self, candidate: Component | None, batch: int) -> float:
         # Resuming from a zero sum at batch b's first window evaluates batch b alone: 0 + s == s exactly.
@@ -196,9 +211,9 @@ class RayExecutor:
                  channel_group_size: int | None = None, channel_reorder: str | None = None,
                  state_budget_bytes: int | None = None, prefix_reuse: bool = True):
         self.options, self.model, self.windows = options, model, windows
-        self.settings = {"batch_size": batch_size, "channel_group_size": catalogue_of(model, channel_group_size).channel_group_size,
-                         "channel_reorder": channel_reorder, "state_budget_bytes": state_budget_bytes,
-                         "prefix_reuse": prefix_reuse}
+        group_size = catalogue_of(model, channel_group_size).channel_group_size
+        self.settings = {"batch_size": batch_size, "channel_group_size": group_size, "channel_reorder": channel_reorder,
+                         "state_budget_bytes": state_budget_bytes, "prefix_reuse": prefix_reuse}
         self.batch_size = batch_size
         self.fingerprint = model_fingerprint(model)
         self.n_batches = math.ceil(len(windows) / batch_size)
@@ -209,8 +224,6 @@ class RayExecutor:
         self.windows_ref = ray.put(windows)
         self.startup["put_seconds"] = time.perf_counter() - clock
         self.workers: list = []
-        self.mode: str | None = None
-        self.shards: list[tuple[int, int] | None] = []
         self.replacements = 0
         self.timeline: list[dict] = []  # one record per finished task
         self.tokens = itertools.count()
@@ -219,9 +232,9 @@ class RayExecutor:
     def check_same(self, model: nn.Module, windows: Windows, batch_size: int, channel_group_size: int | None,
                    channel_reorder: str | None, state_budget_bytes: int | None, prefix_reuse: bool) -> None:
         """Refuse a search or score whose settings differ from the ones the workers were started with."""
-        asked = {"batch_size": batch_size, "channel_group_size": catalogue_of(model, channel_group_size).channel_group_size,
-                 "channel_reorder": channel_reorder, "state_budget_bytes": state_budget_bytes,
-                 "prefix_reuse": prefix_reuse}
+        group_size = catalogue_of(model, channel_group_size).channel_group_size
+        asked = {"batch_size": batch_size, "channel_group_size": group_size, "channel_reorder": channel_reorder,
+                 "state_budget_bytes": state_budget_bytes, "prefix_reuse": prefix_reuse}
         differ = [k for k in asked if asked[k] != self.settings[k]]
         if model is not self.model and model_fingerprint(model) != self.fingerprint:
             differ.append("model")
@@ -244,7 +257,7 @@ class RayExecutor:
                                f"{cpus:g} CPUs. Use fewer --workers.")
         return use_gpu
 
-    def _new_worker(self, batch_range: tuple[int, int] | None):
+    def _new_worker(self):
         options = self.options
         spec = {"model": options.model, "dtype": dtype_name(self.model), "device": "cuda" if self.use_gpu else "cpu",
                 "trust_remote_code": options.trust_remote_code, "cpus": options.cpus_per_worker}
@@ -253,27 +266,19 @@ class RayExecutor:
         name = f"shedder-worker-{self.run_id}-{self.started_workers}"
         return Replica.options(name=name, num_cpus=options.cpus_per_worker, num_gpus=1 if self.use_gpu else 0,
                                runtime_env=runtime_env()).remote(
-            spec, self.windows_ref, batch_range, self.batch_size, grouping, self.fingerprint)
+            spec, self.windows_ref, self.batch_size, grouping, self.fingerprint)
 
-    def start_workers(self, mode: str = "whole") -> None:
-        """Workers over all windows (``whole``) or one contiguous shard of batches each (``shards``)."""
-        if self.mode == mode:
+    def start_workers(self) -> None:
+        """Start the workers (the first step or score does it anyway) and wait until they are ready."""
+        if self.workers:
             return
-        self._stop_workers()
-        if mode == "shards":
-            n = min(self.options.workers, self.n_batches)
-            cuts = [round(i * self.n_batches / n) for i in range(n + 1)]
-            self.shards = list(zip(cuts[:-1], cuts[1:]))
-        else:
-            self.shards = [None] * self.options.workers
         clock = time.perf_counter()
-        self.workers = [self._new_worker(shard) for shard in self.shards]
+        self.workers = [self._new_worker() for _ in range(self.options.workers)]
         try:
             infos = ray.get([w.info.remote() for w in self.workers])
         except ray.exceptions.RayActorError as exc:
             raise ShedderError(f"A Ray worker could not start: {_last_line(exc)}") from exc
         self.startup.update(workers=infos, start_seconds=time.perf_counter() - clock)
-        self.mode = mode
 
     def _replace(self, slot: int, error: Exception) -> None:
         if getattr(error, "actor_init_failed", False):
@@ -286,7 +291,7 @@ class RayExecutor:
             ray.kill(self.workers[slot])
         except Exception:  # already gone
             pass
-        self.workers[slot] = self._new_worker(self.shards[slot])
+        self.workers[slot] = self._new_worker()
 
     def _stop_workers(self) -> None:
         for worker in self.workers:
@@ -294,7 +299,7 @@ class RayExecutor:
                 ray.kill(worker)
             except Exception:  # already gone
                 pass
-        self.workers, self.mode = [], None
+        self.workers = []
 
     def close(self) -> None:
         self._stop_workers()
@@ -310,6 +315,8 @@ class RayExecutor:
         inflight: dict[Any, tuple[int, Job, float]] = {}
         while shared or any(own) or inflight:
             if should_stop is not None and should_stop():
+                for ref in inflight:  # queued ones are dropped; a running one ends by itself
+                    ray.cancel(ref)
                 return False
             for slot, worker in enumerate(self.workers):
                 queue = own[slot] or shared
@@ -344,7 +351,7 @@ class RayExecutor:
 
     # -- the two things an executor does -------------------------------------------------------------
     def run_step(self, base, candidates, rank, early_stop, on_candidate=None, should_stop=None):
-        self.start_workers("whole")
+        self.start_workers()
         token, base = next(self.tokens), list(base)
         work = 0
         screened: dict[Component, CandidateResult] = {}
@@ -389,12 +396,15 @@ class RayExecutor:
     def score(self, base, components, progress=None, should_stop=None):
         base, wanted = list(base), [None, *components]
         work, done = 0, {}
+        self.start_workers()
         if self.options.split == "candidates":
-            self.start_workers("whole")
             jobs = [Job("complete", c, lambda c=c: (base, c)) for c in wanted]
-        else:
-            self.start_workers("shards")
-            jobs = [Job("batch_sums", c, lambda c=c: (base, c), slot) for c in wanted for slot in range(len(self.shards))]
+        else:  # contiguous shards of whole batches, one per worker
+            n = min(len(self.workers), self.n_batches)
+            cuts = [round(i * self.n_batches / n) for i in range(n + 1)]
+            shards = list(zip(cuts[:-1], cuts[1:]))
+            jobs = [Job("batch_sums", c, lambda c=c, shard=shard: (base, c, shard), slot)
+                    for c in wanted for slot, shard in enumerate(shards)]
         parts: dict[Component | None, dict[int, list[float]]] = {}
 
         def keep(job: Job, out: TaskResult) -> None:
@@ -404,10 +414,10 @@ class RayExecutor:
                 done[job.key] = out.value
             else:
                 parts.setdefault(job.key, {})[job.slot] = out.value
-                if len(parts[job.key]) < len(self.shards):
+                if len(parts[job.key]) < len(shards):
                     return
                 total = 0.0
-                for slot in range(len(self.shards)):  # batch order, as one process adds them
+                for slot in range(len(shards)):  # batch order, as one process adds them
                     for batch_sum in parts[job.key][slot]:
                         total += batch_sum
                 n = len(self.windows)

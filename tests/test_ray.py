@@ -135,13 +135,14 @@ def test_search_on_ray_gives_the_local_plan_even_when_a_worker_dies(pool, checkp
     assert any(c["ppl"] is None for s in remote["steps"] for c in s["candidates"]), "early stop never triggered"
 
 
-def test_a_search_resumed_on_ray_continues_its_log(pool, checkpoint, tmp_path):
+def test_a_search_stopped_mid_step_resumes_on_ray(pool, checkpoint, tmp_path):
     folder, model, windows = checkpoint
     stages = parse_stages("block:2;ssm:2")
     whole = search(model, windows, stages, batch_size=BATCH)
-    steps = []
-    search(model, windows, stages, tmp_path / "run", batch_size=BATCH, on_step=steps.append,
-           should_stop=lambda: len(steps) >= 2)
+    evaluated = []  # steps 0 and 1 have 8 and 7 candidates: stop two candidates into step 2
+    search(model, windows, stages, tmp_path / "run", batch_size=BATCH, executor=pool,
+           on_candidate=lambda done, total: evaluated.append(done), should_stop=lambda: len(evaluated) >= 8 + 7 + 2)
+    assert len(json.loads((tmp_path / "run" / "log.json").read_text())["steps"]) == 2
     resumed_steps = []
     resumed = search(model, windows, stages, tmp_path / "run", batch_size=BATCH, on_step=resumed_steps.append,
                      executor=pool)
