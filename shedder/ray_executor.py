@@ -44,9 +44,10 @@ from .errors import ShedderError
 from .evaluator import CandidateResult, Evaluator
 from .executor import RayOptions, ScoreOutcome, StepOutcome, better
 from .identity import model_fingerprint
-from .masks import catalogue_of
 from .loading import DTYPES, load_model, resolve_dtype
+from .masks import catalogue_of
 from .paths import REPO_ROOT
+from .perplexity import model_device
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,10 @@ def worker_dtype(dtype: str, device: str) -> str:
     """The dtype workers will use: ``auto`` means bfloat16 when they get GPUs, float32 otherwise. A driver
     loads its own copy (catalogue, fingerprint) with this dtype so that the weights match."""
     on_gpu = device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
-    chosen = resolve_dtype(dtype, torch.device("cuda" if on_gpu else "cpu"))
-    return next(name for name, value in DTYPES.items() if value == chosen)
+    return _name_of(resolve_dtype(dtype, torch.device("cuda" if on_gpu else "cpu")))
 
 
-def dtype_name(model: nn.Module) -> str:
-    dtype = next(model.parameters()).dtype
+def _name_of(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
 
 
@@ -120,7 +119,7 @@ class Replica:
 
     def info(self) -> dict:
         return {"node": ray.util.get_node_ip_address(), "pid": os.getpid(), "gpus": ray.get_gpu_ids(),
-                "device": str(next(self.model.parameters()).device), "load_seconds": self.load_seconds}
+                "device": str(model_device(self.model)), "load_seconds": self.load_seconds}
 
     def _use(self, batch_range: tuple[int, int] | None) -> Evaluator:
         """The Evaluator over batches ``[first, last)`` (None: all); one at a time, so stored states are freed."""
@@ -147,6 +146,8 @@ class Replica:
             clock = time.perf_counter()
             self.evaluator.set_base(base)
             self.base = list(base)
+            if model_device(self.model).type == "cuda":
+                torch.cuda.synchronize()  # so that the base pass is timed as a whole
             base_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
         value = compute()
@@ -259,8 +260,9 @@ class RayExecutor:
 
     def _new_worker(self):
         options = self.options
-        spec = {"model": options.model, "dtype": dtype_name(self.model), "device": "cuda" if self.use_gpu else "cpu",
-                "trust_remote_code": options.trust_remote_code, "cpus": options.cpus_per_worker}
+        spec = {"model": options.model, "dtype": _name_of(next(self.model.parameters()).dtype),
+                "device": "cuda" if self.use_gpu else "cpu", "trust_remote_code": options.trust_remote_code,
+                "cpus": options.cpus_per_worker}
         grouping = {k: v for k, v in self.settings.items() if k != "batch_size"}
         self.started_workers += 1  # named, so that `ray list actors` shows what they are
         name = f"shedder-worker-{self.run_id}-{self.started_workers}"
