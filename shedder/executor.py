@@ -19,8 +19,8 @@ from torch import nn
 
 from .calibration import Windows
 from .catalogue import Component
-from .evaluator import CandidateResult, Evaluator
 from .errors import ShedderError
+from .evaluator import CandidateResult, Evaluator
 
 CandidateProgress = Callable[[int, int], None]  # (candidates done, candidates in this step)
 ShouldStop = Callable[[], bool] | None
