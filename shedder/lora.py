@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .adapters import describe_model
 from .errors import ShedderError
 
 log = logging.getLogger(__name__)
@@ -49,16 +48,23 @@ def _shared_weights(model: nn.Module) -> set[int]:
     return {pid for pid, n in holders.items() if n > 1}
 
 
+def family(model: nn.Module) -> str:
+    """The model's family; an extracted pruned layout (``shedder_pruned_<family>``) counts as its family."""
+    return model.config.model_type.removeprefix("shedder_pruned_")
+
+
 def target_module_names(model: nn.Module, names: tuple[str, ...] | None = None) -> list[str]:
     """Full names of the linear modules that get adapters (see the module docstring)."""
-    linear = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    # plain nn.Linear only: a pruned layout's column-selecting projections read a wider input than
+    # their weight, which an adapter built from the weight's shape would not fit
+    linear = {name: module for name, module in model.named_modules() if type(module) is nn.Linear}
     short_names = {name.rsplit(".", 1)[-1] for name in linear}
-    wanted = names if names else DEFAULT_TARGETS.get(model.config.model_type, SSM_TARGETS)
+    wanted = names if names else DEFAULT_TARGETS.get(family(model), SSM_TARGETS)
     if names:
         unknown = sorted(set(names) - short_names)
         if unknown:
             raise ShedderError(f"No linear module is called {', '.join(unknown)} in this "
-                               f"{model.config.model_type} model; its linear modules are: {', '.join(sorted(short_names))}.")
+                               f"{family(model)} model; its linear modules are: {', '.join(sorted(short_names))}.")
     shared = _shared_weights(model)
     chosen, left_out = [], []
     for name, module in linear.items():
@@ -68,7 +74,7 @@ def target_module_names(model: nn.Module, names: tuple[str, ...] | None = None) 
     if left_out:
         log.info("LoRA leaves out %d projections whose weights are shared (e.g. %s)", len(left_out), left_out[0])
     if not chosen:
-        raise ShedderError(f"None of the target modules ({', '.join(wanted)}) of this {model.config.model_type} "
+        raise ShedderError(f"None of the target modules ({', '.join(wanted)}) of this {family(model)} "
                            "model can take a LoRA adapter (shared weights get none); choose others with "
                            "--target-modules, or use --method full.")
     return chosen
@@ -110,18 +116,17 @@ def add_lora(model: nn.Module, settings: LoraSettings):
 def keep_mixers_off_fused_training_path(model: nn.Module) -> None:
     """Let LoRA adapters inside Mamba mixers see gradients when the CUDA kernels are installed.
 
-    In training mode, transformers' Mamba mixers hand ``out_proj.weight`` (Mamba-1 also
-    ``x_proj``/``dt_proj``) straight to a fused mamba-ssm kernel, which would bypass an adapter on
-    that projection. The mixers' own ``training`` flag is cleared (not their children's, so LoRA
-    dropout stays on) and they take their unfused path, which is differentiable too. Mixers have
-    no dropout of their own, so nothing else changes.
+    In training mode, transformers' Mamba mixers (the modules with an ``A_log``) hand
+    ``out_proj.weight`` (Mamba-1 also ``x_proj``/``dt_proj``) straight to a fused mamba-ssm kernel,
+    which would bypass an adapter on that projection. The mixers' own ``training`` flag is cleared
+    (not their children's, so LoRA dropout stays on) and they take their unfused path, which is
+    differentiable too. Mixers have no dropout of their own, so nothing else changes.
     """
     from peft.tuners.lora import LoraLayer
 
-    _, layers = describe_model(model)
-    for parts in layers:
-        if parts.ssm is not None and any(isinstance(m, LoraLayer) for m in parts.ssm.modules()):
-            parts.ssm.training = False
+    for module in model.modules():
+        if hasattr(module, "A_log") and any(isinstance(m, LoraLayer) for m in module.modules()):
+            module.training = False
 
 
 def merge_lora(wrapped) -> nn.Module:

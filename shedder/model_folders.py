@@ -41,14 +41,11 @@ def config_json(folder: Path | None) -> dict:
 
 
 def code_files(folder: Path | None) -> list[Path]:
-    """The modeling files a config's ``auto_map`` names that lie in ``folder``."""
-    auto_map = config_json(folder).get("auto_map") or {}
-    names = set()
-    for value in auto_map.values():
-        for ref in value if isinstance(value, list) else [value]:
-            if isinstance(ref, str) and "." in ref:
-                names.add(ref.split("--")[-1].split(".")[0] + ".py")
-    return sorted(folder / n for n in names if (folder / n).is_file())
+    """The Python files beside the weights of a checkpoint whose config names its own code (``auto_map``);
+    all of them, since a modeling file may import its neighbours."""
+    if not config_json(folder).get("auto_map"):
+        return []
+    return sorted(folder.glob("*.py"))
 
 
 def is_shedder_extraction_with_code(folder: Path | None) -> bool:

@@ -32,7 +32,7 @@ from torch import nn
 
 from . import result_cache
 from .errors import ShedderError
-from .model_folders import (RESULT_FILE, checkpoint_dtype, code_files, find_dense_model, is_shedder_extraction_with_code,
+from .model_folders import (RESULT_FILE, checkpoint_dtype, code_files, config_json, find_dense_model, is_shedder_extraction_with_code,
                             local_dir, read_json)
 
 log = logging.getLogger(__name__)
@@ -342,10 +342,16 @@ def _save(model: nn.Module, tokenizer, source: Path | None, staging: Path) -> to
     model.to(dtype)
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
-    if source is not None:
-        for extra in [source / "plan.json", *code_files(source)]:
-            if extra.is_file() and not (staging / extra.name).exists():
-                shutil.copy2(extra, staging / extra.name)
+    if source is None:
+        return dtype
+    for extra in [source / "plan.json", *code_files(source)]:
+        if extra.is_file():
+            shutil.copy2(extra, staging / extra.name)
+    original = config_json(source)
+    if original.get("auto_map"):  # save_pretrained rewrites these from the class name, which may be an alias
+        saved = config_json(staging)
+        _write_json(staging / "config.json", {**saved, "auto_map": original["auto_map"],
+                                              "architectures": original.get("architectures")})
     return dtype
 
 
