@@ -1,17 +1,18 @@
 """Measured latency of a model, dense and (with a plan) physically extracted.
 
-For each model: time to first token (``generate`` with one new token, batch 1), and at every batch
-size the decode rate of plain ``generate`` (greedy, exactly ``new_tokens`` tokens, no early stop:
-``(new_tokens - 1) * batch / (t(new_tokens) - t(1))``) and of the overhead-free decode loop of
-:mod:`shedder.static_decode` (CUDA graph on a GPU), plus peak memory. Each figure is the median (with
-min and max) of ``repeats`` timed runs after ``warmup`` untimed ones, with the device synchronised
-around every timed region. With a plan the extracted model is timed, never the masked one (masks make
-nothing faster), and the measured speedups are set against the ideal ones of :mod:`shedder.cost_model`.
+For each model and batch size, greedy ``generate`` of exactly ``new_tokens`` tokens (end of sequence
+forbidden until then) on random prompt tokens; a stopping criterion that never stops notes when the
+first token exists, so each run gives the time to first token (the prompt's forward pass; reported at
+batch 1) and the decode rate ``batch * (new_tokens - 1) / seconds after the first token``. The
+overhead-free decode loop of :mod:`shedder.static_decode` (a CUDA graph on a GPU) is timed on the
+same prompt, and peak memory is read around each. Every figure is the median (with min and max) of
+``repeats`` timed runs after ``warmup`` untimed ones, with the device synchronised around every timed
+region. With a plan the extracted model is timed, never the masked one (masks make nothing faster),
+and the measured speedups are set against the ideal ones of :mod:`shedder.cost_model`.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import platform
 import re
@@ -34,8 +35,6 @@ from .cost_model import ideal_speedups, model_cost
 from .errors import ShedderError
 from .plan import Plan
 from .static_decode import StaticDecoder, cache_bytes, eos_ids
-
-log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "shedder-latency", 1
 
@@ -340,9 +339,7 @@ def extracted_model(model: nn.Module, tokenizer, plan: Plan) -> tuple[nn.Module,
 
     builder = getattr(extract, "build_extracted", None)
     if builder is not None:
-        built = builder(model, plan)
-        small = built if isinstance(built, nn.Module) else getattr(built, "model", built[0])
-        return small.eval(), "in memory (shedder.extract.build_extracted)"
+        return builder(model, plan).eval(), "in memory (shedder.extract.build_extracted)"
     dtype = next(model.parameters()).dtype
     with tempfile.TemporaryDirectory(prefix="shedder-bench-") as tmp:
         folder = Path(tmp) / "extracted"

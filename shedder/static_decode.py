@@ -126,6 +126,8 @@ class StaticDecoder:
         try:
             self._graph = self._capture()
             self.mode = "cuda_graph"
+        except torch.OutOfMemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any capture failure falls back, with the reason kept
             self._graph = None
             self.fallback_reason = f"CUDA graph capture failed: {type(exc).__name__}: {exc}"
