@@ -1,5 +1,5 @@
-"""CLI: ``extract`` writes a physically smaller model (the plan's blocks dropped) that loads with
-stock transformers."""
+"""CLI: ``extract`` writes a physically smaller model without the plan's removed components; it loads
+with stock transformers, or with ``trust_remote_code=True`` where the stock config cannot describe it."""
 from __future__ import annotations
 
 import argparse
@@ -15,14 +15,19 @@ def _extract(args: argparse.Namespace) -> int:
     plan = load_plan_for(model, args.plan)
     result = extract(model, tokenizer, plan, args.out)
     saved = 1 - result.params_after / result.params_before
-    print(f"extracted {len(result.removed)} blocks -> {result.out_dir}")
+    print(f"extracted {len(result.removed)} removed components -> {result.out_dir}")
     print(f"parameters {result.params_before:,} -> {result.params_after:,} ({saved:.1%} fewer)")
+    if result.needs_remote_code:
+        print("load with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True) (model code included; "
+              "shedder not needed)")
+    else:
+        print("load with AutoModelForCausalLM.from_pretrained(DIR)")
     return 0
 
 
 def register(subparsers, add_model_args) -> None:
-    parser = subparsers.add_parser("extract", help="write a smaller model without the plan's removed blocks")
+    parser = subparsers.add_parser("extract", help="write a smaller model without the plan's removed components")
     add_model_args(parser)
-    parser.add_argument("--plan", required=True, help="plan JSON (block removals only, for now)")
+    parser.add_argument("--plan", required=True, help="plan JSON")
     parser.add_argument("--out", required=True, help="new (or empty) folder to write the smaller model to")
     parser.set_defaults(run=_extract)

@@ -1,53 +1,59 @@
-"""Physical extraction: write a smaller model that loads with stock transformers, no shedder needed.
+"""Physical extraction: a smaller model that computes what the masked model computes, and loads
+without shedder.
 
-Masks (:mod:`shedder.masks`) remove components reversibly but make nothing faster. ``extract`` turns
-a plan of ``block`` removals into a real checkpoint: the removed layers are dropped, the config is
-rewritten to describe the remaining ones, a fresh model is built from it and the kept weights are
-copied in with their layer numbers renumbered. The result gives the same outputs as the masked
-model and loads with ``AutoModelForCausalLM.from_pretrained(out_dir)``.
+- ``build_extracted(model, plan) -> nn.Module`` builds the smaller model in memory (on the CPU, in
+  the source dtype) without writing anything; e.g. to time it.
+- ``extract(model, tokenizer, plan, out_dir) -> ExtractResult`` writes it, with the tokenizer, the
+  plan (``plan.json``) and a model card (``README.md``), to a new or empty folder. It writes to a
+  temporary sibling folder and renames it at the end, so a failure leaves nothing half-written.
 
-How each family's config describes its layer layout (the fields rewritten here):
+What is physically removed, per kind (the function stays the masked model's, see ``shedder.masks``):
 
-- mamba, falcon_mamba, mamba2, llama, falcon_h1: every layer is alike; ``num_hidden_layers``
-  (plus a stored ``layer_types`` list, where a config has one).
-- bamba: ``attn_layer_indices``.
-- granitemoehybrid: ``layer_types``.
-- nemotron_h: ``layers_block_type`` (``hybrid_override_pattern`` is derived from it).
-- zamba2: ``layers_block_type`` and ``hybrid_layer_ids``. The shared transformer blocks are kept;
-  each hybrid layer's own adapter slots inside them are renumbered, and a removed hybrid layer's
-  slots are dropped. With several shared blocks (``num_mem_blocks`` > 1) the blocks are assigned
-  to hybrid layers in turn, so removals must keep that assignment.
-- jamba: attention and expert layers are placed periodically (``attn_layer_period/offset``,
-  ``expert_layer_period/offset``), with no per-layer list the config accepts; a removal whose
-  remaining layers are not periodic is refused.
+- ``block``: the layer is dropped and the config rewritten (``shedder.extract_layers``). So is a
+  layer without a Mamba mixer that loses all its sub-blocks (NemotronH attention / MLP layers), and a
+  Zamba2 hybrid layer that loses its shared-transformer call (``attn``) becomes a Mamba layer.
+- ``ssm``: everything only the scan used: ``A_log``, ``D``, ``dt_bias`` / ``dt_proj``, ``x_proj``,
+  the B/C/dt rows of ``in_proj`` and the B/C channels of ``conv1d``.
+- ``attn`` / ``mlp``: the sub-block and its own pre-norm.
+- ``attn_heads``: the heads' rows of ``q_proj`` and columns of ``o_proj`` (key/value heads stay).
+- ``mlp_channels``: the channels' rows of the gate/up projections and columns of the down projection.
+- ``ssm_heads``: only the heads' columns of ``out_proj``. The gated RMSNorm before ``out_proj``
+  normalises over all heads of its group, so the heads' activations are still needed.
 
-Only ``block`` removals are extracted so far; plans with other kinds are refused (masks still
-apply them).
+Results that the stock config can describe (block removals, NemotronH sub-block layers, Zamba2
+hybrid layers turned into Mamba layers) are written as stock checkpoints and load with
+``AutoModelForCausalLM.from_pretrained(out_dir)``. Others are written with their family's model
+file plus ``pruned_layers.py`` (from ``shedder.pruned_modeling``) and a ``pruned_layout`` in the
+config, and load with ``from_pretrained(out_dir, trust_remote_code=True)``, without shedder.
 """
 from __future__ import annotations
 
-import copy
+import errno
+import json
 import logging
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
-import torch
 from torch import nn
 
-from .adapters import describe_model
+from .adapters import layers_of
 from .catalogue import Component
 from .errors import ShedderError
+from .extract_layers import Layers, build_smaller
+from .extract_ops import plan_layers, plan_ops
+from .identity import model_fingerprint
+from .masks import catalogue_of
 from .plan import Plan
+from .pruned_modeling import FILES as MODEL_FILES, HERE as MODEL_FILES_DIR
+from .pruned_modeling.pruned_layers import apply_op
 
 log = logging.getLogger(__name__)
 
-EXTRACTABLE_KINDS = ("block",)
-_LAYER_KEY = re.compile(r"(^|\.)layers\.(\d+)\.")
-_ADAPTER_SLOT = re.compile(r"(_adapter_list)\.(\d+)\.")
+PRUNED_MODEL_CLASS = "modeling_shedder_pruned.ShedderPrunedForCausalLM"
+PRUNED_CONFIG_CLASS = "modeling_shedder_pruned.ShedderPrunedConfig"
 
 
 @dataclass
@@ -56,21 +62,20 @@ class ExtractResult:
     params_before: int
     params_after: int
     removed: list[Component] = field(default_factory=list)
+    needs_remote_code: bool = False  # True: load with trust_remote_code=True (a pruned layout)
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Which layers of the source model survive: ``kept[new] = old``."""
+@dataclass
+class Extraction:
+    """A smaller model in memory, and how it was made."""
 
-    n_layers: int
-    kept: tuple[int, ...]
+    model: nn.Module
+    layers: Layers
+    ops: dict[int, list[dict]]  # per layer of ``model``: the pruning operations applied to it
 
     @property
-    def new_index(self) -> dict[int, int]:
-        return {old: new for new, old in enumerate(self.kept)}
-
-    def keep(self, per_layer: list) -> list:
-        return [per_layer[old] for old in self.kept]
+    def stock(self) -> bool:
+        return not self.ops
 
 
 def count_params(model: nn.Module) -> int:
@@ -78,194 +83,128 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# --- configs ------------------------------------------------------------------------------------
-
-ConfigEdit = Callable[[dict, Layout, object], None]
-
-
-def _plain(data: dict, layout: Layout, config) -> None:
-    """Families whose layers are all alike: the layer count, and any stored per-layer type list."""
-    data["num_hidden_layers"] = len(layout.kept)
-    for key in ("layer_types", "layers_block_type"):
-        if isinstance(data.get(key), list) and len(data[key]) == layout.n_layers:
-            data[key] = layout.keep(data[key])
-
-
-def _bamba(data: dict, layout: Layout, config) -> None:
-    _plain(data, layout, config)
-    attn = set(config.attn_layer_indices or [])
-    new = layout.new_index
-    data["attn_layer_indices"] = [new[old] for old in sorted(attn) if old in new] or None
-
-
-def _nemotron_h(data: dict, layout: Layout, config) -> None:
-    data["layers_block_type"] = layout.keep(list(config.layers_block_type))
-    data.pop("hybrid_override_pattern", None)
-    data.pop("num_hidden_layers", None)
-
-
-def _zamba2(data: dict, layout: Layout, config) -> None:
-    types = layout.keep(list(config.layers_block_type))
-    data["layers_block_type"] = types
-    data["hybrid_layer_ids"] = [i for i, t in enumerate(types) if t == "hybrid"]
-    data["num_hidden_layers"] = len(types)
-    blocks = config.num_mem_blocks
-    old_slots = _zamba2_slot_map(config, layout)
-    moved = [(old, new) for old, new in old_slots.items() if old % blocks != new % blocks]
-    if moved:
-        raise ShedderError(
-            f"This Zamba2 model has {blocks} shared transformer blocks, assigned to its hybrid layers in turn; "
-            "removing these blocks would give the remaining hybrid layers other shared blocks than they use now. "
-            f"Remove hybrid layers in runs of {blocks} (or none) to extract, or keep using masks."
-        )
-
-
-def _zamba2_slot_map(config, layout: Layout) -> dict[int, int]:
-    """Old hybrid-layer number -> new one, for hybrid layers that are kept."""
-    hybrid = [i for i, t in enumerate(config.layers_block_type) if t == "hybrid"]
-    kept = set(layout.kept)
-    survivors = [k for k, layer in enumerate(hybrid) if layer in kept]
-    return {old: new for new, old in enumerate(survivors)}
-
-
-def _periodic(flags: list[bool]) -> tuple[int, int] | None:
-    """The smallest (period, offset) with ``flags[i] == (i % period == offset)``, or None."""
-    n = len(flags)
-    for period in range(1, n + 2):
-        for offset in range(period):
-            if all(flag == (i % period == offset) for i, flag in enumerate(flags)):
-                return period, offset
-    return None
-
-
-def _jamba(data: dict, layout: Layout, config) -> None:
-    data["num_hidden_layers"] = len(layout.kept)
-    attn = [t == "attention" for t in layout.keep(list(config.layers_block_type))]
-    experts = [n > 1 for n in layout.keep(list(config.layers_num_experts))]
-    for name, flags in (("attn", attn), ("expert", experts)):
-        fit = _periodic(flags)
-        if fit is None:
-            where = [i for i, flag in enumerate(flags) if flag]
-            raise ShedderError(
-                f"After this removal the Jamba {name} layers would sit at {where}, which Jamba's config cannot "
-                f"describe ({name}_layer_period/{name}_layer_offset only place them periodically, and it accepts "
-                "no per-layer list). Choose blocks whose removal keeps the pattern periodic, or keep using masks."
-            )
-        data[f"{name}_layer_period"], data[f"{name}_layer_offset"] = fit
-
-
-CONFIG_EDITS: dict[str, ConfigEdit] = {
-    "mamba": _plain,
-    "falcon_mamba": _plain,
-    "mamba2": _plain,
-    "llama": _plain,
-    "falcon_h1": _plain,
-    "granitemoehybrid": _plain,
-    "bamba": _bamba,
-    "nemotron_h": _nemotron_h,
-    "zamba2": _zamba2,
-    "jamba": _jamba,
-}
-
-
-def smaller_config(config, layout: Layout):
-    """A config of the same class describing only the kept layers (re-validated by the class)."""
-    model_type = config.model_type
-    if model_type not in CONFIG_EDITS:
-        raise ShedderError(f"Extraction is not implemented for {model_type!r} yet; masks still work for it.")
-    data = copy.deepcopy(config.to_dict())
-    CONFIG_EDITS[model_type](data, layout, config)
-    new = type(config).from_dict(data)
-    if new.num_hidden_layers != len(layout.kept):
-        raise RuntimeError(f"{model_type}: the new config has {new.num_hidden_layers} layers, "
-                           f"expected {len(layout.kept)}.")
-    return new
-
-
-# --- weights ------------------------------------------------------------------------------------
-
-def _renamer(model_type: str, config, layout: Layout) -> Callable[[str], str | None]:
-    """Maps a source state-dict key to its key in the smaller model, or None to drop it."""
-    new_layer = layout.new_index
-    slots = _zamba2_slot_map(config, layout) if model_type == "zamba2" else None
-
-    def rename(key: str) -> str | None:
-        match = _LAYER_KEY.search(key)
-        if match is None:
-            return key
-        old = int(match.group(2))
-        if old not in new_layer:
-            return None
-        key = f"{key[:match.start(2)]}{new_layer[old]}{key[match.end(2):]}"
-        if slots is not None:
-            slot = _ADAPTER_SLOT.search(key)
-            if slot is not None:
-                k = int(slot.group(2))
-                if k not in slots:
-                    return None
-                key = f"{key[:slot.start(2)]}{slots[k]}{key[slot.end(2):]}"
-        return key
-
-    return rename
-
-
-def smaller_state_dict(model: nn.Module, rename: Callable[[str], str | None]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for key, tensor in model.state_dict().items():
-        new_key = rename(key)
-        if new_key is not None:
-            out[new_key] = tensor
-    return out
-
-
-def build_smaller(model: nn.Module, layout: Layout) -> nn.Module:
-    """A new model from the smaller config holding the kept weights, in the source dtype, on the CPU."""
-    from transformers import AutoModelForCausalLM
-
-    config = model.config
-    new_config = smaller_config(config, layout)
-    dtype = next(model.parameters()).dtype
-    small = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
-    weights = smaller_state_dict(model, _renamer(config.model_type, config, layout))
-    expected = set(small.state_dict())
-    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise RuntimeError(f"Extraction of {config.model_type} does not map the weights one to one: "
-                           f"missing {missing[:5]}, unexpected {unexpected[:5]}.")
-    with torch.no_grad():
-        small.load_state_dict(weights, strict=True)
-    return small.eval()
-
-
-# --- checks and writing -------------------------------------------------------------------------
-
-def _check_attention_kept(model: nn.Module, kept: tuple[int, ...]) -> None:
-    """Stock transformers cannot run a hybrid left without attention layers with a cache (``generate``)."""
-    _, layers = describe_model(model)
-    with_attn = [p.index for p in layers if p.attn is not None]
-    if with_attn and not set(with_attn) & set(kept):
-        raise ShedderError(
-            f"The plan removes every attention layer ({', '.join(map(str, with_attn))}) of this "
-            f"{model.config.model_type} model; transformers cannot run such a hybrid with a cache (generate "
-            "fails), so it is not extracted. Keep at least one attention layer, or keep using masks."
-        )
-
-
-def _check_plan(model: nn.Module, plan: Plan) -> Layout:
+def _check_plan(model: nn.Module, plan: Plan) -> None:
     plan.check(model)
-    other = sorted({c.kind for c in plan.removed if c.kind not in EXTRACTABLE_KINDS})
-    if other:
-        raise ShedderError(
-            f"Extraction of {', '.join(other)} removals is not implemented yet; only block removals can be "
-            "extracted. Masks still apply this plan (e.g. ppl/eval with --plan)."
-        )
-    n_layers = model.config.num_hidden_layers
-    removed = {c.layer for c in plan.removed}
-    kept = tuple(i for i in range(n_layers) if i not in removed)
-    if not kept:
-        raise ShedderError("The plan removes every layer; keep at least one block to extract a model.")
-    _check_attention_kept(model, kept)
-    return Layout(n_layers, kept)
+    if plan.fingerprint and plan.fingerprint != model_fingerprint(model):
+        log.warning("The plan was made for a model with other weights (fingerprint differs); extracting anyway.")
+
+
+def extraction(model: nn.Module, plan: Plan) -> Extraction:
+    """Check ``plan`` against ``model`` and build the smaller model in memory."""
+    _check_plan(model, plan)
+    removed = list(plan.removed)
+    layers = plan_layers(model, removed)
+    small = build_smaller(model, layers)
+    group_size = catalogue_of(model, plan.channel_group_size).channel_group_size
+    ops = plan_ops(small, layers, removed, group_size, plan.channel_reorder)
+    decoder = layers_of(small)
+    for index, layer_ops in ops.items():
+        for op in layer_ops:
+            apply_op(decoder[index], op)
+    return Extraction(small.eval(), layers, ops)
+
+
+def build_extracted(model: nn.Module, plan: Plan) -> nn.Module:
+    """The smaller model ``extract`` would write, in memory (CPU, source dtype); ``model`` is not changed."""
+    return extraction(model, plan).model
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+def saved_layout(ops: dict[int, list[dict]]) -> dict:
+    """The layout as stored in the config: channel lists become widths (the weights are sliced already)."""
+    layers = {}
+    for index, layer_ops in ops.items():
+        saved = []
+        for op in layer_ops:
+            if op["op"] == "mlp_channels":
+                op = {**{k: v for k, v in op.items() if k != "kept"}, "width": len(op["kept"])}
+            saved.append(op)
+        layers[str(index)] = saved
+    return {"format": "shedder-pruned-layout", "version": 1, "layers": layers}
+
+
+def _write_model_code(directory: Path, model_type: str, ops: dict[int, list[dict]]) -> None:
+    """Copy the model files in and point the config at them (its own model type, the layout)."""
+    for name in MODEL_FILES:
+        text = (MODEL_FILES_DIR / name).read_text(encoding="utf-8")
+        if name == "modeling_shedder_pruned.py":
+            text = re.sub(r'^BASE_MODEL_TYPE = ".*?"', f'BASE_MODEL_TYPE = "{model_type}"', text, count=1,
+                          flags=re.M)
+        (directory / name).write_text(text, encoding="utf-8")
+    path = directory / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.update(model_type=f"shedder_pruned_{model_type}", architectures=["ShedderPrunedForCausalLM"],
+                  auto_map={"AutoConfig": PRUNED_CONFIG_CLASS, "AutoModelForCausalLM": PRUNED_MODEL_CLASS},
+                  pruned_layout=saved_layout(ops))
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+_OP_WORDS = {"remove_ssm": "SSM removed", "ssm_heads": "SSM heads kept", "attn_heads": "attention heads kept",
+             "mlp_channels": "MLP channels kept", "zero_attention": "attention removed", "zero": "MLP removed"}
+
+
+def _op_summary(op: dict) -> str | None:
+    word = _OP_WORDS.get(op["op"])
+    if word is None:
+        return None
+    if "kept" in op:
+        return f"{word}: {len(op['kept'])} (`{op['module']}`)"
+    return f"{word} (`{op['module']}`)"
+
+
+def model_card(model_type: str, done: Extraction, plan: Plan, before: int, after: int) -> str:
+    kinds: dict[str, int] = {}
+    for c in plan.removed:
+        kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    if done.stock:
+        how = ("This folder loads with plain `transformers.AutoModelForCausalLM.from_pretrained(folder)`: the "
+               "stock config describes it.")
+    else:
+        how = ("Some layers are smaller than the stock config can describe, so this folder carries its model code "
+               "(`modeling_shedder_pruned.py`, `pruned_layers.py`; torch and transformers only, shedder is not "
+               "needed) and the per-layer layout (`pruned_layout` in `config.json`). Load it with\n\n"
+               "```python\nfrom transformers import AutoModelForCausalLM\n"
+               "model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)\n```")
+    lines = [
+        f"# Pruned {model_type} model",
+        "",
+        "Components removed with shedder (training-free structured pruning after Mamba-Shedder) and physically "
+        "dropped; the model computes what the masked model computes.",
+        "",
+        how,
+        "",
+        f"- source model type: `{model_type}`",
+        f"- removed components: {', '.join(f'{n} {k}' for k, n in sorted(kinds.items())) or 'none'}",
+        f"- layers: {done.layers.n_layers} -> {len(done.layers.kept)}"
+        + (f" (source layers removed: {', '.join(map(str, done.layers.removed))})" if done.layers.removed else ""),
+        f"- parameters: {before:,} -> {after:,} ({1 - after / before:.1%} fewer)",
+    ]
+    if done.layers.to_mamba:
+        lines.append(f"- Zamba2 hybrid layers now plain Mamba layers (source numbers): "
+                     f"{', '.join(map(str, sorted(done.layers.to_mamba)))}")
+    if done.ops:
+        lines += ["", "Per layer (numbers of this model):", ""]
+        for index, ops in sorted(done.ops.items()):
+            words = [w for w in map(_op_summary, ops) if w]
+            lines.append(f"- layer {index}: {'; '.join(words)}")
+    if "ssm_heads" in kinds:
+        lines += ["", "Removed SSM heads free only their `out_proj` columns: the gated RMSNorm before `out_proj` "
+                  "normalises over all heads of its group, so the removed heads still run to keep the function."]
+    lines += ["", "The pruning plan is in `plan.json`.", ""]
+    return "\n".join(lines)
+
+
+def _write(done: Extraction, tokenizer, plan: Plan, card: str, directory: Path) -> None:
+    model_type = plan.model_type
+    # a pruned layout is loaded by custom code, which gets none of the family's checkpoint-format conversions
+    done.model.save_pretrained(directory, safe_serialization=True, save_original_format=done.stock)
+    if not done.stock:
+        _write_model_code(directory, model_type, done.ops)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    plan.save(directory / "plan.json")
+    (directory / "README.md").write_text(card, encoding="utf-8")
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -273,41 +212,25 @@ def _check_out_dir(out_dir: Path) -> None:
         raise ShedderError(f"{out_dir} already exists and is not an empty folder; choose a new output folder.")
 
 
-def model_card(model_type: str, layout: Layout, before: int, after: int) -> str:
-    removed = sorted(set(range(layout.n_layers)) - set(layout.kept))
-    return (
-        f"# Pruned {model_type} model\n\n"
-        "Blocks removed with shedder (training-free structured pruning after Mamba-Shedder) and physically "
-        "dropped; this folder loads with plain `transformers.AutoModelForCausalLM.from_pretrained`.\n\n"
-        f"- source model type: `{model_type}`\n"
-        f"- removed blocks (source layer numbers): {', '.join(map(str, removed)) or 'none'}\n"
-        f"- layers: {layout.n_layers} -> {len(layout.kept)}\n"
-        f"- parameters: {before:,} -> {after:,} ({1 - after / before:.1%} fewer)\n\n"
-        "The pruning plan is in `plan.json`.\n"
-    )
-
-
-def _write(small: nn.Module, tokenizer, plan: Plan, card: str, directory: Path) -> None:
-    small.save_pretrained(directory, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    plan.save(directory / "plan.json")
-    (directory / "README.md").write_text(card, encoding="utf-8")
-
-
 def extract(model: nn.Module, tokenizer, plan: Plan, out_dir: str | Path) -> ExtractResult:
-    """Write ``model`` without the plan's removed blocks to ``out_dir`` (which must be new or empty)."""
+    """Write ``model`` without the plan's removed components to ``out_dir`` (which must be new or empty)."""
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    layout = _check_plan(model, plan)
+    done = extraction(model, plan)
+    n_layers = done.layers.n_layers
     plan = replace(plan, model_type=plan.model_type or model.config.model_type,
-                   n_layers=layout.n_layers if plan.n_layers is None else plan.n_layers)
-    small = build_smaller(model, layout)
-    before, after = count_params(model), count_params(small)
+                   n_layers=n_layers if plan.n_layers is None else plan.n_layers)
+    before, after = count_params(model), count_params(done.model)
+    card = model_card(model.config.model_type, done, plan, before, after)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        _write(small, tokenizer, plan, model_card(model.config.model_type, layout, before, after), staging)
+        try:
+            _write(done, tokenizer, plan, card, staging)
+        except OSError as exc:
+            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise ShedderError(f"Could not write the extracted model next to {out_dir}: {reason}. Nothing was "
+                               "written; free some space or choose another folder.") from exc
         _check_out_dir(out_dir)
         if out_dir.exists():
             out_dir.rmdir()
@@ -316,5 +239,5 @@ def extract(model: nn.Module, tokenizer, plan: Plan, out_dir: str | Path) -> Ext
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info("Extracted %s: %d -> %d layers, %d -> %d parameters, written to %s", model.config.model_type,
-             layout.n_layers, len(layout.kept), before, after, out_dir)
-    return ExtractResult(out_dir, before, after, list(plan.removed))
+             n_layers, len(done.layers.kept), before, after, out_dir)
+    return ExtractResult(out_dir, before, after, list(plan.removed), needs_remote_code=not done.stock)

@@ -1,15 +1,22 @@
-"""Physical extraction of block removals: the written model loads with stock transformers and
-matches the masked model exactly."""
+"""Physical extraction: the written model matches the masked model, its parameter count is the
+catalogue's prediction, and it reloads without shedder (stock, or with its own model code)."""
 from __future__ import annotations
 
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from shedder.adapters import describe_model
 from shedder.catalogue import Component
 from shedder.errors import ShedderError
-from shedder.extract import count_params, extract
+from shedder.extract import build_extracted, count_params, extract
 from shedder.masks import catalogue_of, masked
 from shedder.plan import Plan
 from tiny_models import FAMILIES, build, tiny_tokenizer, token_ids
@@ -103,14 +110,6 @@ def test_refuses_removing_every_attention_layer(tmp_path):
         extract(model, tiny_tokenizer(), Plan.for_model(model, [Component("block", 1)]), tmp_path / "out")
 
 
-def test_refuses_other_kinds(tmp_path):
-    model = build("mamba2")
-    plan = Plan.for_model(model, [Component("block", 0), Component("ssm", 1)])
-    with pytest.raises(ShedderError, match="ssm removals is not implemented"):
-        extract(model, tiny_tokenizer(), plan, tmp_path / "out")
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_refuses_a_non_empty_out_dir_and_leaves_it_alone(tmp_path):
     model = build("mamba")
     out = tmp_path / "out"
@@ -128,20 +127,6 @@ def test_an_empty_out_dir_is_used(tmp_path):
     (tmp_path / "out").mkdir()
     _extract_and_compare(model, [1], tmp_path / "out")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-
-
-def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    import shedder.extract as extract_module
-
-    def broken(small, tokenizer, plan, card, directory):
-        (directory / "config.json").write_text("{}")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(extract_module, "_write", broken)
-    model = build("mamba")
-    with pytest.raises(OSError, match="disk full"):
-        extract(model, tiny_tokenizer(), Plan.for_model(model, [Component("block", 1)]), tmp_path / "out")
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_extract(mamba2_dir, tmp_path):
@@ -165,3 +150,237 @@ def test_dtype_is_kept(tmp_path):
     extract(model, tiny_tokenizer(), Plan.for_model(model, [Component("block", 1)]), tmp_path / "out")
     small = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto")
     assert {p.dtype for p in small.parameters()} == {torch.bfloat16}
+
+
+# --- every other kind, on every family ------------------------------------------------------------
+
+def _c(kind: str, layer: int, *indices: int) -> list[Component]:
+    return [Component(kind, layer, i) for i in indices] if indices else [Component(kind, layer)]
+
+
+NEMOTRON_TWO_ATTN = {"layers_block_type": ["linear_attention", "full_attention", "mlp", "full_attention", "moe"]}
+# (family, config overrides, removed components, channel_reorder); each kind offered by a family appears
+KIND_CASES = {
+    "mamba-ssm": ("mamba", {}, _c("ssm", 1), None),
+    "falcon_mamba-ssm": ("falcon_mamba", {}, _c("ssm", 0) + _c("ssm", 2), None),
+    "mamba2-ssm": ("mamba2", {}, _c("ssm", 1), None),
+    "mamba2-ssm_heads": ("mamba2", {}, _c("ssm_heads", 2, 0, 5), None),  # one head in each of its 2 groups
+    "bamba-ssm": ("bamba", {}, _c("ssm", 0), None),
+    "bamba-attn": ("bamba", {"attn_layer_indices": [1, 2]}, _c("attn", 1), None),
+    "bamba-mlp": ("bamba", {}, _c("mlp", 2), None),
+    "bamba-ssm_heads": ("bamba", {}, _c("ssm_heads", 2, 1), None),
+    "bamba-attn_heads-even": ("bamba", {}, _c("attn_heads", 1, 1, 3), None),  # one per key/value head
+    "bamba-attn_heads-uneven": ("bamba", {}, _c("attn_heads", 1, 0), None),
+    "bamba-mlp_channels": ("bamba", {}, _c("mlp_channels", 0, 1, 2), None),
+    "falcon_h1-ssm": ("falcon_h1", {}, _c("ssm", 1), None),
+    "falcon_h1-attn": ("falcon_h1", {}, _c("attn", 0), None),
+    "falcon_h1-mlp": ("falcon_h1", {}, _c("mlp", 2), None),
+    "falcon_h1-ssm_heads": ("falcon_h1", {}, _c("ssm_heads", 2, 3), None),
+    "falcon_h1-attn_heads": ("falcon_h1", {}, _c("attn_heads", 1, 0, 1), None),  # a whole key/value group
+    "falcon_h1-mlp_channels": ("falcon_h1", {}, _c("mlp_channels", 0, 0, 7), None),
+    "granitemoehybrid-ssm": ("granitemoehybrid", {}, _c("ssm", 0), None),
+    "granitemoehybrid-attn": ("granitemoehybrid", {}, _c("attn", 1), None),  # its only attention: the layer stays
+    "granitemoehybrid-mlp": ("granitemoehybrid", {}, _c("mlp", 2), None),  # MoE + shared MLP
+    "granitemoehybrid-ssm_heads": ("granitemoehybrid", {}, _c("ssm_heads", 2, 7), None),
+    "granitemoehybrid-attn_heads": ("granitemoehybrid", {}, _c("attn_heads", 1, 2), None),
+    "jamba-ssm": ("jamba", {}, _c("ssm", 0), None),
+    "jamba-attn": ("jamba", {}, _c("attn", 1), None),
+    "jamba-mlp": ("jamba", {}, _c("mlp", 3), None),  # an MoE
+    "jamba-attn_heads": ("jamba", {}, _c("attn_heads", 3, 1), None),
+    "jamba-mlp_channels": ("jamba", {}, _c("mlp_channels", 2, 3), None),
+    "llama-attn": ("llama", {}, _c("attn", 0), None),
+    "llama-mlp": ("llama", {}, _c("mlp", 1), None),
+    "llama-attn+mlp": ("llama", {}, _c("attn", 2) + _c("mlp", 2), None),  # the whole layer goes: stock
+    "llama-attn_heads": ("llama", {}, _c("attn_heads", 1, 0, 2), None),
+    "llama-mlp_channels-l1": ("llama", {}, _c("mlp_channels", 2, 0, 5), "l1"),
+    "nemotron_h-ssm": ("nemotron_h", {}, _c("ssm", 0), None),
+    "nemotron_h-attn": ("nemotron_h", NEMOTRON_TWO_ATTN, _c("attn", 1), None),  # an attention layer goes: stock
+    "nemotron_h-mlp": ("nemotron_h", {}, _c("mlp", 2), None),  # an MLP layer goes: stock
+    "nemotron_h-ssm_heads": ("nemotron_h", {}, _c("ssm_heads", 3, 2), None),
+    "nemotron_h-attn_heads": ("nemotron_h", {}, _c("attn_heads", 1, 3), None),
+    "nemotron_h-mlp_channels": ("nemotron_h", {}, _c("mlp_channels", 2, 1), None),
+    "zamba2-ssm": ("zamba2", {}, _c("ssm", 0) + _c("ssm", 3), None),  # a Mamba and a hybrid layer's mixer
+    "zamba2-attn": ("zamba2", {"use_shared_attention_adapter": True}, _c("attn", 1), None),  # -> a Mamba layer
+    "zamba2-ssm_heads": ("zamba2", {}, _c("ssm_heads", 3, 0), None),
+    # several kinds in one plan (function only: the catalogue's counts overlap within a layer)
+    "mamba2-mixed": ("mamba2", {}, _c("ssm", 2) + _c("ssm_heads", 2, 1) + _c("block", 0), None),
+    "falcon_h1-mixed": ("falcon_h1", {}, _c("attn", 0) + _c("ssm", 0) + _c("attn_heads", 1, 3)
+                        + _c("mlp_channels", 1, 2) + _c("mlp", 2), None),
+    "bamba-mixed": ("bamba", {"attn_layer_indices": [1, 2]}, _c("attn", 2) + _c("mlp_channels", 2, 0)
+                    + _c("attn_heads", 1, 0, 1, 2) + _c("ssm", 0), None),
+}
+STOCK_CASES = {"llama-attn+mlp", "nemotron_h-attn", "nemotron_h-mlp", "zamba2-attn"}
+NEW_TOKENS = 4
+
+
+def _predicted_params(model, catalogue, removed: list[Component]) -> int:
+    """Dense minus what the catalogue says each removal frees; an SSM head frees only its out_proj columns."""
+    _, layers = describe_model(model)
+    freed = 0
+    for c in removed:
+        if c.kind == "ssm_heads":
+            freed += layers[c.layer].ssm.out_proj.out_features * layers[c.layer].ssm.head_dim
+        else:
+            freed += catalogue.params_of(c)
+    return catalogue.total_params - freed
+
+
+def _greedy_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    return torch.stack(out.logits)
+
+
+# Loads every extracted folder in a fresh interpreter that cannot import shedder, and compares with
+# the masked model's logits (one forward pass, and the logits of a few cached generation steps).
+RELOAD_SCRIPT = r"""
+import json, sys, traceback, torch
+from transformers import AutoModelForCausalLM
+try:
+    import shedder
+    sys.exit("shedder is importable")
+except ImportError:
+    pass
+results = {}
+
+def check(entry):
+    ref = torch.load(entry["ref"])
+    model = AutoModelForCausalLM.from_pretrained(entry["dir"], trust_remote_code=entry["remote"]).eval()
+    with torch.no_grad():
+        logits = model(input_ids=ref["ids"], use_cache=False).logits
+        steps = torch.stack(model.generate(ref["ids"][:1], max_new_tokens=ref["steps"].shape[0], do_sample=False,
+                                           output_logits=True, return_dict_in_generate=True).logits)
+    out = {"class": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
+           "logits": (logits - ref["logits"]).abs().max().item(), "steps": (steps - ref["steps"]).abs().max().item()}
+    if entry.get("resave"):  # a loaded pruned model saves and loads again (e.g. after recovery tuning)
+        model.save_pretrained(entry["resave"])
+        again = AutoModelForCausalLM.from_pretrained(entry["resave"], trust_remote_code=True).eval()
+        with torch.no_grad():
+            out["resaved"] = (again(input_ids=ref["ids"]).logits - ref["logits"]).abs().max().item()
+    return out
+
+for name, entry in json.loads(sys.argv[1]).items():
+    try:
+        results[name] = check(entry)
+    except Exception:
+        results[name] = {"error": traceback.format_exc()[-2000:]}
+print("RESULTS" + json.dumps(results))
+"""
+
+
+def _reload_without_shedder(entries: dict, workdir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "modules"), HF_HUB_DISABLE_PROGRESS_BARS="1",
+               TRANSFORMERS_VERBOSITY="error")
+    done = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, json.dumps(entries)], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.split("RESULTS", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def kind_results(tmp_path_factory):
+    """Extract every case once; reload them all in one interpreter without shedder."""
+    work = tmp_path_factory.mktemp("kinds")
+    ids = token_ids()
+    local, entries = {}, {}
+    for name, (family, overrides, removed, reorder) in KIND_CASES.items():
+        model = build(family, **overrides)
+        plan = Plan.for_model(model, removed, channel_reorder=reorder)
+        with masked(model, plan):
+            expected = _logits(model, ids)
+            steps = _greedy_logits(model, ids[:1])
+        result = extract(model, None, plan, work / name)
+        torch.save({"ids": ids, "logits": expected, "steps": steps}, work / f"{name}.pt")
+        local[name] = {"result": result, "predicted": _predicted_params(model, catalogue_of(model), removed)}
+        entries[name] = {"dir": str(work / name), "ref": str(work / f"{name}.pt"), "remote": name not in STOCK_CASES}
+    entries["falcon_h1-mixed"]["resave"] = str(work / "resaved")
+    return local, _reload_without_shedder(entries, work)
+
+
+def test_kind_cases_cover_every_kind_on_every_family():
+    for family in FAMILIES:
+        model = build(family)
+        offered = {c.kind for c in catalogue_of(model).components()} - {"block"}
+        covered = {c.kind for fam, _, removed, _ in KIND_CASES.values() if fam == family for c in removed}
+        assert offered <= covered, (family, offered - covered)
+
+
+@pytest.mark.parametrize("name", sorted(KIND_CASES))
+def test_extracted_kinds_match_the_masked_model_and_reload_without_shedder(name, kind_results):
+    local, reloaded = kind_results
+    mine, theirs = local[name], reloaded[name]
+    assert "error" not in theirs, theirs.get("error")
+    assert theirs["logits"] <= 1e-5 and theirs["steps"] <= 1e-5  # also with caches (prefill, then decode steps)
+    assert theirs["params"] == mine["result"].params_after
+    if not name.endswith("-mixed"):
+        assert theirs["params"] == mine["predicted"]
+    assert mine["result"].needs_remote_code == (name not in STOCK_CASES)
+    assert theirs["class"].startswith("ShedderPruned") == (name not in STOCK_CASES)
+    assert theirs.get("resaved", 0.0) <= 1e-5
+
+
+def test_a_pruned_layout_is_described_in_the_folder(tmp_path):
+    model = build("mamba2")
+    extract(model, tiny_tokenizer(), Plan.for_model(model, _c("ssm", 1) + _c("ssm_heads", 2, 3)), tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == "shedder_pruned_mamba2"
+    assert config["pruned_layout"]["layers"]["1"] == [{"op": "remove_ssm", "module": "mixer"}]
+    assert config["pruned_layout"]["layers"]["2"][0]["kept"] == [0, 1, 2, 4, 5, 6, 7]
+    assert 'BASE_MODEL_TYPE = "mamba2"' in (tmp_path / "out" / "modeling_shedder_pruned.py").read_text()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "trust_remote_code=True" in card and "1 ssm" in card and "out_proj" in card
+    with pytest.raises(ValueError, match="trust_remote_code"):  # never silently the unpruned architecture
+        AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+
+
+def test_build_extracted_matches_the_masked_model_and_leaves_the_source_alone():
+    model = build("bamba")
+    plan = Plan.for_model(model, _c("ssm", 0) + _c("mlp_channels", 2, 1) + _c("attn_heads", 1, 0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with masked(model, plan):
+        expected = _logits(model, token_ids())
+    small = build_extracted(model, plan)
+    torch.testing.assert_close(_logits(small, token_ids()), expected, rtol=1e-5, atol=1e-5)
+    assert count_params(small) < count_params(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("removed, match", [
+    (_c("attn_heads", 1, 0, 1, 2, 3), "every attention head of layer 1; remove its attn"),
+    (_c("mlp_channels", 0, *range(8)), "every MLP channel of layer 0; remove its mlp"),
+])
+def test_refuses_removing_every_group_of_a_sub_block(removed, match, tmp_path):
+    model = build("llama")
+    with pytest.raises(ShedderError, match=match):
+        extract(model, None, Plan.for_model(model, removed), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+def test_refuses_a_plan_for_another_model(tmp_path):
+    plan = Plan.for_model(build("mamba2"), _c("ssm", 1))
+    with pytest.raises(ShedderError, match="plan is for a mamba2 model"):
+        extract(build("mamba"), None, plan, tmp_path / "out")
+    deeper = build("mamba", num_hidden_layers=4)
+    with pytest.raises(ShedderError, match="4 layers"):
+        extract(build("mamba"), None, Plan.for_model(deeper, _c("ssm", 1)), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_gives_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import shedder.extract as extract_module
+
+    real = extract_module._write_model_code
+
+    def disk_full(directory, model_type, ops):
+        real(directory, model_type, ops)  # the weights and half the files are written by now
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(extract_module, "_write_model_code", disk_full)
+    model = build("mamba2")
+    with pytest.raises(ShedderError, match="disk is full"):
+        extract(model, tiny_tokenizer(), Plan.for_model(model, _c("ssm", 1)), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

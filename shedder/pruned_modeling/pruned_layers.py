@@ -1,0 +1,328 @@
+"""Smaller building blocks for pruned models. Self-contained: needs only torch and transformers.
+
+This file is copied next to the weights of every model ``shedder extract`` writes with a pruned
+layout, together with ``modeling_shedder_pruned.py``, so that
+``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` rebuilds the model without
+shedder installed. Shedder uses the very same functions to build the smaller model in memory.
+
+A pruned layout (``config.pruned_layout``) lists, per layer, operations on the stock model's modules::
+
+    {"layers": {"2": [{"op": "remove_ssm", "module": "mixer"},
+                      {"op": "ssm_heads", "module": "mixer", "kept": [0, 1, 3]}]}}
+
+``module`` is a dotted path inside the layer. Each operation takes the stock module and returns the
+module that replaces it, slicing the stock weights. Loading applies the layout to a freshly built
+(still empty) stock model, where only the resulting shapes matter; the checkpoint then fills in the
+weights. The operations, and the function each one keeps:
+
+- ``remove_ssm``: a Mamba / Mamba-2 mixer without its scan. The scan output ``y`` is its input ``x``
+  (Mamba-2: then the gate, gated norm and ``out_proj`` as before; Mamba-1: ``y = x * silu(z)``), so
+  ``A_log``, ``D``, ``dt_bias``/``dt_proj``, ``x_proj`` and the B/C/dt rows of ``in_proj`` and the
+  B/C channels of ``conv1d`` are dropped.
+- ``ssm_heads`` (``kept``: head numbers): the removed heads' columns of ``out_proj`` are dropped. The
+  heads themselves still run, because the gated RMSNorm before ``out_proj`` normalises over all
+  heads of its group, so dropping their activations would change the others' outputs.
+- ``attn_heads`` (``kept``: query heads): the removed heads' rows of ``q_proj`` and columns of
+  ``o_proj`` are dropped. Key/value heads stay; when the kept query heads no longer split evenly
+  over them, each kept head gets its key/value head by index.
+- ``mlp_channels`` (``inputs``, ``output``: projection names; ``kept`` channels, or on disk ``width``):
+  rows of the gate/up projections and columns of the down projection.
+- ``zero_attention`` / ``zero``: a removed attention / MLP sub-block, which contributes 0;
+  ``identity``: the norm that fed it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformers.activations import ACT2FN
+
+
+# --- small helpers --------------------------------------------------------------------------------
+
+def _index(indices: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(list(indices), dtype=torch.long, device=device)
+
+
+def _parameter(tensor: torch.Tensor | None) -> nn.Parameter | None:
+    return None if tensor is None else nn.Parameter(tensor.detach())
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, cls: type = nn.Linear, **extra) -> nn.Linear:
+    """A Linear (or subclass) holding exactly ``weight`` and ``bias``."""
+    linear = cls(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta", **extra)
+    linear.weight = _parameter(weight)
+    if bias is not None:
+        linear.bias = _parameter(bias)
+    return linear
+
+
+def linear_rows(linear: nn.Linear, rows: Sequence[int]) -> nn.Linear:
+    """``linear`` keeping only output rows ``rows``."""
+    idx = _index(rows, linear.weight.device)
+    bias = None if linear.bias is None else linear.bias.index_select(0, idx)
+    return _linear(linear.weight.index_select(0, idx), bias)
+
+
+def linear_columns(linear: nn.Linear, columns: Sequence[int]) -> nn.Linear:
+    """``linear`` keeping only input columns ``columns``."""
+    idx = _index(columns, linear.weight.device)
+    return _linear(linear.weight.index_select(1, idx), linear.bias)
+
+
+def conv_channels(conv: nn.Conv1d, channels: Sequence[int]) -> nn.Conv1d:
+    """A depthwise ``conv`` keeping only ``channels``."""
+    idx = _index(channels, conv.weight.device)
+    n = len(idx)
+    new = nn.Conv1d(n, n, conv.kernel_size[0], groups=n, padding=conv.padding[0], bias=conv.bias is not None,
+                    device="meta")
+    new.weight = _parameter(conv.weight.index_select(0, idx))
+    if conv.bias is not None:
+        new.bias = _parameter(conv.bias.index_select(0, idx))
+    return new
+
+
+def _head_rows(heads: Sequence[int], head_dim: int, offset: int = 0) -> list[int]:
+    return [offset + h * head_dim + i for h in heads for i in range(head_dim)]
+
+
+class ColumnSelectLinear(nn.Linear):
+    """A Linear that first picks input columns ``columns`` (the rest of its input is not used)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 columns: Sequence[int] = ()):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.columns = list(columns)
+        self._idx: dict[torch.device, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device not in self._idx:
+            self._idx[x.device] = _index(self.columns, x.device)
+        return F.linear(x.index_select(-1, self._idx[x.device]), self.weight, self.bias)
+
+
+class HeadGatherLinear(nn.Linear):
+    """A key or value projection whose output is re-laid out as one head per kept query head."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 head_dim: int = 1, heads: Sequence[int] = ()):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.head_dim = head_dim
+        self.heads = list(heads)
+        self._idx: dict[torch.device, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device not in self._idx:
+            self._idx[x.device] = _index(self.heads, x.device)
+        out = F.linear(x, self.weight, self.bias)
+        out = out.view(*out.shape[:-1], -1, self.head_dim).index_select(-2, self._idx[x.device])
+        return out.flatten(-2)
+
+
+# --- removed sub-blocks ---------------------------------------------------------------------------
+
+class ZeroAttention(nn.Module):
+    """A removed attention sub-block: contributes 0.
+
+    With a cache it still appends one number per token to its layer's slot, because the model reads
+    the number of tokens seen (positions, mask sizes) from the first attention layer's slot."""
+
+    def __init__(self, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def forward(self, hidden_states: torch.Tensor, *args, past_key_values=None, **kwargs):
+        if past_key_values is not None and hasattr(past_key_values, "update"):
+            marker = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
+            past_key_values.update(marker, marker, self.layer_idx)
+        return hidden_states.new_zeros(()), None
+
+
+class ZeroOutput(nn.Module):
+    """A removed MLP (or MoE) sub-block: contributes 0."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states.new_zeros(())
+
+
+# --- SSM mixers without their scan ------------------------------------------------------------------
+
+def _mask_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero padded positions, as the stock mixers do (2-D masks only)."""
+    if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] == hidden_states.shape[1]:
+        return (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
+    return hidden_states
+
+
+class _ShortConv(nn.Module):
+    """The depthwise causal conv of a Mamba mixer, with the conv state kept in the model's cache."""
+
+    def _conv(self, x: torch.Tensor, cache_params) -> tuple[torch.Tensor, bool]:
+        """``x``: (batch, channels, length). Returns the activated conv output and whether it was one decode step."""
+        seq_len = x.shape[-1]
+        weight, bias = self.conv1d.weight.squeeze(1), self.conv1d.bias
+        state = cache_params.get_conv_state(self.layer_idx) if cache_params is not None else None
+        if state is not None and seq_len == 1 and not cache_params.is_recording_past(self.layer_idx):
+            window = torch.cat([state, x], dim=-1).to(weight.dtype)
+            state.copy_(window[:, :, -state.shape[-1]:])
+            out = F.conv1d(window, weight.unsqueeze(1), bias, groups=weight.shape[0])[:, :, -1:]
+            return self.act(out).to(x.dtype), True
+        if cache_params is not None:
+            x = cache_params.update_conv_state(x, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
+        out = F.conv1d(x.to(weight.dtype), weight.unsqueeze(1), bias, padding=weight.shape[-1] - 1,
+                       groups=weight.shape[0])[:, :, :x.shape[-1]]
+        return self.act(out[:, :, -seq_len:]).to(x.dtype), False
+
+
+class SsmFreeMamba2Mixer(_ShortConv):
+    """A Mamba-2 mixer whose scan was removed: ``y = x``, then the gated norm and ``out_proj``."""
+
+    def __init__(self, mixer: nn.Module):
+        super().__init__()
+        d_inner = mixer.A_log.shape[0] * mixer.head_dim
+        self.layer_idx = mixer.layer_idx
+        self.head_dim = mixer.head_dim
+        self.d_inner = d_inner
+        self.conv_kernel_size = mixer.conv1d.kernel_size[0]
+        self.act = getattr(mixer, "act", None) or ACT2FN[mixer.activation]
+        self.in_proj = linear_rows(mixer.in_proj, range(2 * d_inner))  # [z, x]
+        self.conv1d = conv_channels(mixer.conv1d, range(d_inner))
+        self.norm = mixer.norm
+        self.out_proj = mixer.out_proj
+        # Falcon-H1: multipliers on the mixer input and on in_proj's output, and an optional norm
+        self.in_multiplier = getattr(mixer, "ssm_in_multiplier", None)
+        self.gated_norm = getattr(mixer, "mamba_rms_norm", True) and not isinstance(mixer.norm, nn.Identity)
+        if hasattr(mixer, "mup_vector"):  # kept whole, so the family's own weight init can refill it on load
+            self.register_buffer("mup_vector", mixer.mup_vector, persistent=False)
+
+    def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
+        dtype = hidden_states.dtype
+        hidden_states = _mask_padding(hidden_states, attention_mask)
+        if self.in_multiplier is not None:
+            hidden_states = hidden_states * self.in_multiplier
+        projected = self.in_proj(hidden_states)
+        if hasattr(self, "mup_vector"):
+            projected = projected * self.mup_vector[..., :2 * self.d_inner]
+        gate, x = projected.split([self.d_inner, self.d_inner], dim=-1)
+        x, one_step = self._conv(x.transpose(1, 2), cache_params)
+        x = _mask_padding(x.transpose(1, 2), attention_mask)
+        y = x if one_step else x.float()  # the stock scan returns float32 outside single decode steps
+        y = self.norm(y, gate) if self.gated_norm else y * F.silu(gate)
+        return self.out_proj(y.to(dtype))
+
+
+class SsmFreeMambaMixer(_ShortConv):
+    """A Mamba (v1) mixer whose scan was removed: ``y = x * silu(z)``, then ``out_proj``."""
+
+    def __init__(self, mixer: nn.Module):
+        super().__init__()
+        self.layer_idx = mixer.layer_idx
+        self.conv_kernel_size = mixer.conv1d.kernel_size[0]
+        self.act = getattr(mixer, "act", None) or ACT2FN[mixer.activation]
+        self.in_proj = mixer.in_proj  # [x, z]
+        self.conv1d = mixer.conv1d
+        self.out_proj = mixer.out_proj
+
+    def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
+        dtype = hidden_states.dtype
+        hidden_states = _mask_padding(hidden_states, attention_mask)
+        x, gate = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
+        x, one_step = self._conv(x, cache_params)
+        x = _mask_padding(x.transpose(1, 2), attention_mask).transpose(1, 2)
+        y = (x if one_step else x.float()) * F.silu(gate)
+        return self.out_proj(y.transpose(1, 2).to(dtype))
+
+
+def remove_ssm(mixer: nn.Module) -> nn.Module:
+    if hasattr(mixer, "x_proj"):
+        return SsmFreeMambaMixer(mixer)
+    return SsmFreeMamba2Mixer(mixer)
+
+
+# --- groups -----------------------------------------------------------------------------------------
+
+def ssm_heads(mixer: nn.Module, kept: Sequence[int]) -> nn.Module:
+    out_proj = mixer.out_proj
+    columns = _head_rows(kept, mixer.head_dim)
+    weight = out_proj.weight.index_select(1, _index(columns, out_proj.weight.device))
+    mixer.out_proj = _linear(weight, out_proj.bias, ColumnSelectLinear, columns=columns)
+    return mixer
+
+
+def attn_heads(attn: nn.Module, kept: Sequence[int]) -> nn.Module:
+    head_dim = attn.head_dim
+    n_query = attn.q_proj.out_features // head_dim
+    n_kv = attn.k_proj.out_features // head_dim
+    per_kv = n_query // n_kv
+    kv_of = [h // per_kv for h in kept]
+    rows = _head_rows(kept, head_dim)
+    attn.q_proj = linear_rows(attn.q_proj, rows)
+    attn.o_proj = linear_columns(attn.o_proj, rows)
+    counts = [kv_of.count(k) for k in range(n_kv)]
+    if len(set(counts)) == 1:  # still an even split: plain grouped-query attention
+        attn.num_key_value_groups = counts[0]
+    else:
+        for name in ("k_proj", "v_proj"):
+            proj = getattr(attn, name)
+            setattr(attn, name, _linear(proj.weight, proj.bias, HeadGatherLinear, head_dim=head_dim, heads=kv_of))
+        attn.num_key_value_groups = 1
+    for name in ("num_heads", "num_attention_heads"):
+        if isinstance(getattr(attn, name, None), int):
+            setattr(attn, name, len(kept))
+    return attn
+
+
+def mlp_channels(mlp: nn.Module, inputs: Sequence[str], output: str, kept: Sequence[int]) -> nn.Module:
+    for name in inputs:
+        setattr(mlp, name, linear_rows(getattr(mlp, name), kept))
+    setattr(mlp, output, linear_columns(getattr(mlp, output), kept))
+    if isinstance(getattr(mlp, "intermediate_size", None), int):
+        mlp.intermediate_size = len(kept)
+    return mlp
+
+
+# --- applying a layout ------------------------------------------------------------------------------
+
+def apply_op(layer: nn.Module, op: dict) -> None:
+    """Replace the module ``op["module"]`` of ``layer`` by its pruned version."""
+    path = op["module"]
+    parent_path, _, name = path.rpartition(".")
+    parent = layer.get_submodule(parent_path) if parent_path else layer
+    module = getattr(parent, name)
+    kind = op["op"]
+    if kind == "remove_ssm":
+        new = remove_ssm(module)
+    elif kind == "ssm_heads":
+        new = ssm_heads(module, op["kept"])
+    elif kind == "attn_heads":
+        new = attn_heads(module, op["kept"])
+    elif kind == "mlp_channels":
+        new = mlp_channels(module, op["inputs"], op["output"], op.get("kept") or range(op["width"]))
+    elif kind == "zero_attention":
+        new = ZeroAttention(getattr(module, "layer_idx", op.get("layer_idx", 0)))
+    elif kind == "zero":
+        new = ZeroOutput()
+    elif kind == "identity":
+        new = nn.Identity()
+    else:
+        raise ValueError(f"Unknown pruning operation {kind!r} (this file is older than the model?)")
+    setattr(parent, name, new)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    for name in ("backbone", "model"):
+        inner = getattr(model, name, None)
+        if inner is not None and hasattr(inner, "layers"):
+            return inner.layers
+    return model.layers
+
+
+def apply_layout(model: nn.Module, layout: dict) -> None:
+    """Apply a pruned layout (see the module docstring) to ``model`` in place."""
+    layers = decoder_layers(model)
+    for index, ops in sorted((layout or {}).get("layers", {}).items(), key=lambda item: int(item[0])):
+        for op in ops:
+            apply_op(layers[int(index)], op)
