@@ -17,8 +17,10 @@ What is physically removed, per kind (the function stays the masked model's, see
 - ``attn`` / ``mlp``: the sub-block and its own pre-norm.
 - ``attn_heads``: the heads' rows of ``q_proj`` and columns of ``o_proj`` (key/value heads stay).
 - ``mlp_channels``: the channels' rows of the gate/up projections and columns of the down projection.
-- ``ssm_heads``: only the heads' columns of ``out_proj``. The gated RMSNorm before ``out_proj``
-  normalises over all heads of its group, so the heads' activations are still needed.
+- ``ssm_heads``: where a gated RMSNorm precedes ``out_proj`` (most Mamba-2 mixers), only the heads'
+  columns of ``out_proj``: the norm normalises over all heads of its group, so the removed heads'
+  activations are still needed. Without it (Falcon-H1's default) the whole heads: their z/x/dt rows
+  of ``in_proj``, ``conv1d`` channels, ``A_log``/``D``/``dt_bias`` and ``out_proj`` columns.
 
 Results that the stock config can describe (block removals, NemotronH sub-block layers, Zamba2
 hybrid layers turned into Mamba layers) are written as stock checkpoints and load with
@@ -189,8 +191,9 @@ def model_card(model_type: str, done: Extraction, plan: Plan, before: int, after
             words = [w for w in map(_op_summary, ops) if w]
             lines.append(f"- layer {index}: {'; '.join(words)}")
     if "ssm_heads" in kinds:
-        lines += ["", "Removed SSM heads free only their `out_proj` columns: the gated RMSNorm before `out_proj` "
-                  "normalises over all heads of its group, so the removed heads still run to keep the function."]
+        lines += ["", "Where a gated RMSNorm precedes `out_proj`, removed SSM heads free only their `out_proj` columns: "
+                  "the norm normalises over all heads of its group, so the removed heads still run to keep the "
+                  "function."]
     lines += ["", "The pruning plan is in `plan.json`.", ""]
     return "\n".join(lines)
 

@@ -176,6 +176,7 @@ KIND_CASES = {
     "falcon_h1-attn": ("falcon_h1", {}, _c("attn", 0), None),
     "falcon_h1-mlp": ("falcon_h1", {}, _c("mlp", 2), None),
     "falcon_h1-ssm_heads": ("falcon_h1", {}, _c("ssm_heads", 2, 3), None),
+    "falcon_h1-ssm_heads-no-norm": ("falcon_h1", {"mamba_rms_norm": False}, _c("ssm_heads", 1, 0, 5), None),
     "falcon_h1-attn_heads": ("falcon_h1", {}, _c("attn_heads", 1, 0, 1), None),  # a whole key/value group
     "falcon_h1-mlp_channels": ("falcon_h1", {}, _c("mlp_channels", 0, 0, 7), None),
     "granitemoehybrid-ssm": ("granitemoehybrid", {}, _c("ssm", 0), None),
@@ -214,12 +215,14 @@ NEW_TOKENS = 4
 
 
 def _predicted_params(model, catalogue, removed: list[Component]) -> int:
-    """Dense minus what the catalogue says each removal frees; an SSM head frees only its out_proj columns."""
+    """Dense minus what the catalogue says each removal frees, except that an SSM head followed by a gated
+    norm frees only its out_proj columns (the norm still needs the head's activations)."""
     _, layers = describe_model(model)
     freed = 0
     for c in removed:
-        if c.kind == "ssm_heads":
-            freed += layers[c.layer].ssm.out_proj.out_features * layers[c.layer].ssm.head_dim
+        mixer = layers[c.layer].ssm
+        if c.kind == "ssm_heads" and not isinstance(mixer.norm, torch.nn.Identity):
+            freed += mixer.out_proj.out_features * mixer.head_dim
         else:
             freed += catalogue.params_of(c)
     return catalogue.total_params - freed
@@ -272,7 +275,7 @@ print("RESULTS" + json.dumps(results))
 def _reload_without_shedder(entries: dict, workdir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "modules"), HF_HUB_DISABLE_PROGRESS_BARS="1",
-               TRANSFORMERS_VERBOSITY="error")
+               TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")  # tiny models: threads only add overhead
     done = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, json.dumps(entries)], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -284,6 +287,16 @@ def kind_results(tmp_path_factory):
     """Extract every case once; reload them all in one interpreter without shedder."""
     work = tmp_path_factory.mktemp("kinds")
     ids = token_ids()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead (restored below)
+    try:
+        local, entries = _extract_cases(work, ids)
+    finally:
+        torch.set_num_threads(threads)
+    return local, _reload_without_shedder(entries, work)
+
+
+def _extract_cases(work: Path, ids: torch.Tensor) -> tuple[dict, dict]:
     local, entries = {}, {}
     for name, (family, overrides, removed, reorder) in KIND_CASES.items():
         model = build(family, **overrides)
@@ -296,7 +309,7 @@ def kind_results(tmp_path_factory):
         local[name] = {"result": result, "predicted": _predicted_params(model, catalogue_of(model), removed)}
         entries[name] = {"dir": str(work / name), "ref": str(work / f"{name}.pt"), "remote": name not in STOCK_CASES}
     entries["falcon_h1-mixed"]["resave"] = str(work / "resaved")
-    return local, _reload_without_shedder(entries, work)
+    return local, entries
 
 
 def test_kind_cases_cover_every_kind_on_every_family():

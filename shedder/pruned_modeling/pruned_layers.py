@@ -19,9 +19,12 @@ weights. The operations, and the function each one keeps:
   (Mamba-2: then the gate, gated norm and ``out_proj`` as before; Mamba-1: ``y = x * silu(z)``), so
   ``A_log``, ``D``, ``dt_bias``/``dt_proj``, ``x_proj`` and the B/C/dt rows of ``in_proj`` and the
   B/C channels of ``conv1d`` are dropped.
-- ``ssm_heads`` (``kept``: head numbers): the removed heads' columns of ``out_proj`` are dropped. The
-  heads themselves still run, because the gated RMSNorm before ``out_proj`` normalises over all
-  heads of its group, so dropping their activations would change the others' outputs.
+- ``ssm_heads`` (``kept``: head numbers): where a gated RMSNorm precedes ``out_proj``, only the
+  removed heads' columns of ``out_proj`` are dropped: the norm normalises over all heads of its group,
+  so the removed heads still run (dropping them would change the others' outputs). Without that norm
+  (Falcon-H1's default) the heads go whole: their rows of ``in_proj`` (z, x, dt), ``conv1d``
+  channels, ``A_log``/``D``/``dt_bias`` entries and ``out_proj`` columns, as long as the kept heads
+  still split evenly over the B/C groups.
 - ``attn_heads`` (``kept``: query heads): the removed heads' rows of ``q_proj`` and columns of
   ``o_proj`` are dropped. Key/value heads stay; when the kept query heads no longer split evenly
   over them, each kept head gets its key/value head by index.
@@ -244,7 +247,41 @@ def remove_ssm(mixer: nn.Module) -> nn.Module:
 
 # --- groups -----------------------------------------------------------------------------------------
 
+def _has_gated_norm(mixer: nn.Module) -> bool:
+    if isinstance(mixer, SsmFreeMamba2Mixer):
+        return True  # (its heads keep the columns-only treatment)
+    return getattr(mixer, "mamba_rms_norm", True) and not isinstance(getattr(mixer, "norm", None), nn.Identity)
+
+
+def _slice_heads(mixer: nn.Module, kept: Sequence[int]) -> bool:
+    """Remove whole heads from a Mamba-2 mixer without a gated norm (Falcon-H1's default), in place.
+    Only when the kept heads still split evenly over the B/C groups; returns whether it did."""
+    heads, groups, head_dim = mixer.num_heads, mixer.n_groups, mixer.head_dim
+    per_group = heads // groups
+    counts = {g: sum(1 for h in kept if h // per_group == g) for g in range(groups)}
+    if len(set(counts.values())) != 1:
+        return False
+    d_inner, bc = mixer.intermediate_size, 2 * groups * mixer.ssm_state_size
+    channels = _head_rows(kept, head_dim)
+    rows = (channels + [d_inner + c for c in channels] + list(range(2 * d_inner, 2 * d_inner + bc))
+            + [2 * d_inner + bc + h for h in kept])  # [z, x, B, C, dt]
+    mixer.in_proj = linear_rows(mixer.in_proj, rows)
+    mixer.conv1d = conv_channels(mixer.conv1d, channels + list(range(d_inner, d_inner + bc)))
+    for name in ("A_log", "D", "dt_bias"):
+        setattr(mixer, name, _parameter(getattr(mixer, name).index_select(0, _index(kept, mixer.A_log.device))))
+    mixer.out_proj = linear_columns(mixer.out_proj, channels)
+    if hasattr(mixer, "mup_vector"):  # saved with the weights, so the family's init does not refill it full-length
+        sliced = mixer.mup_vector.index_select(-1, _index(rows, mixer.mup_vector.device))
+        del mixer.mup_vector
+        mixer.register_buffer("mup_vector", sliced, persistent=True)
+    mixer.num_heads, mixer.intermediate_size = len(kept), len(kept) * head_dim
+    mixer.conv_dim = mixer.intermediate_size + bc
+    return True
+
+
 def ssm_heads(mixer: nn.Module, kept: Sequence[int]) -> nn.Module:
+    if not _has_gated_norm(mixer) and _slice_heads(mixer, kept):
+        return mixer
     out_proj = mixer.out_proj
     columns = _head_rows(kept, mixer.head_dim)
     weight = out_proj.weight.index_select(1, _index(columns, out_proj.weight.device))
