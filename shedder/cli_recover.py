@@ -11,7 +11,10 @@ import json
 
 def register(subparsers, add_model_args) -> None:
     parser = subparsers.add_parser("recover", help="recovery tuning (LoRA or full) of a pruned model, measured "
-                                   "before and after on held-out text")
+                                   "before and after on held-out text",
+                                   description="Fine-tune a pruned model and measure what it wins back. With "
+                                   "--dtype auto the weights train in float32 (bfloat16 autocast on a GPU) and "
+                                   "are saved in the input checkpoint's dtype. Re-run to resume.")
     add_model_args(parser)
     train = parser.add_argument_group("training")
     train.add_argument("--data", default="wiki", help="training text: wiki (the training split, default), a .txt "
