@@ -126,7 +126,7 @@ def saved_layout(ops: dict[int, list[dict]]) -> dict:
     return {"format": "shedder-pruned-layout", "version": 1, "layers": layers}
 
 
-def _write_model_code(directory: Path, model_type: str, ops: dict[int, list[dict]]) -> None:
+def _write_model_code(directory: Path, model_type: str, model_class: str, ops: dict[int, list[dict]]) -> None:
     """Copy the model files in and point the config at them (its own model type, the layout)."""
     for name in MODEL_FILES:
         text = (MODEL_FILES_DIR / name).read_text(encoding="utf-8")
@@ -136,7 +136,7 @@ def _write_model_code(directory: Path, model_type: str, ops: dict[int, list[dict
         (directory / name).write_text(text, encoding="utf-8")
     path = directory / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
-    config.update(model_type=f"shedder_pruned_{model_type}", architectures=["ShedderPrunedForCausalLM"],
+    config.update(model_type=f"shedder_pruned_{model_type}", architectures=[f"ShedderPruned{model_class}"],
                   auto_map={"AutoConfig": PRUNED_CONFIG_CLASS, "AutoModelForCausalLM": PRUNED_MODEL_CLASS},
                   pruned_layout=saved_layout(ops))
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -203,7 +203,7 @@ def _write(done: Extraction, tokenizer, plan: Plan, card: str, directory: Path) 
     # a pruned layout is loaded by custom code, which gets none of the family's checkpoint-format conversions
     done.model.save_pretrained(directory, safe_serialization=True, save_original_format=done.stock)
     if not done.stock:
-        _write_model_code(directory, model_type, done.ops)
+        _write_model_code(directory, model_type, type(done.model).__name__, done.ops)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     plan.save(directory / "plan.json")

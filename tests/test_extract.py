@@ -339,6 +339,7 @@ def test_a_pruned_layout_is_described_in_the_folder(tmp_path):
     extract(model, tiny_tokenizer(), Plan.for_model(model, _c("ssm", 1) + _c("ssm_heads", 2, 3)), tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["model_type"] == "shedder_pruned_mamba2"
+    assert config["architectures"] == ["ShedderPrunedMamba2ForCausalLM"]
     assert config["pruned_layout"]["layers"]["1"] == [{"op": "remove_ssm", "module": "mixer"}]
     assert config["pruned_layout"]["layers"]["2"][0]["kept"] == [0, 1, 2, 4, 5, 6, 7]
     assert 'BASE_MODEL_TYPE = "mamba2"' in (tmp_path / "out" / "modeling_shedder_pruned.py").read_text()
@@ -388,8 +389,8 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_nothing(tmp_path, monkeypatc
 
     real = extract_module._write_model_code
 
-    def disk_full(directory, model_type, ops):
-        real(directory, model_type, ops)  # the weights and half the files are written by now
+    def disk_full(directory, *args):
+        real(directory, *args)  # the weights and half the files are written by now
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(extract_module, "_write_model_code", disk_full)
