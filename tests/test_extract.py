@@ -183,11 +183,11 @@ KIND_CASES = {
     "granitemoehybrid-attn": ("granitemoehybrid", {}, _c("attn", 1), None),  # its only attention: the layer stays
     "granitemoehybrid-mlp": ("granitemoehybrid", {}, _c("mlp", 2), None),  # MoE + shared MLP
     "granitemoehybrid-ssm_heads": ("granitemoehybrid", {}, _c("ssm_heads", 2, 7), None),
-    "granitemoehybrid-attn_heads": ("granitemoehybrid", {}, _c("attn_heads", 1, 2), None),
+    "granitemoehybrid-attn_heads": ("granitemoehybrid", {}, _c("attn_heads", 1, 0, 2), None),
     "jamba-ssm": ("jamba", {}, _c("ssm", 0), None),
     "jamba-attn": ("jamba", {}, _c("attn", 1), None),
     "jamba-mlp": ("jamba", {}, _c("mlp", 3), None),  # an MoE
-    "jamba-attn_heads": ("jamba", {}, _c("attn_heads", 3, 1), None),
+    "jamba-attn_heads": ("jamba", {}, _c("attn_heads", 3, 1, 3), None),
     "jamba-mlp_channels": ("jamba", {}, _c("mlp_channels", 2, 3), None),
     "llama-attn": ("llama", {}, _c("attn", 0), None),
     "llama-mlp": ("llama", {}, _c("mlp", 1), None),
@@ -198,7 +198,7 @@ KIND_CASES = {
     "nemotron_h-attn": ("nemotron_h", NEMOTRON_TWO_ATTN, _c("attn", 1), None),  # an attention layer goes: stock
     "nemotron_h-mlp": ("nemotron_h", {}, _c("mlp", 2), None),  # an MLP layer goes: stock
     "nemotron_h-ssm_heads": ("nemotron_h", {}, _c("ssm_heads", 3, 2), None),
-    "nemotron_h-attn_heads": ("nemotron_h", {}, _c("attn_heads", 1, 3), None),
+    "nemotron_h-attn_heads": ("nemotron_h", {}, _c("attn_heads", 1, 0, 3), None),
     "nemotron_h-mlp_channels": ("nemotron_h", {}, _c("mlp_channels", 2, 1), None),
     "zamba2-ssm": ("zamba2", {}, _c("ssm", 0) + _c("ssm", 3), None),  # a Mamba and a hybrid layer's mixer
     "zamba2-attn": ("zamba2", {"use_shared_attention_adapter": True}, _c("attn", 1), None),  # -> a Mamba layer
@@ -226,6 +226,20 @@ def _predicted_params(model, catalogue, removed: list[Component]) -> int:
         else:
             freed += catalogue.params_of(c)
     return catalogue.total_params - freed
+
+
+def _kv_head_params(model, layer: int) -> int:
+    attn = describe_model(model)[1][layer].attn
+    return 2 * attn.head_dim * attn.k_proj.in_features  # one key/value head's rows of k_proj and v_proj
+
+
+# Attention heads where the kept query heads no longer split evenly over the key/value heads:
+PREDICTED_OTHERWISE = {
+    # head 0 goes back into the gap next to head 1 (both groups keep 2 heads), so nothing is freed
+    "bamba-attn_heads-uneven": lambda model, predicted: catalogue_of(model).total_params,
+    # heads 0 and 1 are key/value head 0's whole group: that key/value head goes too
+    "falcon_h1-attn_heads": lambda model, predicted: predicted - _kv_head_params(model, 1),
+}
 
 
 def _greedy_logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -306,7 +320,8 @@ def _extract_cases(work: Path, ids: torch.Tensor) -> tuple[dict, dict]:
             steps = _greedy_logits(model, ids[:1])
         result = extract(model, None, plan, work / name)
         torch.save({"ids": ids, "logits": expected, "steps": steps}, work / f"{name}.pt")
-        local[name] = {"result": result, "predicted": _predicted_params(model, catalogue_of(model), removed)}
+        predicted = _predicted_params(model, catalogue_of(model), removed)
+        local[name] = {"result": result, "predicted": PREDICTED_OTHERWISE.get(name, lambda m, p: p)(model, predicted)}
         entries[name] = {"dir": str(work / name), "ref": str(work / f"{name}.pt"), "remote": name not in STOCK_CASES}
     entries["falcon_h1-mixed"]["resave"] = str(work / "resaved")
     return local, entries

@@ -19,15 +19,17 @@ weights. The operations, and the function each one keeps:
   (Mamba-2: then the gate, gated norm and ``out_proj`` as before; Mamba-1: ``y = x * silu(z)``), so
   ``A_log``, ``D``, ``dt_bias``/``dt_proj``, ``x_proj`` and the B/C/dt rows of ``in_proj`` and the
   B/C channels of ``conv1d`` are dropped.
-- ``ssm_heads`` (``kept``: head numbers): where a gated RMSNorm precedes ``out_proj``, only the
-  removed heads' columns of ``out_proj`` are dropped: the norm normalises over all heads of its group,
-  so the removed heads still run (dropping them would change the others' outputs). Without that norm
-  (Falcon-H1's default) the heads go whole: their rows of ``in_proj`` (z, x, dt), ``conv1d``
-  channels, ``A_log``/``D``/``dt_bias`` entries and ``out_proj`` columns, as long as the kept heads
-  still split evenly over the B/C groups.
+- ``ssm_heads`` (``kept``: head numbers): where a gated RMSNorm precedes ``out_proj``, the norm's
+  output keeps only the kept heads' channels and ``out_proj`` only their columns; the removed heads
+  still run, because the norm normalises over all heads of its group (dropping their activations
+  would change the others' outputs). Without that norm (Falcon-H1's default) the heads go whole:
+  their rows of ``in_proj`` (z, x, dt), ``conv1d`` channels, ``A_log``/``D``/``dt_bias`` entries and
+  ``out_proj`` columns, as long as the kept heads still split evenly over the B/C groups.
 - ``attn_heads`` (``kept``: query heads): the removed heads' rows of ``q_proj`` and columns of
-  ``o_proj`` are dropped. Key/value heads stay; when the kept query heads no longer split evenly
-  over them, each kept head gets its key/value head by index.
+  ``o_proj`` go, and key/value heads left without query heads. Grouped-query attention needs equal
+  groups, so where the kept heads split unevenly over the key/value heads, each group keeps as many
+  query heads as the fullest one, the gaps filled by removed heads whose ``o_proj`` columns are zero
+  (``attention_head_slots``); the key/value cache stays as small as the dense model's.
 - ``mlp_channels`` (``inputs``, ``output``: projection names; ``kept`` channels, or on disk ``width``):
   rows of the gate/up projections and columns of the down projection.
 - ``zero_attention`` / ``zero``: a removed attention / MLP sub-block, which contributes 0;
@@ -54,9 +56,9 @@ def _parameter(tensor: torch.Tensor | None) -> nn.Parameter | None:
     return None if tensor is None else nn.Parameter(tensor.detach())
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, cls: type = nn.Linear, **extra) -> nn.Linear:
-    """A Linear (or subclass) holding exactly ``weight`` and ``bias``."""
-    linear = cls(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta", **extra)
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A Linear holding exactly ``weight`` and ``bias``."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     linear.weight = _parameter(weight)
     if bias is not None:
         linear.bias = _parameter(bias)
@@ -92,37 +94,36 @@ def _head_rows(heads: Sequence[int], head_dim: int, offset: int = 0) -> list[int
     return [offset + h * head_dim + i for h in heads for i in range(head_dim)]
 
 
-class ColumnSelectLinear(nn.Linear):
-    """A Linear that first picks input columns ``columns`` (the rest of its input is not used)."""
+class _CachedIndex:
+    """A list of indices, as a tensor on the device where it is needed (built once per device)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 columns: Sequence[int] = ()):
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.columns = list(columns)
-        self._idx: dict[torch.device, torch.Tensor] = {}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device not in self._idx:
-            self._idx[x.device] = _index(self.columns, x.device)
-        return F.linear(x.index_select(-1, self._idx[x.device]), self.weight, self.bias)
+    def _index_on(self, device: torch.device) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_index_cache", {})
+        if device not in cache:
+            cache[device] = _index(self.indices, device)
+        return cache[device]
 
 
-class HeadGatherLinear(nn.Linear):
-    """A key or value projection whose output is re-laid out as one head per kept query head."""
+class SelectChannels(_CachedIndex, nn.Module):
+    """Runs ``inner`` and keeps channels ``indices`` of its output (the last dimension)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 head_dim: int = 1, heads: Sequence[int] = ()):
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.head_dim = head_dim
-        self.heads = list(heads)
-        self._idx: dict[torch.device, torch.Tensor] = {}
+    def __init__(self, inner: nn.Module, indices: Sequence[int]):
+        super().__init__()
+        self.inner = inner
+        self.indices = list(indices)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device not in self._idx:
-            self._idx[x.device] = _index(self.heads, x.device)
-        out = F.linear(x, self.weight, self.bias)
-        out = out.view(*out.shape[:-1], -1, self.head_dim).index_select(-2, self._idx[x.device])
-        return out.flatten(-2)
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        out = self.inner(*args, **kwargs)
+        return out.index_select(-1, self._index_on(out.device))
+
+    def __getattr__(self, name: str):
+        # the stock mixers read their norm's ``weight`` / ``variance_epsilon`` (for fused training kernels)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "inner":
+                raise
+            return getattr(self.inner, name)
 
 
 # --- removed sub-blocks ---------------------------------------------------------------------------
@@ -158,6 +159,11 @@ def _mask_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor | No
     if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] == hidden_states.shape[1]:
         return (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
     return hidden_states
+
+
+class _Rows(_CachedIndex):
+    def __init__(self, indices: Sequence[int]):
+        self.indices = list(indices)
 
 
 class _ShortConv(nn.Module):
@@ -197,9 +203,21 @@ class SsmFreeMamba2Mixer(_ShortConv):
         self.out_proj = mixer.out_proj
         # Falcon-H1: multipliers on the mixer input and on in_proj's output, and an optional norm
         self.in_multiplier = getattr(mixer, "ssm_in_multiplier", None)
-        self.gated_norm = getattr(mixer, "mamba_rms_norm", True) and not isinstance(mixer.norm, nn.Identity)
+        self.gated_norm = _has_gated_norm(mixer)
         if hasattr(mixer, "mup_vector"):  # kept whole, so the family's own weight init can refill it on load
             self.register_buffer("mup_vector", mixer.mup_vector, persistent=False)
+            self.mup = _Rows(range(2 * d_inner))  # the entries of mup_vector that in_proj's rows use
+
+    def keep_heads(self, kept: Sequence[int]) -> None:
+        """Drop whole heads (only exact without a gated norm: then each channel only feeds out_proj)."""
+        channels = _head_rows(kept, self.head_dim)
+        rows = channels + [self.d_inner + c for c in channels]
+        self.in_proj = linear_rows(self.in_proj, rows)
+        self.conv1d = conv_channels(self.conv1d, channels)
+        self.out_proj = linear_columns(self.out_proj, channels)
+        if hasattr(self, "mup"):
+            self.mup = _Rows([self.mup.indices[r] for r in rows])
+        self.d_inner = len(channels)
 
     def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
         dtype = hidden_states.dtype
@@ -208,7 +226,7 @@ class SsmFreeMamba2Mixer(_ShortConv):
             hidden_states = hidden_states * self.in_multiplier
         projected = self.in_proj(hidden_states)
         if hasattr(self, "mup_vector"):
-            projected = projected * self.mup_vector[..., :2 * self.d_inner]
+            projected = projected * self.mup_vector.index_select(-1, self.mup._index_on(projected.device))
         gate, x = projected.split([self.d_inner, self.d_inner], dim=-1)
         x, one_step = self._conv(x.transpose(1, 2), cache_params)
         x = _mask_padding(x.transpose(1, 2), attention_mask)
@@ -249,7 +267,7 @@ def remove_ssm(mixer: nn.Module) -> nn.Module:
 
 def _has_gated_norm(mixer: nn.Module) -> bool:
     if isinstance(mixer, SsmFreeMamba2Mixer):
-        return True  # (its heads keep the columns-only treatment)
+        return mixer.gated_norm
     return getattr(mixer, "mamba_rms_norm", True) and not isinstance(getattr(mixer, "norm", None), nn.Identity)
 
 
@@ -279,36 +297,63 @@ def _slice_heads(mixer: nn.Module, kept: Sequence[int]) -> bool:
     return True
 
 
+@torch.no_grad()
+def _zero_columns(linear: nn.Linear, columns: Sequence[int]) -> None:
+    if columns and linear.weight.device.type != "meta":
+        linear.weight.index_fill_(1, _index(columns, linear.weight.device), 0.0)
+
+
 def ssm_heads(mixer: nn.Module, kept: Sequence[int]) -> nn.Module:
-    if not _has_gated_norm(mixer) and _slice_heads(mixer, kept):
+    head_dim = mixer.head_dim
+    channels = _head_rows(kept, head_dim)
+    if not _has_gated_norm(mixer):
+        if isinstance(mixer, SsmFreeMamba2Mixer):
+            mixer.keep_heads(kept)
+            return mixer
+        if _slice_heads(mixer, kept):
+            return mixer
+        # uneven over the B/C groups: keep every head, silence the removed ones (as the masks do)
+        removed = sorted(set(range(mixer.out_proj.in_features // head_dim)) - set(kept))
+        _zero_columns(mixer.out_proj, _head_rows(removed, head_dim))
         return mixer
-    out_proj = mixer.out_proj
-    columns = _head_rows(kept, mixer.head_dim)
-    weight = out_proj.weight.index_select(1, _index(columns, out_proj.weight.device))
-    mixer.out_proj = _linear(weight, out_proj.bias, ColumnSelectLinear, columns=columns)
+    mixer.norm = SelectChannels(mixer.norm, channels)
+    mixer.out_proj = linear_columns(mixer.out_proj, channels)
     return mixer
+
+
+def attention_head_slots(n_query: int, n_kv: int, kept: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The query heads and key/value heads that stay physically for ``kept`` query heads.
+
+    Key/value heads left without query heads go. The others keep as many query heads as the fullest
+    of them keeps (grouped-query attention needs equal groups): removed heads fill the gaps, silenced."""
+    per_kv = n_query // n_kv
+    groups = {k: [h for h in kept if h // per_kv == k] for k in range(n_kv)}
+    kv_heads = [k for k, heads in groups.items() if heads]
+    width = max(len(groups[k]) for k in kv_heads)
+    slots = []
+    for k in kv_heads:
+        fill = [h for h in range(k * per_kv, (k + 1) * per_kv) if h not in groups[k]][:width - len(groups[k])]
+        slots += sorted(groups[k] + fill)
+    return slots, kv_heads
 
 
 def attn_heads(attn: nn.Module, kept: Sequence[int]) -> nn.Module:
     head_dim = attn.head_dim
-    n_query = attn.q_proj.out_features // head_dim
-    n_kv = attn.k_proj.out_features // head_dim
-    per_kv = n_query // n_kv
-    kv_of = [h // per_kv for h in kept]
-    rows = _head_rows(kept, head_dim)
+    n_query, n_kv = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
+    slots, kv_heads = attention_head_slots(n_query, n_kv, kept)
+    rows = _head_rows(slots, head_dim)
     attn.q_proj = linear_rows(attn.q_proj, rows)
     attn.o_proj = linear_columns(attn.o_proj, rows)
-    counts = [kv_of.count(k) for k in range(n_kv)]
-    if len(set(counts)) == 1:  # still an even split: plain grouped-query attention
-        attn.num_key_value_groups = counts[0]
-    else:
-        for name in ("k_proj", "v_proj"):
-            proj = getattr(attn, name)
-            setattr(attn, name, _linear(proj.weight, proj.bias, HeadGatherLinear, head_dim=head_dim, heads=kv_of))
-        attn.num_key_value_groups = 1
-    for name in ("num_heads", "num_attention_heads"):
+    _zero_columns(attn.o_proj, [c for i, h in enumerate(slots) if h not in set(kept)
+                                for c in range(i * head_dim, (i + 1) * head_dim)])
+    if len(kv_heads) < n_kv:
+        kv_rows = _head_rows(kv_heads, head_dim)
+        attn.k_proj, attn.v_proj = linear_rows(attn.k_proj, kv_rows), linear_rows(attn.v_proj, kv_rows)
+    attn.num_key_value_groups = len(slots) // len(kv_heads)
+    for name, value in (("num_heads", len(slots)), ("num_attention_heads", len(slots)),
+                        ("num_key_value_heads", len(kv_heads))):
         if isinstance(getattr(attn, name, None), int):
-            setattr(attn, name, len(kept))
+            setattr(attn, name, value)
     return attn
 
 
