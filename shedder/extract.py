@@ -15,7 +15,10 @@ What is physically removed, per kind (the function stays the masked model's, see
 - ``ssm``: everything only the scan used: ``A_log``, ``D``, ``dt_bias`` / ``dt_proj``, ``x_proj``,
   the B/C/dt rows of ``in_proj`` and the B/C channels of ``conv1d``.
 - ``attn`` / ``mlp``: the sub-block and its own pre-norm.
-- ``attn_heads``: the heads' rows of ``q_proj`` and columns of ``o_proj`` (key/value heads stay).
+- ``attn_heads``: the heads' rows of ``q_proj`` and columns of ``o_proj``, and key/value heads left
+  without query heads. Where the kept heads split unevenly over the key/value heads, each group keeps
+  as many query heads as the fullest (removed heads fill the gaps, silenced), so the key/value cache
+  never grows.
 - ``mlp_channels``: the channels' rows of the gate/up projections and columns of the down projection.
 - ``ssm_heads``: where a gated RMSNorm precedes ``out_proj`` (most Mamba-2 mixers), only the heads'
   columns of ``out_proj``: the norm normalises over all heads of its group, so the removed heads'
