@@ -26,10 +26,11 @@ What is physically removed, per kind (the function stays the masked model's, see
   of ``in_proj``, ``conv1d`` channels, ``A_log``/``D``/``dt_bias`` and ``out_proj`` columns.
 
 Results that the stock config can describe (block removals, NemotronH sub-block layers, Zamba2
-hybrid layers turned into Mamba layers) are written as stock checkpoints and load with
-``AutoModelForCausalLM.from_pretrained(out_dir)``. Others are written with their family's model
-file plus ``pruned_layers.py`` (from ``shedder.pruned_modeling``) and a ``pruned_layout`` in the
-config, and load with ``from_pretrained(out_dir, trust_remote_code=True)``, without shedder.
+hybrid layers turned into Mamba layers, every dense MLP narrowed to one width) are written as stock
+checkpoints and load with ``AutoModelForCausalLM.from_pretrained(out_dir)``. Others are written with
+their family's model file plus ``pruned_layers.py`` (from ``shedder.pruned_modeling``) and a
+``pruned_layout`` in the config, and load with ``from_pretrained(out_dir, trust_remote_code=True)``,
+without shedder.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from .adapters import layers_of
 from .catalogue import Component
 from .errors import ShedderError
 from .extract_layers import Layers, build_smaller
-from .extract_ops import plan_layers, plan_ops
+from .extract_ops import plan_layers, plan_ops, uniform_mlp_width
 from .identity import model_fingerprint
 from .masks import catalogue_of
 from .plan import Plan
@@ -77,10 +78,11 @@ class Extraction:
     model: nn.Module
     layers: Layers
     ops: dict[int, list[dict]]  # per layer of ``model``: the pruning operations applied to it
+    config_changes: dict = field(default_factory=dict)  # stock config fields that describe the ops instead
 
     @property
     def stock(self) -> bool:
-        return not self.ops
+        return not self.ops or bool(self.config_changes)
 
 
 def count_params(model: nn.Module) -> int:
@@ -106,7 +108,10 @@ def extraction(model: nn.Module, plan: Plan) -> Extraction:
     for index, layer_ops in ops.items():
         for op in layer_ops:
             apply_op(decoder[index], op)
-    return Extraction(small.eval(), layers, ops)
+    changes = uniform_mlp_width(small, ops)
+    for key, value in changes.items():
+        setattr(small.config, key, value)
+    return Extraction(small.eval(), layers, ops, changes)
 
 
 def build_extracted(model: nn.Module, plan: Plan) -> nn.Module:
@@ -164,7 +169,9 @@ def model_card(model_type: str, done: Extraction, plan: Plan, before: int, after
         kinds[c.kind] = kinds.get(c.kind, 0) + 1
     if done.stock:
         how = ("This folder loads with plain `transformers.AutoModelForCausalLM.from_pretrained(folder)`: the "
-               "stock config describes it.")
+               "stock config describes it"
+               + "".join(f"; `{key}` is now {value} in every layer" for key, value in done.config_changes.items())
+               + ".")
     else:
         how = ("Some layers are smaller than the stock config can describe, so this folder carries its model code "
                "(`modeling_shedder_pruned.py`, `pruned_layers.py`; torch and transformers only, shedder is not "
@@ -194,9 +201,9 @@ def model_card(model_type: str, done: Extraction, plan: Plan, before: int, after
             words = [w for w in map(_op_summary, ops) if w]
             lines.append(f"- layer {index}: {'; '.join(words)}")
     if "ssm_heads" in kinds:
-        lines += ["", "Where a gated RMSNorm precedes `out_proj`, removed SSM heads free only their `out_proj` columns: "
-                  "the norm normalises over all heads of its group, so the removed heads still run to keep the "
-                  "function."]
+        lines += ["", "Where a gated RMSNorm precedes `out_proj`, removed SSM heads free only their `out_proj` "
+                  "columns: the norm normalises over all heads of its group, so the removed heads still run to keep "
+                  "the function."]
     lines += ["", "The pruning plan is in `plan.json`.", ""]
     return "\n".join(lines)
 

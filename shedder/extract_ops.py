@@ -138,3 +138,21 @@ def plan_ops(small: nn.Module, layers: Layers, removed: list[Component], group_s
         if ops:
             out[new_index[old]] = ops
     return out
+
+
+# config fields that set the width of every dense MLP of a family, and nothing else
+MLP_WIDTH_FIELDS = {"llama": "intermediate_size", "bamba": "intermediate_size", "falcon_h1": "intermediate_size",
+                    "nemotron_h": "intermediate_size"}
+
+
+def uniform_mlp_width(small: nn.Module, ops: dict[int, list[dict]]) -> dict[str, int]:
+    """When the only change to the kept layers is every dense MLP narrowed to one width, the config
+    field that says so (then the stock config describes the model); else nothing."""
+    field = MLP_WIDTH_FIELDS.get(small.config.model_type)
+    if field is None or not ops or any(op["op"] != "mlp_channels" for layer_ops in ops.values() for op in layer_ops):
+        return {}
+    dense = {parts.index for parts in describe_model(small)[1] if parts.mlp_dense}
+    widths = {len(op["kept"]) for layer_ops in ops.values() for op in layer_ops}
+    if set(ops) != dense or len(widths) != 1:
+        return {}
+    return {field: widths.pop()}

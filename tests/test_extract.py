@@ -194,6 +194,9 @@ KIND_CASES = {
     "llama-attn+mlp": ("llama", {}, _c("attn", 2) + _c("mlp", 2), None),  # the whole layer goes: stock
     "llama-attn_heads": ("llama", {}, _c("attn_heads", 1, 0, 2), None),
     "llama-mlp_channels-l1": ("llama", {}, _c("mlp_channels", 2, 0, 5), "l1"),
+    # every MLP narrowed to one width: the stock config says so (intermediate_size)
+    "llama-mlp_channels-uniform": ("llama", {}, _c("mlp_channels", 0, 1) + _c("mlp_channels", 1, 7)
+                                   + _c("mlp_channels", 2, 3), "l1"),
     "nemotron_h-ssm": ("nemotron_h", {}, _c("ssm", 0), None),
     "nemotron_h-attn": ("nemotron_h", NEMOTRON_TWO_ATTN, _c("attn", 1), None),  # an attention layer goes: stock
     "nemotron_h-mlp": ("nemotron_h", {}, _c("mlp", 2), None),  # an MLP layer goes: stock
@@ -210,7 +213,9 @@ KIND_CASES = {
     "bamba-mixed": ("bamba", {"attn_layer_indices": [1, 2]}, _c("attn", 2) + _c("mlp_channels", 2, 0)
                     + _c("attn_heads", 1, 0, 1, 2) + _c("ssm", 0), None),
 }
-STOCK_CASES = {"llama-attn+mlp", "nemotron_h-attn", "nemotron_h-mlp", "zamba2-attn"}
+STOCK_CASES = {"llama-attn+mlp", "llama-mlp_channels-uniform", "nemotron_h-attn", "nemotron_h-mlp",
+               "nemotron_h-mlp_channels",  # its only dense MLP: one width, which intermediate_size says
+               "zamba2-attn"}
 NEW_TOKENS = 4
 
 
