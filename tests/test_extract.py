@@ -268,12 +268,14 @@ results = {}
 
 def check(entry):
     ref = torch.load(entry["ref"])
-    model = AutoModelForCausalLM.from_pretrained(entry["dir"], trust_remote_code=entry["remote"]).eval()
+    model = AutoModelForCausalLM.from_pretrained(entry["dir"], trust_remote_code=entry["remote"],
+                                                 dtype=entry.get("dtype", torch.float32)).eval()
     with torch.no_grad():
-        logits = model(input_ids=ref["ids"], use_cache=False).logits
+        logits = model(input_ids=ref["ids"], use_cache=False).logits.float()
         steps = torch.stack(model.generate(ref["ids"][:1], max_new_tokens=ref["steps"].shape[0], do_sample=False,
-                                           output_logits=True, return_dict_in_generate=True).logits)
+                                           output_logits=True, return_dict_in_generate=True).logits).float()
     out = {"class": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
+           "dtype": str(next(model.parameters()).dtype),
            "logits": (logits - ref["logits"]).abs().max().item(), "steps": (steps - ref["steps"]).abs().max().item()}
     if entry.get("resave"):  # a loaded pruned model saves and loads again (e.g. after recovery tuning)
         model.save_pretrained(entry["resave"])
@@ -329,6 +331,14 @@ def _extract_cases(work: Path, ids: torch.Tensor) -> tuple[dict, dict]:
         local[name] = {"result": result, "predicted": PREDICTED_OTHERWISE.get(name, lambda m, p: p)(model, predicted)}
         entries[name] = {"dir": str(work / name), "ref": str(work / f"{name}.pt"), "remote": name not in STOCK_CASES}
     entries["falcon_h1-mixed"]["resave"] = str(work / "resaved")
+    # a bfloat16 model stays bfloat16 (loaded with dtype="auto")
+    model = build("mamba2").to(torch.bfloat16)
+    plan = Plan.for_model(model, _c("block", 0) + _c("ssm", 1) + _c("ssm_heads", 2, 1))
+    with masked(model, plan):
+        expected, steps = _logits(model, ids).float(), _greedy_logits(model, ids[:1]).float()
+    extract(model, None, plan, work / "bf16")
+    torch.save({"ids": ids, "logits": expected, "steps": steps}, work / "bf16.pt")
+    entries["bf16"] = {"dir": str(work / "bf16"), "ref": str(work / "bf16.pt"), "remote": True, "dtype": "auto"}
     return local, entries
 
 
@@ -352,6 +362,34 @@ def test_extracted_kinds_match_the_masked_model_and_reload_without_shedder(name,
     assert mine["result"].needs_remote_code == (name not in STOCK_CASES)
     assert theirs["class"].startswith("ShedderPruned") == (name not in STOCK_CASES)
     assert theirs.get("resaved", 0.0) <= 1e-5
+
+
+def test_a_bfloat16_extraction_stays_bfloat16(kind_results):
+    reloaded = kind_results[1]["bf16"]
+    assert "error" not in reloaded, reloaded.get("error")
+    assert reloaded["dtype"] == "torch.bfloat16"
+    assert reloaded["logits"] <= 1e-2 and reloaded["steps"] <= 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family, removed", [
+    ("mamba2", _c("ssm", 1) + _c("ssm_heads", 2, 1, 6) + _c("block", 0)),
+    ("mamba", _c("ssm", 0) + _c("ssm", 2)),
+    ("falcon_h1", _c("ssm", 1) + _c("attn", 0) + _c("attn_heads", 2, 0) + _c("mlp_channels", 1, 3) + _c("mlp", 2)),
+    ("bamba", _c("ssm", 0) + _c("ssm_heads", 2, 3) + _c("mlp", 1)),
+])
+def test_extracted_model_on_gpu_matches_the_masked_model(family, removed):
+    """On a GPU, with the mamba-ssm / causal-conv1d kernels where installed: float32 tight, bfloat16 loose."""
+    ids = token_ids().cuda()
+    for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):
+        model = build(family).to("cuda", dtype)
+        plan = Plan.for_model(model, removed)
+        with masked(model, plan):
+            expected, steps = _logits(model, ids).float(), _greedy_logits(model, ids[:1]).float()
+        small = build_extracted(model, plan).to("cuda")
+        scale = max(1.0, expected.abs().max().item(), steps.abs().max().item())
+        assert (_logits(small, ids).float() - expected).abs().max().item() <= tolerance * scale
+        assert (_greedy_logits(small, ids[:1]).float() - steps).abs().max().item() <= tolerance * scale
 
 
 def test_a_pruned_layout_is_described_in_the_folder(tmp_path):
