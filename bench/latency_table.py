@@ -16,7 +16,7 @@ Rows (random weights are fine for timing; the shapes are the paper's models):
 Each row writes ``bench/results/latency_<device>_<row>.json`` (the ``shedder bench`` report) and the
 script prints a markdown table. A row whose plan the extractor refuses (e.g. SSM removal before
 extraction supports it) is skipped with the extractor's message. ``--small`` swaps in tiny shapes and
-a short prompt so the whole script runs on a CPU in a few minutes.
+a short prompt so the whole script can be checked on a CPU (``--repeats 1 --warmup 0`` shortens it).
 
     python bench/latency_table.py --device cuda --dtype bfloat16
     python bench/latency_table.py --device cuda --rows mamba2-ssm22,mamba2-block14
@@ -152,7 +152,7 @@ def table_rows(row: Row, report: dict) -> list[str]:
 
 
 HEADER = ("| model | removed | device | params | first token ms, batch 1 (speedup; ideal) | batch "
-          "| generate tok/s (speedup) | CUDA-graph loop tok/s (speedup, mode) | ideal decode speedup "
+          "| generate tok/s (speedup) | static loop tok/s (speedup, mode: cuda_graph on a GPU) | ideal decode speedup "
           "| loop speedup / ideal |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
