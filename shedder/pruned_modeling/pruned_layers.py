@@ -90,8 +90,9 @@ def conv_channels(conv: nn.Conv1d, channels: Sequence[int]) -> nn.Conv1d:
     return new
 
 
-def _head_rows(heads: Sequence[int], head_dim: int, offset: int = 0) -> list[int]:
-    return [offset + h * head_dim + i for h in heads for i in range(head_dim)]
+def _head_rows(heads: Sequence[int], head_dim: int) -> list[int]:
+    """Channel numbers of ``heads`` in a layout of consecutive heads."""
+    return [h * head_dim + i for h in heads for i in range(head_dim)]
 
 
 class _CachedIndex:
