@@ -23,9 +23,28 @@ setup() {
   fi
 }
 
+# The end-to-end browser test drives Debian's headless Chromium through its chromedriver (nothing is
+# downloaded by the test itself); install both once when they are missing, quietly, where apt-get can.
+browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "note: the browser test needs chromium and chromium-driver (apt-get install, as root)" >&2; return 0
+    fi
+  fi
+  if ! command -v apt-get >/dev/null; then
+    echo "note: no apt-get here; install chromium and chromedriver at /usr/bin for the browser test" >&2; return 0
+  fi
+  echo "installing chromium and chromium-driver for the browser test ..." >&2
+  { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+  } >/dev/null 2>&1 || echo "note: could not install chromium; the browser test will not run" >&2
+}
+
 export HF_HUB_DISABLE_TELEMETRY=1
 case "${1:-app}" in
-  setup) setup ;;
+  setup) setup; browser ;;
   app)
     setup
     exec "$VENV/bin/python" -m streamlit run streamlit_app.py --server.address "${SHEDDER_ADDRESS:-127.0.0.1}" \
@@ -33,6 +52,7 @@ case "${1:-app}" in
       --client.toolbarMode minimal --server.fileWatcherType none ;;
   test)
     setup
+    browser
     shift
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
   *) echo "usage: ./run.sh [app|test|setup]" >&2; exit 2 ;;

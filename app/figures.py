@@ -118,7 +118,7 @@ def pareto_chart(points: list[dict], x_title: str, y_title: str, x_better: str, 
     front = pareto_front(points, x_better, y_better)
     if len(front) > 1:
         fig.add_trace(go.Scatter(x=[p["x"] for p in front], y=[p["y"] for p in front], mode="lines", name="Pareto front",
-                                 line=dict(color="#e63946", dash="dot", shape="hv"), hoverinfo="skip"))
+                                 line=dict(color="#e63946", dash="dot"), hoverinfo="skip"))
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=10, b=30), xaxis_title=x_title, yaxis_title=y_title,
                       legend=dict(orientation="h", y=1.12))
     return fig

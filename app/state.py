@@ -159,7 +159,7 @@ def plan_perplexity(choice: ModelChoice, plan: Plan, calib: str, tokens: int, se
 
 @st.cache_data(show_spinner="Generating ...", max_entries=64)
 def continuation(choice: ModelChoice, removed: tuple, channel_group_size: int | None, channel_reorder: str | None,
-                 prompt: str, new_tokens: int = 30) -> str:
+                 prompt: str, new_tokens: int = 20) -> str:
     """The greedy continuation of ``prompt`` with ``removed`` masked."""
     from shedder.masks import masked
 

@@ -66,8 +66,8 @@ freed = params_freed(choice, plan)
 m1, m2, m3 = st.columns(3)
 m1.metric("perplexity", f"{pruned:.3f}", delta=f"{pruned - dense:+.3f}" if removed else None, delta_color="inverse")
 m2.metric("components removed", len(removed))
-m3.metric("parameters freed", f"{freed:,}", delta=f"{freed / cat.total_params:.1%} of {cat.total_params:,}",
-          delta_color="off", help="What physical removal would delete (masks alone make nothing smaller or faster)")
+m3.metric("parameters freed", f"{freed:,} ({freed / cat.total_params:.1%})",
+          help=f"Of {cat.total_params:,}: what physical removal would delete (masks alone make nothing smaller or faster)")
 st.download_button("Download this plan (JSON)", json.dumps(plan.to_dict(), indent=1), file_name="plan.json",
                    mime="application/json", disabled=not removed)
 

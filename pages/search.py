@@ -77,9 +77,10 @@ done = len(store.read_log(out_dir)["steps"]) if (out_dir / "log.json").is_file()
 total_steps = sum(s.steps for s in stages)
 label = "Run search" if not done else ("Finished" if done >= total_steps else f"Resume ({done} of {total_steps} steps done)")
 c1, c2 = st.columns([1, 5])
-run = c1.button(label, type="primary", disabled=not stages or not calib or done >= total_steps)
+run_slot, stop_slot = c1.empty(), c2.empty()
+run = run_slot.button(label, type="primary", disabled=not stages or not calib or done >= total_steps, key=f"run-{label}")
 if run:
-    c2.button("Stop", help="Stops after the running step's candidates; finished steps are kept and a re-run resumes.")
+    stop_slot.button("Stop", help="Stops at the next candidate; finished steps are kept and a re-run resumes.")
     steps_seen = [done]
     bar = st.progress(0.0, text="Loading calibration text ...")
     live = st.empty()
@@ -101,10 +102,12 @@ if run:
             search(model, windows, stages, out_dir, batch_size, channel_group_size=group_size,
                    channel_reorder=reorder, on_step=on_step, on_candidate=on_candidate)
     except ShedderError as exc:
-        bar.empty()
         st.error(str(exc))
-    else:
-        st.rerun()  # show the finished search from disk
+    else:  # the same settings now name a finished search
+        run_slot.button("Finished", type="primary", disabled=True, key="run-Finished")
+    bar.empty()
+    live.empty()
+    stop_slot.empty()
 
 # --- a finished (or stopped) search of this model ------------------------------------------------
 runs = store.searches(fp)

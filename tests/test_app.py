@@ -81,4 +81,4 @@ def test_playground_toggles_change_perplexity_and_plan(bamba_dir):
     metrics = {m.label: m for m in at.metric}
     assert metrics["components removed"].value == "1"
     assert float(metrics["perplexity"].value) != dense
-    assert int(metrics["parameters freed"].value.replace(",", "")) > 0
+    assert int(metrics["parameters freed"].value.split()[0].replace(",", "")) > 0
