@@ -52,10 +52,18 @@ def fingerprint(choice: ModelChoice) -> str:
         return model_fingerprint(model)
 
 
+def moot(plan: Plan) -> list:
+    """The plan's components inside other removed parts (e.g. the SSM of a removed block): no effect."""
+    from shedder.search import implied_by
+
+    return [c for c in plan.removed if (c.kind, c.layer) in implied_by([o for o in plan.removed if o != c])]
+
+
 def params_freed(choice: ModelChoice, plan: Plan) -> int:
-    """Parameters physical removal of the plan's components would free (each counted on its own)."""
+    """Parameters physical removal of the plan would free (parts inside removed parts counted once)."""
     cat = catalogue(choice, plan.channel_group_size)
-    return sum(cat.params_of(c) for c in plan.removed)
+    inside = set(moot(plan))
+    return sum(cat.params_of(c) for c in plan.removed if c not in inside)
 
 
 # --- the session's current plan, shared by the Playground, Search and Export pages ---------------

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app.measures import accuracy, accuracy_settings, latency, latency_settings, use_accuracy_settings
 from app.sidebar import model_or_stop, model_sidebar
-from app.state import (catalogue, current_plan, continuation, masked_perplexity, params_freed, plan_version,
+from app.state import (catalogue, continuation, current_plan, masked_perplexity, moot, params_freed, plan_version,
                        update_removed)
 from shedder.catalogue import GROUP_KINDS, SUB_BLOCK_KINDS
 from shedder.errors import ShedderError
@@ -68,6 +68,8 @@ m1.metric("perplexity", f"{pruned:.3f}", delta=f"{pruned - dense:+.3f}" if remov
 m2.metric("components removed", len(removed))
 m3.metric("parameters freed", f"{freed:,} ({freed / cat.total_params:.1%})",
           help=f"Of {cat.total_params:,}: what physical removal would delete (masks alone make nothing smaller or faster)")
+if moot(plan):
+    st.caption(f"No effect: {', '.join(map(str, moot(plan)))} (inside a removed block, attention or MLP).")
 st.download_button("Download this plan (JSON)", json.dumps(plan.to_dict(), indent=1), file_name="plan.json",
                    mime="application/json", disabled=not removed)
 

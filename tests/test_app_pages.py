@@ -52,6 +52,13 @@ def test_playground_toggles_measure_latency_and_accuracy(bamba_dir):
     windows = calibration_windows("wiki-test", tokenizer, 256, 2048)
     assert float(shown["perplexity"]) == pytest.approx(perplexity(model, windows, [Component("block", 0)]).ppl, abs=6e-4)
 
+    freed = metrics(at)["parameters freed"]
+    pills(at, "ssm").set_value([0]).run()  # the SSM of the removed block: no effect, not counted again
+    assert metrics(at)["components removed"] == "2" and metrics(at)["perplexity"] == shown["perplexity"]
+    assert metrics(at)["parameters freed"] == freed
+    assert any(c.value.startswith("No effect: ssm@0") for c in at.caption)
+    pills(at, "ssm").set_value([]).run()
+
     button(at, "Measure latency").click().run()
     assert not at.exception, at.exception
     timed = metrics(at)
