@@ -1,5 +1,6 @@
 """Export & compare: download and upload plans, extract the pruned model, compare saved plans."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -89,7 +90,10 @@ if upload is not None:
 st.subheader("Extract the pruned model")
 st.caption("Writes a physically smaller model (the removed parts deleted, the config rewritten) that loads "
            "without shedder. Masks alone make nothing smaller or faster.")
-folder = st.text_input("Folder", value=str(cache_dir() / "extracted" / f"{cat.model_type}-{fp[:8]}-{len(plan.removed)}removed"))
+default_folder = cache_dir() / "extracted" / f"{cat.model_type}-{fp[:8]}-{len(plan.removed)}removed"
+if default_folder.is_relative_to(Path.cwd()):
+    default_folder = default_folder.relative_to(Path.cwd())
+folder = st.text_input("Folder", value=str(default_folder))
 if st.button("Extract", disabled=not plan.removed):
     try:
         with st.spinner("Extracting ..."), model_lock(model):  # never copy weights another session has masked

@@ -83,7 +83,7 @@ if run:
     stop_slot.button("Stop", help="Stops at the next candidate; finished steps are kept and a re-run resumes.")
     steps_seen = [done]
     bar = st.progress(0.0, text="Loading calibration text ...")
-    live = st.empty()
+    live, removed_so_far = st.empty(), st.empty()
     trail: list[dict] = []
 
     def on_candidate(n: int, total: int) -> None:
@@ -94,6 +94,7 @@ if run:
         trail.append({"step": step["step"] + 1, "ppl": step["ppl"], "stage": step["stage"],
                       "label": str(Component.from_dict(step["removed"]))})
         live.plotly_chart(search_trajectory(trail), width="stretch", key=f"live-{len(trail)}")
+        removed_so_far.caption("Removed so far: " + ", ".join(f"{t['label']} (perplexity {t['ppl']:.3f})" for t in trail))
 
     st.session_state.setdefault("search_runs", {})[fp] = str(out_dir)
     try:
@@ -107,6 +108,7 @@ if run:
         run_slot.button("Finished", type="primary", disabled=True, key="run-Finished")
     bar.empty()
     live.empty()
+    removed_so_far.empty()
     stop_slot.empty()
 
 # --- a finished (or stopped) search of this model ------------------------------------------------

@@ -5,10 +5,13 @@ screenshot of every page (to $SHEDDER_SCREENSHOTS when set, else to a temporary 
 
 Without Chromium the test skips, except when the environment variable CI is set: then it fails.
 """
+import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +26,7 @@ WIDTH = 1400
 
 def _chromium_or_skip() -> None:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         missing.append("the selenium package")
     if missing:
         message = f"browser test needs {', '.join(missing)} (./run.sh setup installs them)"
@@ -45,7 +46,10 @@ def app_url(tmp_path_factory):
     _chromium_or_skip()
     folder = tmp_path_factory.mktemp("browser")
     port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SHEDDER_CACHE": str(folder / "cache")}
+    # a fresh cache inside the project's (git-ignored) one, so the pages show short relative paths
+    (ROOT / "cache").mkdir(exist_ok=True)
+    cache = Path(tempfile.mkdtemp(prefix="browser-test-", dir=ROOT / "cache"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SHEDDER_CACHE": str(cache)}
     log = open(folder / "server.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
@@ -67,6 +71,8 @@ def app_url(tmp_path_factory):
         server.terminate()
         server.wait(timeout=20)
         log.close()
+        shutil.rmtree(cache, ignore_errors=True)
+        print("streamlit's log (end):\n" + (folder / "server.log").read_text()[-4000:])  # shown on failure
 
 
 @pytest.fixture(scope="module")
