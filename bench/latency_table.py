@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -197,6 +198,10 @@ def main() -> None:
         except ShedderError as exc:
             skipped.append(f"- {row.name} skipped: {exc}")
             print(f"  skipped: {exc}", file=sys.stderr)
+            continue
+        except Exception as exc:  # a failing row must not cost the rows after it
+            traceback.print_exc()
+            skipped.append(f"- {row.name} failed: {type(exc).__name__}: {exc}")
             continue
         loaded[row.model] = (model, tokenizer, report["dense"])
         report = {"row": row.name, "model": row.model, "removal": row.removal, "small": args.small, **report}

@@ -167,6 +167,20 @@ class _Rows(_CachedIndex):
         self.indices = list(indices)
 
 
+# Older transformers 5.x caches lack get_conv_state / is_recording_past; read their layer fields instead.
+def _conv_state(cache, layer_idx: int):
+    if hasattr(cache, "get_conv_state"):
+        return cache.get_conv_state(layer_idx)
+    layer = cache.layers[layer_idx]
+    return layer.conv_states[0] if layer.has_previous_state[0] else None
+
+
+def _recording_past(cache, layer_idx: int) -> bool:
+    if hasattr(cache, "is_recording_past"):
+        return cache.is_recording_past(layer_idx)
+    return bool(cache.layers[layer_idx].record_past)
+
+
 class _ShortConv(nn.Module):
     """The depthwise causal conv of a Mamba mixer, with the conv state kept in the model's cache."""
 
@@ -174,8 +188,8 @@ class _ShortConv(nn.Module):
         """``x``: (batch, channels, length). Returns the activated conv output and whether it was one decode step."""
         seq_len = x.shape[-1]
         weight, bias = self.conv1d.weight.squeeze(1), self.conv1d.bias
-        state = cache_params.get_conv_state(self.layer_idx) if cache_params is not None else None
-        if state is not None and seq_len == 1 and not cache_params.is_recording_past(self.layer_idx):
+        state = _conv_state(cache_params, self.layer_idx) if cache_params is not None else None
+        if state is not None and seq_len == 1 and not _recording_past(cache_params, self.layer_idx):
             window = torch.cat([state, x], dim=-1).to(weight.dtype)
             state.copy_(window[:, :, -state.shape[-1]:])
             out = F.conv1d(window, weight.unsqueeze(1), bias, groups=weight.shape[0])[:, :, -1:]
