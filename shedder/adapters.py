@@ -10,10 +10,17 @@ zeroes that layer's own ``linear`` projection of the shared block's output (the 
 weight on that path), so every other invocation of the shared block is untouched. Each hybrid layer
 also owns one slot of the shared blocks' LoRA adapter lists; those count as freed with its block
 or attention.
+
+A model extracted with a pruned layout (``shedder extract``; model type ``shedder_pruned_<family>``)
+is described by its family's adapter, less what is gone or what the smaller modules no longer let
+us describe (``_pruned``): a mixer without its scan offers no ``ssm``/``ssm_heads``, a removed
+attention or MLP (a module without weights) is not offered, a mixer whose heads were narrowed behind
+its gated norm offers neither ``ssm`` nor ``ssm_heads``, and heads silenced to keep grouped-query
+attention's groups equal (zero output columns) are not offered again.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -43,6 +50,8 @@ class LayerParts:
     mlp_in: list[nn.Linear] = field(default_factory=list)  # gate/up projections (channels are rows)
     mlp_down: nn.Linear | None = None  # down projection (channels are columns)
     own_inside_shared: list[nn.Module] = field(default_factory=list)  # Zamba2: this layer's adapters in shared blocks
+    silenced_ssm_heads: frozenset[int] = frozenset()  # pruned models: heads already silenced, not offered
+    silenced_attn_heads: frozenset[int] = frozenset()
 
     def mlp_output_params(self) -> list[nn.Parameter]:
         """Parameters whose zeroing makes the MLP (or MoE) contribute exactly zero."""
@@ -79,8 +88,14 @@ def layers_of(model: nn.Module) -> nn.ModuleList:
     return _backbone(model).layers
 
 
+def _has_weights(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
 def _llama_like_mlp(parts: LayerParts, mlp: nn.Module, norm: nn.Module | None) -> None:
     """Fill the MLP fields for a gated (gate/up/down) or plain (up/down) MLP, or an MoE block."""
+    if not _has_weights(mlp):  # a removed MLP of a pruned model
+        return
     parts.mlp = mlp
     parts.mlp_exclusive = [norm] if norm is not None else []
     down = getattr(mlp, "down_proj", None)
@@ -90,6 +105,8 @@ def _llama_like_mlp(parts: LayerParts, mlp: nn.Module, norm: nn.Module | None) -
 
 
 def _attention(parts: LayerParts, attn: nn.Module, norm: nn.Module | None) -> None:
+    if not isinstance(getattr(attn, "o_proj", None), nn.Linear):  # a removed attention of a pruned model
+        return
     parts.attn = attn
     parts.attn_out = [attn.o_proj]
     parts.attn_exclusive = [norm] if norm is not None else []
@@ -136,8 +153,10 @@ def _granitemoehybrid(model: nn.Module) -> list[LayerParts]:
             parts.ssm, parts.ssm_version = layer.mamba, 2
         else:
             _attention(parts, layer.self_attn, layer.input_layernorm)
-        ffn = nn.ModuleList([m for m in (getattr(layer, "block_sparse_moe", None), layer.shared_mlp) if m is not None])
-        parts.mlp, parts.mlp_exclusive = ffn, [layer.post_attention_layernorm]
+        ffn = nn.ModuleList([m for m in (getattr(layer, "block_sparse_moe", None), layer.shared_mlp)
+                             if m is not None and _has_weights(m)])
+        if len(ffn):
+            parts.mlp, parts.mlp_exclusive = ffn, [layer.post_attention_layernorm]
         out.append(parts)
     return out
 
@@ -215,18 +234,55 @@ ADAPTERS: dict[str, Adapter] = {
 }
 
 
+PRUNED_PREFIX = "shedder_pruned_"  # model type of a folder written by shedder extract with a pruned layout
+
+
+def _silenced(linear: nn.Linear, count: int, width: int) -> frozenset[int]:
+    """Groups of ``width`` input columns of ``linear`` that are all zero."""
+    with torch.no_grad():
+        zero = (linear.weight.reshape(linear.out_features, count, width) == 0).all(dim=2).all(dim=0)
+    return frozenset(int(i) for i in torch.nonzero(zero).flatten())
+
+
+def _prune_parts(parts: LayerParts) -> LayerParts:
+    """What is left to describe of one layer of a pruned model (see the module docstring)."""
+    from .ssm_layout import mamba1_layout, mamba2_layout
+
+    if parts.ssm is not None:
+        try:  # a mixer without its scan has no A_log; one narrowed behind its gated norm has no Mamba-2 layout
+            layout = (mamba1_layout if parts.ssm_version == 1 else mamba2_layout)(parts.ssm)
+        except (AttributeError, ShedderError):
+            parts.ssm = parts.ssm_version = None
+        else:
+            if parts.ssm_version == 2:
+                parts.silenced_ssm_heads = _silenced(parts.ssm.out_proj, layout.heads, layout.head_dim)
+    if parts.attn is not None and parts.attn_head_dim:
+        o_proj = parts.attn.o_proj
+        parts.silenced_attn_heads = _silenced(o_proj, o_proj.in_features // parts.attn_head_dim, parts.attn_head_dim)
+    return parts
+
+
+def _pruned(describe: Callable[[nn.Module], list[LayerParts]]) -> Callable[[nn.Module], list[LayerParts]]:
+    return lambda model: [_prune_parts(parts) for parts in describe(model)]
+
+
 def supported_model_types() -> list[str]:
     return sorted(ADAPTERS)
 
 
 def adapter_for(model_type: str) -> Adapter:
-    try:
-        return ADAPTERS[model_type]
-    except KeyError:
+    """The family's adapter; for ``shedder_pruned_<family>`` the family's, describing what is left."""
+    family = model_type.removeprefix(PRUNED_PREFIX)
+    if family not in ADAPTERS:
         raise ShedderError(
             f"Architecture {model_type!r} is not supported. Supported model types: "
-            f"{', '.join(supported_model_types())}."
-        ) from None
+            f"{', '.join(supported_model_types())} (and models extracted from them, {PRUNED_PREFIX}<type>)."
+        )
+    adapter = ADAPTERS[family]
+    if family == model_type:
+        return adapter
+    return replace(adapter, model_type=model_type, describe=_pruned(adapter.describe),
+                   notes=f"pruned from {family}; only what is left is offered. {adapter.notes}".strip())
 
 
 def describe_model(model: nn.Module) -> tuple[Adapter, list[LayerParts]]:

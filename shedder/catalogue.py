@@ -10,11 +10,23 @@ own adapter slot inside them. For an ``ssm`` it is what only
 the scan uses: Mamba-1 ``A_log``, ``D``, ``x_proj``, ``dt_proj`` (and Jamba's dt/B/C norms);
 Mamba-2 ``A_log``, ``D``, ``dt_bias``, the B/C/dt rows of ``in_proj`` and the B/C channels of
 ``conv1d``.
+
+Groups free what extraction frees (``shedder.extract``), which depends on the whole removed set, so
+``Catalogue.params_of`` takes a set; an entry's ``params`` is what removing it alone frees:
+
+- ``ssm_heads`` behind a gated RMSNorm (most Mamba-2 mixers) free only their ``out_proj`` columns:
+  the norm normalises over all heads of its group, so the removed heads still run. Without it
+  (Falcon-H1's ``mamba_rms_norm=False``) whole heads go, as long as the kept heads still split evenly
+  over the B/C groups (else nothing is freed); with the layer's ``ssm`` also removed their dt row and
+  ``A_log``/``D``/``dt_bias`` entries are counted with the ``ssm``.
+- ``attn_heads`` under grouped-query attention: every key/value group keeps as many query heads as
+  the fullest one (``attention_head_slots``), so one head alone frees nothing unless each key/value
+  head has one query head; a key/value head goes (its k/v rows freed) only with its whole group.
 """
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import asdict, dataclass
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
 import torch
@@ -22,6 +34,7 @@ from torch import nn
 
 from .adapters import LayerParts, describe_model
 from .errors import ShedderError
+from .pruned_modeling.pruned_layers import _has_gated_norm, attention_head_slots
 from .ssm_layout import mamba2_layout
 
 KINDS = ("block", "ssm", "attn", "mlp", "ssm_heads", "attn_heads", "mlp_channels")
@@ -65,6 +78,7 @@ class Catalogue:
     total_params: int
     channel_group_size: int
     entries: list[Entry]
+    heads: dict[tuple[str, int], "AttnHeadCounts | SsmHeadCounts"] = field(default_factory=dict, repr=False)
 
     def __iter__(self):
         return iter(self.entries)
@@ -76,8 +90,33 @@ class Catalogue:
         wanted = set(KINDS if kinds is None else kinds)
         return [e.component for e in self.entries if e.component.kind in wanted]
 
-    def params_of(self, component: Component) -> int:
-        return self._by_component()[component].params
+    def params_of(self, removed: Component | Iterable[Component]) -> int:
+        """Parameters physical removal frees: of one component alone, or of a whole removed set (parts
+        inside removed parts counted once; head groups counted together, as extraction slices them)."""
+        if isinstance(removed, Component):
+            return self._entry(removed).params
+        removed = list(dict.fromkeys(removed))
+        gone = {(c.kind, c.layer) for c in removed}
+        groups_of = {"attn": "attn_heads", "mlp": "mlp_channels"}
+        inside = {(groups_of[k], layer) for k, layer in gone if k in groups_of}  # groups of removed sub-blocks
+        total, heads = 0, defaultdict(set)
+        for c in removed:
+            entry = self._entry(c)
+            if (c.kind != "block" and ("block", c.layer) in gone) or (c.kind, c.layer) in inside:
+                continue
+            if c.kind in ("attn_heads", "ssm_heads"):
+                heads[(c.kind, c.layer)].add(c.index)
+            else:
+                total += entry.params
+        for (kind, layer), indices in heads.items():
+            total += self.heads[(kind, layer)].freed(indices, ("ssm", layer) in gone)
+        return total
+
+    def _entry(self, component: Component) -> Entry:
+        try:
+            return self._by_component()[component]
+        except KeyError:
+            raise ShedderError(f"{component} is not a component of this {self.model_type} model.") from None
 
     def __contains__(self, component: Component) -> bool:
         return component in self._by_component()
@@ -142,24 +181,69 @@ def ssm_params(parts: LayerParts) -> int:
             + conv_channels * (kernel + (1 if mixer.conv1d.bias is not None else 0)))
 
 
-def ssm_head_params(parts: LayerParts) -> int:
-    """A Mamba-2 head: its z/x/dt rows of in_proj, x channels of conv1d, A/D/dt_bias, norm slice, out_proj columns."""
+@dataclass(frozen=True)
+class SsmHeadCounts:
+    """What removing Mamba-2 heads of one mixer frees (see the module docstring)."""
+
+    heads: int
+    groups: int  # B/C groups
+    gated_norm: bool
+    out_columns: int  # one head's columns of out_proj
+    whole_head: int  # one head whole: z/x/dt rows of in_proj, x channels of conv1d, A/D/dt_bias, out_proj columns
+    with_scan: int  # the part of whole_head that the ssm frees too: the dt row and A/D/dt_bias
+
+    def freed(self, removed: set[int], ssm_removed: bool = False) -> int:
+        if self.gated_norm:
+            return len(removed) * self.out_columns
+        if ssm_removed:  # B/C are gone, so any heads go whole
+            return len(removed) * (self.whole_head - self.with_scan)
+        per_group = self.heads // self.groups
+        kept = Counter(h // per_group for h in range(self.heads) if h not in removed)
+        if len({kept[g] for g in range(self.groups)}) != 1:
+            return 0  # uneven over the B/C groups: the heads are only silenced
+        return len(removed) * self.whole_head
+
+
+@dataclass(frozen=True)
+class AttnHeadCounts:
+    """What removing query heads of one attention frees (see the module docstring)."""
+
+    n_query: int
+    n_kv: int
+    query_head: int  # one query head's rows of q_proj and columns of o_proj
+    kv_head: int  # one key/value head's rows of k_proj and v_proj
+
+    def freed(self, removed: set[int], ssm_removed: bool = False) -> int:
+        kept = [h for h in range(self.n_query) if h not in removed]
+        if not kept:
+            return self.n_query * self.query_head + self.n_kv * self.kv_head
+        slots, kv_heads = attention_head_slots(self.n_query, self.n_kv, kept)
+        return (self.n_query - len(slots)) * self.query_head + (self.n_kv - len(kv_heads)) * self.kv_head
+
+
+def _rows_params(linear: nn.Linear, rows: int) -> int:
+    return rows * (linear.in_features + _bias_len(linear))
+
+
+def ssm_head_counts(parts: LayerParts) -> SsmHeadCounts:
     mixer = parts.ssm
     lay = mamba2_layout(mixer)
     hd = lay.head_dim
-    kernel = mixer.conv1d.weight.shape[-1]
-    norm = getattr(mixer, "norm", None)
-    norm_width = hd if norm is not None and getattr(norm, "weight", None) is not None else 0
-    return ((2 * hd + 1) * (mixer.in_proj.in_features + _bias_len(mixer.in_proj))
-            + hd * (kernel + (1 if mixer.conv1d.bias is not None else 0))
-            + 3 + norm_width + mixer.out_proj.out_features * hd)
+    conv_channel = mixer.conv1d.weight.shape[-1] + (1 if mixer.conv1d.bias is not None else 0)
+    out_columns = mixer.out_proj.out_features * hd
+    with_scan = _rows_params(mixer.in_proj, 1) + 3
+    return SsmHeadCounts(heads=lay.heads, groups=int(getattr(mixer, "n_groups", 1)),
+                         gated_norm=bool(_has_gated_norm(mixer)), out_columns=out_columns,
+                         whole_head=_rows_params(mixer.in_proj, 2 * hd) + hd * conv_channel + out_columns + with_scan,
+                         with_scan=with_scan)
 
 
-def attn_head_params(parts: LayerParts) -> int:
-    """One query head: its rows of q_proj and its columns of o_proj (k/v may be shared, so kept)."""
+def attn_head_counts(parts: LayerParts) -> AttnHeadCounts:
     hd = parts.attn_head_dim
-    q, o = parts.attn.q_proj, parts.attn.o_proj
-    return hd * (q.in_features + _bias_len(q)) + o.out_features * hd
+    attn = parts.attn
+    return AttnHeadCounts(n_query=attn.o_proj.in_features // hd, n_kv=attn.k_proj.out_features // hd,
+                          query_head=_rows_params(attn.q_proj, hd) + attn.o_proj.out_features * hd,
+                          kv_head=_rows_params(attn.k_proj, hd) + _rows_params(attn.v_proj, hd))
 
 
 def channel_group_params(parts: LayerParts, size: int) -> int:
@@ -198,6 +282,7 @@ def build_catalogue(model: nn.Module, channel_group_size: int | None = None) -> 
         raise ShedderError("channel_group_size must be at least 1.")
     shared = _shared_param_ids(layers)
     entries: list[Entry] = []
+    heads: dict[tuple[str, int], SsmHeadCounts | AttnHeadCounts] = {}
     for parts in layers:
         i = parts.index
         own_shared = _numel(parts.own_inside_shared, set())
@@ -211,12 +296,13 @@ def build_catalogue(model: nn.Module, channel_group_size: int | None = None) -> 
         if parts.mlp is not None:
             entries.append(Entry(Component("mlp", i), _numel([parts.mlp, *parts.mlp_exclusive], shared)))
         if parts.ssm is not None and parts.ssm_version == 2:
-            n = ssm_head_params(parts)
-            entries += [Entry(Component("ssm_heads", i, h), n) for h in range(mamba2_layout(parts.ssm).heads)]
+            counts = heads[("ssm_heads", i)] = ssm_head_counts(parts)
+            entries += [Entry(Component("ssm_heads", i, h), counts.freed({h}))
+                        for h in range(counts.heads) if h not in parts.silenced_ssm_heads]
         if parts.attn is not None and parts.attn_head_dim:
-            n_heads = parts.attn.o_proj.in_features // parts.attn_head_dim
-            n = attn_head_params(parts)
-            entries += [Entry(Component("attn_heads", i, h), n) for h in range(n_heads)]
+            counts = heads[("attn_heads", i)] = attn_head_counts(parts)
+            entries += [Entry(Component("attn_heads", i, h), counts.freed({h}))
+                        for h in range(counts.n_query) if h not in parts.silenced_attn_heads]
         if parts.mlp_dense:
             entries += [Entry(Component("mlp_channels", i, g), channel_group_params(parts, len(r)))
                         for g, r in enumerate(channel_groups(parts, channel_group_size))]
@@ -226,4 +312,5 @@ def build_catalogue(model: nn.Module, channel_group_size: int | None = None) -> 
         total_params=sum(p.numel() for p in model.parameters()),
         channel_group_size=channel_group_size,
         entries=entries,
+        heads=heads,
     )

@@ -37,7 +37,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -53,7 +52,7 @@ from .extract_ops import plan_layers, plan_ops, uniform_mlp_width
 from .identity import model_fingerprint
 from .masks import catalogue_of
 from .plan import Plan
-from .pruned_modeling import FILES as MODEL_FILES, HERE as MODEL_FILES_DIR
+from .pruned_modeling import FILES as MODEL_FILES, model_file_text
 from .pruned_modeling.pruned_layers import apply_op
 
 log = logging.getLogger(__name__)
@@ -137,11 +136,7 @@ def saved_layout(ops: dict[int, list[dict]]) -> dict:
 def _write_model_code(directory: Path, model_type: str, model_class: str, ops: dict[int, list[dict]]) -> None:
     """Copy the model files in and point the config at them (its own model type, the layout)."""
     for name in MODEL_FILES:
-        text = (MODEL_FILES_DIR / name).read_text(encoding="utf-8")
-        if name == "modeling_shedder_pruned.py":
-            text = re.sub(r'^BASE_MODEL_TYPE = ".*?"', f'BASE_MODEL_TYPE = "{model_type}"', text, count=1,
-                          flags=re.M)
-        (directory / name).write_text(text, encoding="utf-8")
+        (directory / name).write_text(model_file_text(name, model_type), encoding="utf-8")
     path = directory / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config.update(model_type=f"shedder_pruned_{model_type}", architectures=[f"ShedderPruned{model_class}"],

@@ -1,6 +1,7 @@
 """Loading a model and its tokenizer from a zoo name, a local directory or a hub id."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import adapter_for, supported_model_types
+from .adapters import PRUNED_PREFIX, adapter_for, supported_model_types
 from .errors import ShedderError
 from .paths import REPO_ROOT
 
@@ -46,6 +47,31 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def runs_shedders_own_code(source: str) -> bool:
+    """Whether ``source`` is a folder written by ``shedder extract`` with a pruned layout whose model code is
+    byte for byte shedder's own template (``shedder.pruned_modeling``).
+
+    Loading such a folder runs that code, so it needs ``trust_remote_code``. Code identical to the
+    installed shedder's is no more foreign than shedder itself, so shedder loads those folders without the
+    flag; a folder whose code differs in any byte (edited, or written by another shedder version) needs
+    ``--trust-remote-code`` like any remote code."""
+    from .pruned_modeling import FILES, model_file_text
+
+    path = Path(source).expanduser()
+    try:
+        model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+        if not (isinstance(model_type, str) and model_type.startswith(PRUNED_PREFIX)):
+            return False
+        family = model_type.removeprefix(PRUNED_PREFIX)
+        return all((path / name).read_bytes() == model_file_text(name, family).encode("utf-8") for name in FILES)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _trusted(source: str, trust_remote_code: bool) -> bool:
+    return trust_remote_code or runs_shedders_own_code(source)
+
+
 def load_config(spec: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
@@ -58,6 +84,7 @@ def load_config(spec: str, trust_remote_code: bool = False):
     path = Path(source).expanduser()
     if path.exists() and not (path / "config.json").is_file():
         raise ShedderError(f"{path} exists but holds no config.json; point at a saved transformers model folder.")
+    trust_remote_code = _trusted(source, trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except ValueError as exc:
@@ -87,6 +114,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", trust_remot
         return _load_foreign(spec, foreign, dtype, device)
     config = load_config(spec, trust_remote_code)
     source = resolve_source(spec)
+    trust_remote_code = _trusted(source, trust_remote_code)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     try:

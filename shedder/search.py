@@ -179,7 +179,7 @@ def _run_stages(runner, record: dict, stages: list[Stage], removed: list[Compone
                 "step": step_index, "stage": stage_index, "removed": best.component.to_dict(), "ppl": best.ppl,
                 "candidates": [_result_record(r) for r in sorted(results, key=lambda r: rank[r.component])],
                 "evaluated_fully": sum(r.complete for r in results), "seconds": time.perf_counter() - started,
-                "work": outcome.work, "params_removed": sum(catalogue.params_of(c) for c in removed),
+                "work": outcome.work, "params_removed": catalogue.params_of(removed),
             }
             record["steps"].append(step)
             _save(out, record, removed, catalogue, channel_reorder, step_index)

@@ -44,7 +44,8 @@ def test_catalogue_lists_the_expected_kinds_per_layer(family):
     per_layer = [set() for _ in range(catalogue.n_layers)]
     for entry in catalogue:
         per_layer[entry.component.layer].add(entry.component.kind)
-        assert entry.params > 0
+        # one query head alone frees nothing under grouped-query attention (groups stay equal)
+        assert entry.params > 0 or entry.component.kind == "attn_heads"
     assert per_layer == EXPECTED_LAYERS[family]
 
 

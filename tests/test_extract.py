@@ -13,7 +13,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from shedder.adapters import describe_model
 from shedder.catalogue import Component
 from shedder.errors import ShedderError
 from shedder.extract import build_extracted, count_params, extract
@@ -49,7 +48,7 @@ def _extract_and_compare(model, removed_layers: list[int], out_dir):
     with masked(model, removed):
         expected = _logits(model, ids)
     catalogue = catalogue_of(model)
-    predicted = catalogue.total_params - sum(catalogue.params_of(c) for c in removed)
+    predicted = catalogue.total_params - catalogue.params_of(removed)
 
     result = extract(model, tiny_tokenizer(), plan, out_dir)
 
@@ -206,7 +205,7 @@ KIND_CASES = {
     "zamba2-ssm": ("zamba2", {}, _c("ssm", 0) + _c("ssm", 3), None),  # a Mamba and a hybrid layer's mixer
     "zamba2-attn": ("zamba2", {"use_shared_attention_adapter": True}, _c("attn", 1), None),  # -> a Mamba layer
     "zamba2-ssm_heads": ("zamba2", {}, _c("ssm_heads", 3, 0), None),
-    # several kinds in one plan (function only: the catalogue's counts overlap within a layer)
+    # several kinds in one plan
     "mamba2-mixed": ("mamba2", {}, _c("ssm", 2) + _c("ssm_heads", 2, 1) + _c("block", 0), None),
     "falcon_h1-mixed": ("falcon_h1", {}, _c("attn", 0) + _c("ssm", 0) + _c("attn_heads", 1, 3)
                         + _c("mlp_channels", 1, 2) + _c("mlp", 2), None),
@@ -217,34 +216,6 @@ STOCK_CASES = {"llama-attn+mlp", "llama-mlp_channels-uniform", "nemotron_h-attn"
                "nemotron_h-mlp_channels",  # its only dense MLP: one width, which intermediate_size says
                "zamba2-attn"}
 NEW_TOKENS = 4
-
-
-def _predicted_params(model, catalogue, removed: list[Component]) -> int:
-    """Dense minus what the catalogue says each removal frees, except that an SSM head followed by a gated
-    norm frees only its out_proj columns (the norm still needs the head's activations)."""
-    _, layers = describe_model(model)
-    freed = 0
-    for c in removed:
-        mixer = layers[c.layer].ssm
-        if c.kind == "ssm_heads" and not isinstance(mixer.norm, torch.nn.Identity):
-            freed += mixer.out_proj.out_features * mixer.head_dim
-        else:
-            freed += catalogue.params_of(c)
-    return catalogue.total_params - freed
-
-
-def _kv_head_params(model, layer: int) -> int:
-    attn = describe_model(model)[1][layer].attn
-    return 2 * attn.head_dim * attn.k_proj.in_features  # one key/value head's rows of k_proj and v_proj
-
-
-# Attention heads where the kept query heads no longer split evenly over the key/value heads:
-PREDICTED_OTHERWISE = {
-    # head 0 goes back into the gap next to head 1 (both groups keep 2 heads), so nothing is freed
-    "bamba-attn_heads-uneven": lambda model, predicted: catalogue_of(model).total_params,
-    # heads 0 and 1 are key/value head 0's whole group: that key/value head goes too
-    "falcon_h1-attn_heads": lambda model, predicted: predicted - _kv_head_params(model, 1),
-}
 
 
 def _greedy_logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -327,8 +298,8 @@ def _extract_cases(work: Path, ids: torch.Tensor) -> tuple[dict, dict]:
             steps = _greedy_logits(model, ids[:1])
         result = extract(model, None, plan, work / name)
         torch.save({"ids": ids, "logits": expected, "steps": steps}, work / f"{name}.pt")
-        predicted = _predicted_params(model, catalogue_of(model), removed)
-        local[name] = {"result": result, "predicted": PREDICTED_OTHERWISE.get(name, lambda m, p: p)(model, predicted)}
+        catalogue = catalogue_of(model, plan.channel_group_size)
+        local[name] = {"result": result, "predicted": catalogue.total_params - catalogue.params_of(removed)}
         entries[name] = {"dir": str(work / name), "ref": str(work / f"{name}.pt"), "remote": name not in STOCK_CASES}
     entries["falcon_h1-mixed"]["resave"] = str(work / "resaved")
     # a bfloat16 model stays bfloat16 (loaded with dtype="auto")
@@ -356,9 +327,7 @@ def test_extracted_kinds_match_the_masked_model_and_reload_without_shedder(name,
     mine, theirs = local[name], reloaded[name]
     assert "error" not in theirs, theirs.get("error")
     assert theirs["logits"] <= 1e-5 and theirs["steps"] <= 1e-5  # also with caches (prefill, then decode steps)
-    assert theirs["params"] == mine["result"].params_after
-    if not name.endswith("-mixed"):
-        assert theirs["params"] == mine["predicted"]
+    assert theirs["params"] == mine["result"].params_after == mine["predicted"]
     assert mine["result"].needs_remote_code == (name not in STOCK_CASES)
     assert theirs["class"].startswith("ShedderPruned") == (name not in STOCK_CASES)
     assert theirs.get("resaved", 0.0) <= 1e-5

@@ -3,7 +3,16 @@
 ``pruned_layers`` holds the smaller modules and the layout format; ``modeling_shedder_pruned`` is the
 template of the model file (its ``BASE_MODEL_TYPE`` line is set to the family when it is written).
 """
+import re
 from pathlib import Path
 
 FILES = ("modeling_shedder_pruned.py", "pruned_layers.py")
 HERE = Path(__file__).resolve().parent
+
+
+def model_file_text(name: str, base_model_type: str) -> str:
+    """The text of model file ``name`` as written next to a model pruned from ``base_model_type``."""
+    text = (HERE / name).read_text(encoding="utf-8")
+    if name == "modeling_shedder_pruned.py":
+        text = re.sub(r'^BASE_MODEL_TYPE = ".*?"', f'BASE_MODEL_TYPE = "{base_model_type}"', text, count=1, flags=re.M)
+    return text
