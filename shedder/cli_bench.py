@@ -47,7 +47,8 @@ def summary(report: dict) -> list[str]:
                          f"peak {row['generate']['peak_memory_bytes'] / 2**20:.0f} MiB")
     measured, ideal = report.get("measured_speedup"), report.get("ideal_speedup")
     if measured:
-        lines.append(f"speedup: first token {measured['ttft']}x (ideal {ideal['prefill_flops']}x)")
+        lines.append(f"speedup: first token {measured['ttft']}x, prefill alone {measured['prefill']}x "
+                     f"(ideal {ideal['prefill_flops']}x)")
         for batch, row in measured["decode"].items():
             lines.append(f"  decode batch {batch}: generate {row.get('generate')}x, static {row.get('static')}x "
                          f"(ideal {ideal['decode_bytes'][batch]}x)")

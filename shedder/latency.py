@@ -5,7 +5,8 @@ forbidden until then) on random prompt tokens; a stopping criterion that never s
 first token exists, so each run gives the time to first token (the prompt's forward pass; reported at
 batch 1) and the decode rate ``batch * (new_tokens - 1) / seconds after the first token``. The
 overhead-free decode loop of :mod:`shedder.static_decode` (a CUDA graph on a GPU) is timed on the
-same prompt, and peak memory is read around each. Every figure is the median (with min and max) of
+same prompt, together with its prompt forward pass alone (``prefill_ms``: no ``generate`` overhead),
+and peak memory is read around each. Every figure is the median (with min and max) of
 ``repeats`` timed runs after ``warmup`` untimed ones, with the device synchronised around every timed
 region. With a plan the extracted model is timed, never the masked one (masks make nothing faster),
 and the measured speedups are set against the ideal ones of :mod:`shedder.cost_model`.
@@ -185,6 +186,14 @@ class PeakMemory:
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _timed(run: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 class _FirstTokenClock(StoppingCriteria):
     """A stopping criterion that never stops: it notes when ``generate`` has produced its first token
     (the prompt's forward pass), so one run gives both the time to first token and the decode time."""
@@ -269,18 +278,15 @@ def _static_decode(model: nn.Module, prompt: torch.Tensor, settings: BenchSettin
     decoder.prepare(prompt)
     for _ in range(settings.warmup):
         decoder.run(prompt)
-    seconds = []
+    prefill, seconds = [], []
     for _ in range(settings.repeats):
-        decoder.prefill(prompt)  # untimed: the prompt's forward pass is timed through generate
-        _sync(device)
-        start = time.perf_counter()
-        decoder.decode()
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
+        prefill.append(_timed(lambda: decoder.prefill(prompt), device))
+        seconds.append(_timed(decoder.decode, device))
     tokens = decoder.generated
     record = {
         "mode": decoder.mode,
         "fallback_reason": decoder.fallback_reason,
+        "prefill_ms": _stats([1000 * s for s in prefill]),  # the prompt's forward pass alone, no generate
         "tokens_per_s": _stats([batch * steps / s for s in seconds], 1),
         "ms_per_step": _stats([1000 * s / steps for s in seconds]),
         "peak_memory_bytes": memory.read(),
@@ -288,7 +294,6 @@ def _static_decode(model: nn.Module, prompt: torch.Tensor, settings: BenchSettin
         "tokens_equal_generate": bool(torch.equal(tokens, reference)),
         "tokens_agreement": round((tokens == reference).float().mean().item(), 4),
     }
-    del decoder
     return record
 
 
@@ -351,10 +356,14 @@ def extracted_model(model: nn.Module, tokenizer, plan: Plan) -> tuple[nn.Module,
 
 def _speedups(dense: dict, pruned: dict, ideal: dict) -> dict:
     """Measured dense/pruned time ratios, and each as a fraction of the ideal one."""
-    out = {"ttft": None, "ttft_over_ideal": None, "decode": {}}
+    out = {"ttft": None, "ttft_over_ideal": None, "prefill": None, "prefill_over_ideal": None, "decode": {}}
     if dense["ttft_ms"] and pruned["ttft_ms"]:
         out["ttft"] = round(dense["ttft_ms"]["median"] / pruned["ttft_ms"]["median"], 4)
         out["ttft_over_ideal"] = round(out["ttft"] / ideal["prefill_flops"], 4)
+    prefill = [record["decode"].get("1", {}).get("static", {}).get("prefill_ms") for record in (dense, pruned)]
+    if all(prefill):  # batch 1, without generate's own overhead
+        out["prefill"] = round(prefill[0]["median"] / prefill[1]["median"], 4)
+        out["prefill_over_ideal"] = round(out["prefill"] / ideal["prefill_flops"], 4)
     for batch, row in dense["decode"].items():
         other = pruned["decode"].get(batch, {})
         if "error" in row or "error" in other:

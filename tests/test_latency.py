@@ -46,7 +46,7 @@ def test_cli_report_has_every_field_with_sane_values(mamba2_dir, tmp_path):
         assert _positive(row["generate"]["tokens_per_s"]) and row["generate"]["peak_memory_bytes"] > 2**20
         static = row["static"]
         assert static["mode"] == "eager" and static["tokens_equal_generate"] is True
-        assert _positive(static["tokens_per_s"]) and static["cache_bytes"] > 0
+        assert _positive(static["tokens_per_s"]) and _positive(static["prefill_ms"]) and static["cache_bytes"] > 0
     assert "extracted" not in report and "ideal_speedup" not in report
     assert "time to first token" in result.stdout and "batch 2: generate" in result.stdout
 
@@ -79,7 +79,8 @@ def test_plan_times_the_extracted_smaller_model_and_compares_with_the_ideal():
     ideal = report["ideal_speedup"]
     assert 1.2 < ideal["weight_bytes"] < 1.6 and 1.2 < ideal["prefill_flops"] < 1.6 and ideal["decode_bytes"]["1"] > 1.2
     measured = report["measured_speedup"]
-    assert measured["ttft"] > 0 and set(measured["decode"]["1"]) == {
+    assert measured["ttft"] > 0 and measured["prefill"] > 0 and measured["prefill_over_ideal"] > 0
+    assert set(measured["decode"]["1"]) == {
         "generate", "generate_over_ideal", "static", "static_over_ideal"}
     assert next(model.parameters()).device.type == "cpu"  # the dense model is back where it was
 
