@@ -60,10 +60,9 @@ def moot(plan: Plan) -> list:
 
 
 def params_freed(choice: ModelChoice, plan: Plan) -> int:
-    """Parameters physical removal of the plan would free (parts inside removed parts counted once)."""
-    cat = catalogue(choice, plan.channel_group_size)
-    inside = set(moot(plan))
-    return sum(cat.params_of(c) for c in plan.removed if c not in inside)
+    """Parameters physical removal of the plan would free: exactly what extraction frees (parts inside
+    removed parts counted once, head groups counted together)."""
+    return catalogue(choice, plan.channel_group_size).params_of(plan.removed)
 
 
 # --- the session's current plan, shared by the Playground, Search and Export pages ---------------

@@ -101,3 +101,55 @@ def test_channel_groups_follow_the_group_size():
     catalogue = build_catalogue(model, channel_group_size=24)  # 24 + 24 + 16
     groups = [e for e in catalogue if e.component.kind == "mlp_channels" and e.component.layer == 0]
     assert [e.params for e in groups] == [24 * 64 + 32 * 24] * 2 + [16 * 64 + 32 * 16]
+
+
+# --- what a removed set frees, as extraction frees it (hand computations) --------------------------
+
+def test_ssm_heads_behind_a_gated_norm_free_only_their_out_proj_columns():
+    catalogue = build_catalogue(build("mamba2"))  # head_dim 8, out_proj 64 -> 32 without bias, gated RMSNorm
+    out_columns = 32 * 8
+    assert catalogue.params_of(Component("ssm_heads", 1, 3)) == out_columns
+    heads = [Component("ssm_heads", 1, h) for h in (0, 5)]
+    assert catalogue.params_of(heads) == 2 * out_columns
+    ssm = catalogue.params_of(Component("ssm", 1))
+    assert catalogue.params_of(heads + [Component("ssm", 1)]) == ssm + 2 * out_columns
+    assert catalogue.params_of(heads + [Component("block", 1)]) == catalogue.params_of(Component("block", 1))
+
+
+def test_ssm_heads_without_a_gated_norm_go_whole_when_the_groups_stay_even():
+    # Falcon-H1 without its mixer norm: hidden 32, head_dim 8, conv kernel 4 with bias, no in_proj/out_proj bias
+    in_proj_rows = (8 + 8 + 1) * 32  # z, x and dt rows
+    conv = 8 * (4 + 1)
+    whole = in_proj_rows + conv + 3 + 32 * 8  # + A_log, D, dt_bias + out_proj columns
+    catalogue = build_catalogue(build("falcon_h1", mamba_rms_norm=False, mamba_n_groups=2))  # 4 heads per group
+    assert catalogue.params_of(Component("ssm_heads", 1, 0)) == 0  # groups of 3 and 4 heads: only silenced
+    assert catalogue.params_of([Component("ssm_heads", 1, 0), Component("ssm_heads", 1, 4)]) == 2 * whole
+    assert catalogue.params_of([Component("ssm_heads", 1, 0), Component("ssm_heads", 1, 1)]) == 0
+    # with the scan gone the heads go whole whatever the groups; their dt row and A/D/dt_bias go with the ssm
+    ssm = catalogue.params_of(Component("ssm", 1))
+    assert (catalogue.params_of([Component("ssm", 1), Component("ssm_heads", 1, 0)])
+            == ssm + whole - 32 - 3)
+    single_group = build_catalogue(build("falcon_h1", mamba_rms_norm=False))
+    assert single_group.params_of(Component("ssm_heads", 1, 0)) == whole
+
+
+def test_attention_heads_under_grouped_query_attention():
+    catalogue = build_catalogue(build("bamba"))  # layer 1: 4 query heads over 2 key/value heads, head_dim 8
+    query = 8 * 32 + 32 * 8  # q_proj rows + o_proj columns
+    kv = 2 * 8 * 32  # k_proj and v_proj rows
+    heads = lambda *hs: [Component("attn_heads", 1, h) for h in hs]  # noqa: E731
+    assert catalogue.params_of(heads(0)) == 0  # its group keeps a silenced slot, as wide as the other
+    assert catalogue.params_of(heads(0, 2)) == 2 * query  # one per group: groups stay equal
+    assert catalogue.params_of(heads(0, 1)) == 2 * query + kv  # a whole group: its key/value head goes
+    assert catalogue.params_of(heads(0, 1, 2)) == 3 * query + kv
+    assert catalogue.params_of(heads(0, 1) + [Component("attn", 1)]) == catalogue.params_of(Component("attn", 1))
+
+
+def test_attention_heads_without_grouping_free_their_key_value_heads():
+    catalogue = build_catalogue(build("llama", num_key_value_heads=4))  # head_dim 8, one query head per k/v head
+    assert catalogue.params_of(Component("attn_heads", 0, 2)) == (8 * 32 + 32 * 8) + 2 * 8 * 32
+
+
+def test_params_of_an_unknown_component_is_a_clear_error():
+    with pytest.raises(ShedderError, match="not a component"):
+        build_catalogue(build("mamba")).params_of([Component("attn", 0)])
