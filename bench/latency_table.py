@@ -75,7 +75,7 @@ def _random(config, device: torch.device, dtype: torch.dtype):
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the device: a 2.7B model initialises slowly on a CPU
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval(), None
+    return model.eval()
 
 
 def evenly_spread(layers: list[int], count: int) -> list[int]:
@@ -100,14 +100,14 @@ def removing(kind: str, count: int) -> Callable[[object], Plan]:
 class Row:
     name: str
     model: str  # what is timed dense (rows on the same model share one dense measurement)
-    build: Callable[[bool, torch.device, torch.dtype], tuple]
+    build: Callable[[bool, torch.device, torch.dtype], object]
     plan: Callable[[object], Plan]
     removal: str
 
 
-def _zoo(name: str) -> Callable[[bool, torch.device, torch.dtype], tuple]:
+def _zoo(name: str) -> Callable[[bool, torch.device, torch.dtype], object]:
     def build(small: bool, device: torch.device, dtype: torch.dtype):
-        return load_model(name, str(dtype).replace("torch.", ""), str(device))
+        return load_model(name, str(dtype).replace("torch.", ""), str(device))[0]
     return build
 
 
@@ -184,16 +184,16 @@ def main() -> None:
                              repeats=args.repeats, warmup=args.warmup)
     tag = f"{device.type}{'_small' if args.small else ''}"
     lines, skipped = [HEADER], []
-    loaded: dict[str, tuple] = {}  # model name -> (model, tokenizer, dense record or None)
+    loaded: dict[str, tuple] = {}  # model name -> (model, dense record or None)
     for row in (r for r in ROWS if r.name in wanted):
         if row.model not in loaded:
             loaded.clear()  # one large model on the device at a time
-            model, tokenizer = row.build(args.small, device, dtype)
-            loaded[row.model] = (model, tokenizer, None)
-        model, tokenizer, dense = loaded[row.model]
+            model = None
+            loaded[row.model] = (row.build(args.small, device, dtype), None)
+        model, dense = loaded[row.model]
         print(f"{row.name}: {row.model} minus {row.removal}", file=sys.stderr)
         try:
-            report = benchmark(model, tokenizer, row.plan(model), settings, dense_record=dense,
+            report = benchmark(model, row.plan(model), settings, dense_record=dense,
                                progress=lambda what: print(f"  {what}", file=sys.stderr))
         except ShedderError as exc:
             skipped.append(f"- {row.name} skipped: {exc}")
@@ -203,7 +203,7 @@ def main() -> None:
             traceback.print_exc()
             skipped.append(f"- {row.name} failed: {type(exc).__name__}: {exc}")
             continue
-        loaded[row.model] = (model, tokenizer, report["dense"])
+        loaded[row.model] = (model, report["dense"])
         report = {"row": row.name, "model": row.model, "removal": row.removal, "small": args.small, **report}
         path = save_report(report, Path(args.out_dir) / f"latency_{tag}_{row.name}.json")
         print(f"  -> {path}", file=sys.stderr)

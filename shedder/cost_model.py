@@ -19,13 +19,15 @@ Two budgets, counted per layer from the dense model's shapes and the plan's remo
 
   Ideal prefill speedup = dense FLOPs / pruned FLOPs.
 
-Removal semantics (DESIGN.md): a removed block costs nothing; a removed SSM keeps its gate, gated
-norm, conv on ``x`` and ``out_proj`` but loses its state, its scan term and the weights only the scan
-used (the catalogue's count); removed heads shrink the scan or attention terms in proportion; removed
-attention / MLP sub-blocks and channel groups cost their weights. Weights are taken from the
-catalogue, so "pruned bytes" is exactly what extraction deletes. Not modelled: MoE experts (counted
-as if every expert ran), Zamba2's shared block (its weights once, its mixing term per use),
-activations, and kernel efficiency.
+Removal semantics (DESIGN.md), as extraction realises them: a removed block costs nothing; a removed
+SSM keeps its gate, gated norm, conv on ``x`` and ``out_proj`` but loses its state, its scan term and
+the weights only the scan used; removed Mamba-2 heads shrink the state and scan terms only where
+extraction drops them whole (not behind a gated norm, which still runs them); removed attention heads
+shrink the attention term to the query heads and K/V heads extraction keeps (grouped-query attention
+keeps equal groups); removed attention / MLP sub-blocks and channel groups cost their weights. Freed
+weights are the catalogue's count for the whole removed set, so "pruned bytes" is exactly what
+extraction deletes. Not modelled: MoE experts (counted as if every expert ran), Zamba2's shared block
+(its weights once, its mixing term per use), activations, and kernel efficiency.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from torch import nn
 from .adapters import LayerParts, describe_model
 from .catalogue import Component
 from .masks import catalogue_of
-from .search import implied_by
+from .pruned_modeling.pruned_layers import attention_head_slots
 from .ssm_layout import mamba2_layout
 
 RECURRENT_STATE_BYTES = 4  # transformers keeps SSM states in float32 whatever the weights' dtype
@@ -97,7 +99,22 @@ def _attention_shape(attn: nn.Module) -> tuple[int, int, int] | None:
     return None
 
 
-def _ssm_cost(parts: LayerParts, ssm_removed: bool, heads_removed: int, dtype_bytes: int) -> tuple[int, dict | None]:
+def _attention_cost(parts: LayerParts, heads_removed: set[int], dtype_bytes: int) -> tuple[int, int]:
+    """(K/V bytes per context token, query width) of the attention that extraction keeps."""
+    shape = _attention_shape(parts.attn)
+    if shape is None:
+        return 0, 0
+    n_query, n_kv, head_dim = shape
+    if heads_removed:
+        kept = [h for h in range(n_query) if h not in heads_removed]
+        if not kept:
+            return 0, 0
+        slots, kv_heads = attention_head_slots(n_query, n_kv, kept)
+        n_query, n_kv = len(slots), len(kv_heads)
+    return 2 * n_kv * head_dim * dtype_bytes, n_query * head_dim
+
+
+def _ssm_cost(parts: LayerParts, ssm_removed: bool, heads_dropped: int, dtype_bytes: int) -> tuple[int, dict | None]:
     """(state bytes of one sequence, scan terms or None) of a Mamba mixer under the plan."""
     mixer = parts.ssm
     kernel = mixer.conv1d.weight.shape[-1]
@@ -106,7 +123,7 @@ def _ssm_cost(parts: LayerParts, ssm_removed: bool, heads_removed: int, dtype_by
         conv_channels, group_state, chunk = d_inner, 0, 0
     else:
         layout = mamba2_layout(mixer)
-        d_inner = layout.d_inner - heads_removed * layout.head_dim
+        d_inner = layout.d_inner - heads_dropped * layout.head_dim
         state, group_state, chunk = mixer.ssm_state_size, layout.group_state, mixer.chunk_size
         conv_channels = d_inner + (0 if ssm_removed else 2 * group_state)  # B/C channels go with the scan
     conv_bytes = conv_channels * kernel * dtype_bytes
@@ -117,13 +134,19 @@ def _ssm_cost(parts: LayerParts, ssm_removed: bool, heads_removed: int, dtype_by
     return conv_bytes + d_inner * state * RECURRENT_STATE_BYTES, scan
 
 
+def _ssm_heads_dropped(catalogue, layer: int, heads: set[int], ssm_removed: bool) -> int:
+    """How many of the removed Mamba-2 heads extraction drops whole (the rest still run)."""
+    counts = catalogue.heads.get(("ssm_heads", layer)) if heads else None
+    if counts is None or counts.gated_norm or counts.freed(heads, ssm_removed) == 0:
+        return 0
+    return len(heads)
+
+
 def model_cost(model: nn.Module, removed: list[Component] = (), channel_group_size: int | None = None) -> ModelCost:
     """The analytic cost of ``model`` with ``removed`` physically taken out (see the module docstring)."""
     removed = list(removed)
     catalogue = catalogue_of(model, channel_group_size)
-    implied = implied_by(removed)  # e.g. an SSM inside a removed block frees nothing more
-    moot = {c for c in removed if c.kind != "block" and (c.kind, c.layer) in implied}
-    freed = sum(catalogue.params_of(c) for c in removed if c not in moot)
+    freed = catalogue.params_of(removed) if removed else 0
     params = list({id(p): p for p in model.parameters()}.values())
     dtype_bytes = params[0].element_size()
     embedding = model.get_input_embeddings().weight
@@ -148,14 +171,13 @@ def model_cost(model: nn.Module, removed: list[Component] = (), channel_group_si
             continue
         state_bytes, scan = 0, None
         if parts.ssm is not None:
-            heads_gone = sum(1 for c in here if c.kind == "ssm_heads")
-            state_bytes, scan = _ssm_cost(parts, "ssm" in kinds, heads_gone, dtype_bytes)
+            heads = {c.index for c in here if c.kind == "ssm_heads"}
+            dropped = _ssm_heads_dropped(catalogue, parts.index, heads, "ssm" in kinds)
+            state_bytes, scan = _ssm_cost(parts, "ssm" in kinds, dropped, dtype_bytes)
         kv_bytes, attn_width = 0, 0
-        shape = _attention_shape(parts.attn) if parts.attn is not None and "attn" not in kinds else None
-        if shape is not None:
-            q_heads, kv_heads, head_dim = shape
-            q_heads -= sum(1 for c in here if c.kind == "attn_heads")
-            kv_bytes, attn_width = 2 * kv_heads * head_dim * dtype_bytes, q_heads * head_dim
+        if parts.attn is not None and "attn" not in kinds:
+            heads = {c.index for c in here if c.kind == "attn_heads"}
+            kv_bytes, attn_width = _attention_cost(parts, heads, dtype_bytes)
         costs.append(LayerCost(state_bytes, kv_bytes, scan, attn_width))
     return ModelCost(weight_bytes, matmul_params, head_params, tuple(costs))
 

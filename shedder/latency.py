@@ -20,7 +20,6 @@ import re
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -332,26 +331,12 @@ def time_model(model: nn.Module, settings: BenchSettings, progress: Callable[[st
 
 # --- dense vs extracted ---------------------------------------------------------------------------
 
-def extracted_model(model: nn.Module, tokenizer, plan: Plan) -> tuple[nn.Module, str]:
-    """The physically smaller model for ``plan``, on the CPU in the source dtype, and how it was made.
+def extracted_model(model: nn.Module, plan: Plan) -> nn.Module:
+    """The physically smaller model for ``plan``, built in memory as ``extract`` would write it
+    (on the CPU, in the source dtype)."""
+    from .extract import build_extracted
 
-    Uses the in-memory builder of :mod:`shedder.extract` where there is one, else writes the
-    extraction to a temporary folder and loads it back as any user would.
-    """
-    from transformers import AutoModelForCausalLM
-
-    from . import extract
-
-    builder = getattr(extract, "build_extracted", None)
-    if builder is not None:
-        return builder(model, plan).eval(), "in memory (shedder.extract.build_extracted)"
-    dtype = next(model.parameters()).dtype
-    with tempfile.TemporaryDirectory(prefix="shedder-bench-") as tmp:
-        folder = Path(tmp) / "extracted"
-        extract.extract(model, tokenizer, plan, folder)
-        # the folder was written by shedder itself just now, so any model code it holds is ours
-        small = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=True)
-    return small.eval(), "extract() to a temporary folder, loaded back with from_pretrained"
+    return build_extracted(model, plan).eval()
 
 
 def _speedups(dense: dict, pruned: dict, ideal: dict) -> dict:
@@ -378,7 +363,7 @@ def _speedups(dense: dict, pruned: dict, ideal: dict) -> dict:
     return out
 
 
-def benchmark(model: nn.Module, tokenizer=None, plan: Plan | None = None, settings: BenchSettings | None = None,
+def benchmark(model: nn.Module, plan: Plan | None = None, settings: BenchSettings | None = None,
               progress: Callable[[str], None] = lambda _: None, dense_record: dict | None = None) -> dict:
     """The full report: environment, the dense model's timings, and with a non-empty ``plan`` the
     extracted model's timings, the ideal speedups and measured / ideal.
@@ -402,9 +387,7 @@ def benchmark(model: nn.Module, tokenizer=None, plan: Plan | None = None, settin
     small = None
     if removed:
         progress("extracting")
-        small, how = extracted_model(model, tokenizer, plan)
-        small.to("cpu")  # off the device while the dense model is timed
-        report["extraction"] = how
+        small = extracted_model(model, plan).to("cpu")  # off the device while the dense model is timed
     if dense_record is None:
         progress("dense model")
         dense_record = time_model(model, settings, lambda what: progress(f"dense: {what}"))

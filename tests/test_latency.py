@@ -71,7 +71,7 @@ def test_static_decode_loop_gives_exactly_generates_tokens(family):
 def test_plan_times_the_extracted_smaller_model_and_compares_with_the_ideal():
     model = build("mamba2")
     plan = Plan.for_model(model, [Component("block", 1)])
-    report = benchmark(model, None, plan, BenchSettings(batch_sizes=(1,), **TINY))
+    report = benchmark(model, plan, BenchSettings(batch_sizes=(1,), **TINY))
     catalogue = catalogue_of(model)
     dense, small = report["dense"], report["extracted"]
     assert small["params"] == dense["params"] - catalogue.params_of(Component("block", 1)) and small["layers"] == 2
@@ -85,18 +85,36 @@ def test_plan_times_the_extracted_smaller_model_and_compares_with_the_ideal():
     assert next(model.parameters()).device.type == "cpu"  # the dense model is back where it was
 
 
-def test_cost_model_state_matches_the_cache_transformers_allocates():
-    prompt = token_ids(batch=2, length=8)
-    for family, removed in (("mamba2", []), ("mamba2", [Component("block", 0)]), ("bamba", [])):
-        model = build(family)
-        cost = model_cost(model, removed)
-        small = extracted_model(model, None, Plan.for_model(model, removed))[0] if removed else model
-        decoder = StaticDecoder(small, batch=2, prompt_len=8, new_tokens=2)
-        decoder.prefill(prompt)
-        lengths = [getattr(layer, "cumulative_length", None) for layer in decoder.cache.layers]
-        counters = sum(t.numel() * t.element_size() for t in lengths if isinstance(t, torch.Tensor))
-        per_sequence = sum(layer.state_bytes + layer.kv_bytes_per_token * 10 for layer in cost.layers)
-        assert cache_bytes(decoder.cache) - counters == 2 * per_sequence, (family, removed)
+CACHE_CASES = [
+    ("mamba2", {}, []),
+    ("mamba2", {}, [Component("block", 0)]),
+    ("mamba2", {}, [Component("ssm", 2)]),
+    ("mamba2", {}, [Component("ssm_heads", 1, 0), Component("ssm_heads", 1, 1)]),  # gated norm: heads still run
+    ("falcon_h1", {"mamba_rms_norm": False}, [Component("ssm_heads", 0, 2), Component("ssm_heads", 0, 5)]),
+    ("bamba", {}, []),
+    ("bamba", {}, [Component("attn_heads", 1, 0), Component("attn_heads", 1, 1)]),  # a whole K/V group
+    ("bamba", {}, [Component("attn_heads", 1, 0)]),  # grouped-query attention keeps equal groups
+]
+
+
+@pytest.mark.parametrize("family, overrides, removed", CACHE_CASES)
+def test_cost_model_state_matches_the_extracted_models_cache(family, overrides, removed):
+    model = build(family, **overrides)
+    cost = model_cost(model, removed)
+    small = extracted_model(model, Plan.for_model(model, removed)) if removed else model
+    decoder = StaticDecoder(small, batch=2, prompt_len=8, new_tokens=2)
+    decoder.prefill(token_ids(batch=2, length=8))
+    lengths = [getattr(layer, "cumulative_length", None) for layer in decoder.cache.layers]
+    counters = sum(t.numel() * t.element_size() for t in lengths if isinstance(t, torch.Tensor))
+    per_sequence = sum(layer.state_bytes + layer.kv_bytes_per_token * 10 for layer in cost.layers)
+    assert cache_bytes(decoder.cache) - counters == 2 * per_sequence
+    params = {id(p): p for p in small.parameters()}.values()
+    tied = small.get_output_embeddings().weight is small.get_input_embeddings().weight
+    embedding = 0 if tied else small.get_input_embeddings().weight.numel() * 4
+    assert cost.weight_bytes == sum(p.numel() * 4 for p in params) - embedding
+
+
+def test_cost_model_by_hand():
     model = build("mamba2")
     # by hand, one Mamba-2 layer: d_inner 64 x d_state 8 in float32, conv (x 64 + B/C 2 x 2 x 8) x kernel 4
     dense, pruned = model_cost(model), model_cost(model, [Component("ssm", 2)])
