@@ -193,7 +193,7 @@ def main() -> None:
         model, dense = loaded[row.model]
         print(f"{row.name}: {row.model} minus {row.removal}", file=sys.stderr)
         try:
-            report = benchmark(model, row.plan(model), settings, dense_record=dense,
+            report = benchmark(model, None, row.plan(model), settings, dense_record=dense,
                                progress=lambda what: print(f"  {what}", file=sys.stderr))
         except ShedderError as exc:
             skipped.append(f"- {row.name} skipped: {exc}")

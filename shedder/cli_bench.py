@@ -63,10 +63,10 @@ def _bench(args: argparse.Namespace) -> int:
                              batch_sizes=_batch_sizes(args.batch_sizes), repeats=args.repeats, warmup=args.warmup,
                              static_loop=not args.no_static, use_graph=not args.no_graph, seed=args.seed)
     settings.check()
-    model, _ = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
     plan = load_plan_for(model, args.plan) if args.plan else None
     with progress_bar(0, "bench") as bar:
-        report = benchmark(model, plan, settings, progress=bar.set_description_str)
+        report = benchmark(model, tokenizer, plan, settings, progress=bar.set_description_str)
     report = {"model": args.model, "plan": args.plan, **report}
     path = save_report(report, args.out)
     print("\n".join(summary(report)))

@@ -363,10 +363,12 @@ def _speedups(dense: dict, pruned: dict, ideal: dict) -> dict:
     return out
 
 
-def benchmark(model: nn.Module, plan: Plan | None = None, settings: BenchSettings | None = None,
+def benchmark(model: nn.Module, tokenizer=None, plan: Plan | None = None, settings: BenchSettings | None = None,
               progress: Callable[[str], None] = lambda _: None, dense_record: dict | None = None) -> dict:
     """The full report: environment, the dense model's timings, and with a non-empty ``plan`` the
-    extracted model's timings, the ideal speedups and measured / ideal.
+    extracted model's timings, the ideal speedups and measured / ideal. (``tokenizer`` is not needed:
+    prompts are random token ids and extraction happens in memory; it is accepted so that what
+    ``load_model`` returns can be passed as it is.)
 
     With a plan the dense model is moved to the CPU while the extracted one is timed (so each peak
     memory is that model's alone) and moved back afterwards. ``dense_record`` (the ``"dense"`` part of

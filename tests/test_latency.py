@@ -71,7 +71,7 @@ def test_static_decode_loop_gives_exactly_generates_tokens(family):
 def test_plan_times_the_extracted_smaller_model_and_compares_with_the_ideal():
     model = build("mamba2")
     plan = Plan.for_model(model, [Component("block", 1)])
-    report = benchmark(model, plan, BenchSettings(batch_sizes=(1,), **TINY))
+    report = benchmark(model, None, plan, BenchSettings(batch_sizes=(1,), **TINY))
     catalogue = catalogue_of(model)
     dense, small = report["dense"], report["extracted"]
     assert small["params"] == dense["params"] - catalogue.params_of(Component("block", 1)) and small["layers"] == 2
