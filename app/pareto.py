@@ -8,13 +8,13 @@ from shedder.plan import Plan
 from . import measures
 from .state import ModelChoice, catalogue, params_freed, plan_perplexity
 
-X_AXES = {"parameters removed (%)": "high", "prefill + decode latency (ms, measured)": "low"}
+X_AXES = {"parameters freed (%)": "high", "prefill + decode latency (ms, measured)": "low"}
 Y_AXES = {"calibration perplexity": "low", "average accuracy (measured)": "high"}
 
 
 def plan_points(choice: ModelChoice, named: dict[str, tuple[str, Plan, float]], calib: str, tokens: int,
                 seq_len: int, accuracy_settings: dict, latency_settings: dict) -> list[dict]:
-    """One record per plan: name, source, parameters removed (%), perplexity, accuracy, latency (or None).
+    """One record per plan: name, source, parameters freed (%), perplexity, accuracy, latency (or None).
 
     ``named``: name -> (source, plan, perplexity or None: measured now on the given calibration)."""
     total = catalogue(choice).total_params
@@ -25,7 +25,7 @@ def plan_points(choice: ModelChoice, named: dict[str, tuple[str, Plan, float]], 
         lat = measures.latency(choice, plan, **latency_settings)
         points.append({
             "name": name, "source": source, "components": len(plan.removed),
-            "parameters removed (%)": 100 * freed / total,
+            "parameters freed (%)": 100 * freed / total,
             "calibration perplexity": ppl if ppl is not None else plan_perplexity(choice, plan, calib, tokens, seq_len),
             "average accuracy (measured)": acc["average"] if acc else None,
             "prefill + decode latency (ms, measured)": lat["total_ms"] if lat else None,

@@ -7,8 +7,8 @@ import streamlit as st
 from app import store
 from app.figures import pareto_chart, search_trajectory
 from app.pareto import X_AXES, Y_AXES, axes_points, plan_points
-from app.sidebar import model_or_stop, model_sidebar
 from app.measures import accuracy_settings, latency_settings
+from app.sidebar import model_or_stop, model_sidebar
 from app.state import fingerprint, masked_perplexity, new_plan, set_plan
 from shedder.calibration import calibration_windows
 from shedder.catalogue import KINDS, Component
@@ -42,7 +42,8 @@ try:
     if mode == "one stage":
         c1, c2 = st.columns([3, 1])
         targets = c1.multiselect("Candidates", present, default=[k for k in ("block", "ssm") if k in present] or present[:1])
-        steps = c2.number_input("Steps", min_value=1, max_value=max(1, len(cat.components(targets))), value=4)
+        most = max(1, len(cat.components(targets)))
+        steps = c2.number_input("Steps", min_value=1, max_value=most, value=min(4, most))
         stages = [Stage(tuple(targets), int(steps))] if targets else []
     else:
         text = st.text_input("Stages", value=default_stages(),
@@ -121,21 +122,21 @@ st.subheader("Results")
 
 def describe(run) -> str:
     log = store.read_log(run)
-    s = log["settings"]
-    stages_text = "; ".join(f"{','.join(t)}:{n}" for t, n in s["stages"])
-    return f"{stages_text} · {s['calib']} {s['n_windows']}x{s['seq_len']} · {len(log['steps'])} steps done"
+    used = log["settings"]
+    stages_text = "; ".join(f"{','.join(t)}:{n}" for t, n in used["stages"])
+    return f"{stages_text} · {used['calib']} {used['n_windows']}x{used['seq_len']} · {len(log['steps'])} steps done"
 
 
 last = st.session_state.get("search_runs", {}).get(fp)
 index = next((i for i, r in enumerate(runs) if str(r) == last), 0)
 run_dir = st.selectbox("Search", runs, index=index, format_func=describe)
 log = store.read_log(run_dir)
-s = log["settings"]
-base = [Component.from_dict(c) for c in s["base"]]
-calib_run, tokens_run = s["calib"], s["n_windows"] * s["seq_len"]
+used = log["settings"]
+base = [Component.from_dict(c) for c in used["base"]]
+calib_run, tokens_run = used["calib"], used["n_windows"] * used["seq_len"]
 try:
-    start_ppl = masked_perplexity(choice, tuple(base), calib_run, tokens_run, s["seq_len"], s["channel_group_size"],
-                                  s["channel_reorder"])
+    start_ppl = masked_perplexity(choice, tuple(base), calib_run, tokens_run, used["seq_len"], used["channel_group_size"],
+                                  used["channel_reorder"])
 except ShedderError as exc:
     st.error(str(exc))
     st.stop()
@@ -148,8 +149,8 @@ if len(trajectory) == 1:
 chosen = st.slider("Plan after step", 0, len(trajectory) - 1, len(trajectory) - 1,
                    help="Every step's plan is saved; pick one to use, download or keep.")
 st.plotly_chart(search_trajectory(trajectory, chosen), width="stretch")
-plan = store.step_plan(run_dir, chosen - 1) if chosen else new_plan(choice, base, s["channel_group_size"],
-                                                                    s["channel_reorder"])
+plan = store.step_plan(run_dir, chosen - 1) if chosen else new_plan(choice, base, used["channel_group_size"],
+                                                                    used["channel_reorder"])
 m1, m2, m3 = st.columns(3)
 m1.metric("perplexity", f"{trajectory[chosen]['ppl']:.3f}", delta=f"{trajectory[chosen]['ppl'] - start_ppl:+.3f}",
           delta_color="inverse")
@@ -188,7 +189,7 @@ named = {f"step {p['step']}": ("search step" if p["step"] else "dense",
                                p["ppl"]) for p in trajectory}
 named.update({name: ("saved plan", saved, None) for name, saved in store.saved_plans(fp).items()})
 try:
-    points = plan_points(choice, named, calib_run, tokens_run, s["seq_len"], accuracy_settings(), latency_settings())
+    points = plan_points(choice, named, calib_run, tokens_run, used["seq_len"], accuracy_settings(), latency_settings())
 except ShedderError as exc:
     st.error(str(exc))
     st.stop()

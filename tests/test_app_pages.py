@@ -164,3 +164,13 @@ def test_export_uploads_extracts_saves_and_compares(bamba_dir, tmp_path):
     table = at.dataframe[-1].value
     assert "piqa" in table.columns and table["average accuracy"].notna().all()
     assert table["relative"][0] == "100.0%"
+
+
+def test_pareto_front_keeps_only_plans_no_other_beats_on_both_axes():
+    from app.figures import pareto_front
+
+    points = [{"x": 0, "y": 10}, {"x": 5, "y": 12}, {"x": 5, "y": 11}, {"x": 3, "y": 15}, {"x": 9, "y": 30}]
+    assert pareto_front(points, x_better="high", y_better="low") == [{"x": 0, "y": 10}, {"x": 5, "y": 11},
+                                                                      {"x": 9, "y": 30}]
+    assert pareto_front(points, x_better="low", y_better="high") == [{"x": 0, "y": 10}, {"x": 3, "y": 15},
+                                                                      {"x": 9, "y": 30}]
