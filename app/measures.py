@@ -79,7 +79,7 @@ def latency(choice: ModelChoice, plan: Plan, prompt_len: int, new_tokens: int, c
     """Time of a ``prompt_len``-token prefill plus ``new_tokens`` greedy tokens at batch 1 (time to first
     token, then the rest at the measured decode rate) of the physically extracted model (the loaded
     model itself for an empty plan), with the dense model timed alongside; measured by
-    `shedder.latency.benchmark` (medians of 3 runs after a warm-up).
+    `shedder.latency.benchmark` (medians of 5 runs after a warm-up).
 
     Without ``compute``: the stored result or None. With it: measured now (the extractor's
     ShedderError, e.g. for kinds it cannot extract yet, reaches the caller) and stored."""
@@ -89,7 +89,7 @@ def latency(choice: ModelChoice, plan: Plan, prompt_len: int, new_tokens: int, c
     if not compute:
         return result_cache.load("dashboard-latency", key)
     model, tokenizer = loaded(choice)
-    settings = BenchSettings(prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=(1,), repeats=3, warmup=1,
+    settings = BenchSettings(prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=(1,), repeats=5, warmup=1,
                              static_loop=False)
     with model_lock(model):  # extraction copies weights: never while another session has them masked
         report = benchmark(model, tokenizer, plan if plan.removed else None, settings,

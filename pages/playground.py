@@ -77,7 +77,7 @@ st.download_button("Download this plan (JSON)", json.dumps(plan.to_dict(), inden
 st.subheader("Latency")
 lat_settings = latency_settings()
 st.caption(f"The extracted model (removed parts deleted, not masked) generating {lat_settings['new_tokens']} tokens "
-           f"after a {lat_settings['prompt_len']}-token prompt, batch 1, median of 3; the dense model timed alongside.")
+           f"after a {lat_settings['prompt_len']}-token prompt, batch 1, median of 5; the dense model timed alongside.")
 if st.button("Measure latency"):
     with st.spinner("Extracting and timing ..."):
         try:

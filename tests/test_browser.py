@@ -49,7 +49,8 @@ def app_url(tmp_path_factory):
     # a fresh cache inside the project's (git-ignored) one, so the pages show short relative paths
     (ROOT / "cache").mkdir(exist_ok=True)
     cache = Path(tempfile.mkdtemp(prefix="browser-test-", dir=ROOT / "cache"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SHEDDER_CACHE": str(cache)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "SHEDDER_CACHE": str(cache.relative_to(ROOT))}  # the server runs in ROOT
     log = open(folder / "server.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
