@@ -71,6 +71,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from shedder.bits_per_byte import vocabulary_byte_lengths  # noqa: E402
+
 log = logging.getLogger("train_demo_models")
 
 EOS_TOKEN = "<|endoftext|>"
@@ -353,15 +355,6 @@ def train_tokenizer(texts: dict[str, str], vocab_size: int):
     )
 
 
-def token_byte_lengths(tokenizer) -> torch.Tensor:
-    """UTF-8 byte length of every token id (byte-level BPE: one vocabulary character = one byte)."""
-    lengths = torch.zeros(len(tokenizer), dtype=torch.long)
-    special = set(tokenizer.all_special_ids)
-    for token, idx in tokenizer.get_vocab().items():
-        lengths[idx] = 0 if idx in special else len(token)
-    return lengths
-
-
 def encode(tokenizer, text: str) -> torch.Tensor:
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
@@ -572,7 +565,7 @@ def bits_per_byte(model: torch.nn.Module, tokenizer, text: str, seq_len: int, de
     from shedder.calibration import cut_windows
 
     stream = encode(tokenizer, text)
-    byte_len = token_byte_lengths(tokenizer)
+    byte_len = vocabulary_byte_lengths(tokenizer)
     assert int(byte_len[stream].sum()) == len(text.encode()), "token bytes do not add up to the text"
     if max_tokens is not None:
         stream = stream[:max_tokens]
