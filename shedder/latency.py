@@ -14,7 +14,6 @@ and the measured speedups are set against the ideal ones of :mod:`shedder.cost_m
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 import resource
@@ -33,6 +32,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from .adapters import describe_model
 from .cost_model import ideal_speedups, model_cost
 from .errors import ShedderError
+from .paths import write_text_atomic
 from .plan import Plan
 from .static_decode import StaticDecoder, cache_bytes, eos_ids
 
@@ -427,7 +427,5 @@ def _rounded(value):
 def save_report(report: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(report, indent=1) + "\n")
     return path

@@ -17,6 +17,13 @@ def cache_dir() -> Path:
     return path
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling, so readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def installed_package_dir(import_name: str) -> Path | None:
     """The folder of an installed package, found without importing it (data-only packages)."""
     spec = importlib.util.find_spec(import_name)

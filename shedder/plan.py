@@ -19,6 +19,7 @@ from .catalogue import Component
 from .errors import ShedderError
 from .identity import model_fingerprint
 from .masks import catalogue_of, validate
+from .paths import write_text_atomic
 
 FORMAT, VERSION = "shedder-plan", 1
 
@@ -71,9 +72,7 @@ class Plan:
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

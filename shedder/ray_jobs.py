@@ -19,6 +19,7 @@ import ray
 
 from .errors import ShedderError
 from .executor import RayOptions
+from .paths import write_text_atomic
 from .ray_executor import connect, runtime_env, worker_dtype
 
 NAMESPACE = "shedder"
@@ -51,9 +52,7 @@ def _write_state(out: Path, **fields) -> None:
     path = out / JOB_FILE
     state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     state.update(fields, updated=time.time())
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(state, indent=1) + "\n")
 
 
 @ray.remote(num_cpus=0, max_concurrency=2)

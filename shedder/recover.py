@@ -34,6 +34,7 @@ from . import result_cache
 from .errors import ShedderError
 from .model_folders import (RESULT_FILE, checkpoint_dtype, code_files, config_json, find_dense_model, is_shedder_extraction_with_code,
                             local_dir, read_json)
+from .paths import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +188,7 @@ def shares(metrics: dict) -> dict:
 # --- the output folder ----------------------------------------------------------------------------
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1, default=str) + "\n")
 
 
 def _siblings(out_dir: Path) -> tuple[Path, Path]:

@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from .paths import cache_dir
+from .paths import cache_dir, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,4 @@ def load(kind: str, key: dict) -> dict | None:
 def save(kind: str, key: dict, value: dict) -> None:
     path = _path(kind, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "value": value}, default=str), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps({"key": key, "value": value}, default=str))

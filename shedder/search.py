@@ -31,6 +31,7 @@ from .evaluator import CandidateResult
 from .executor import CandidateProgress, Executor, RayOptions, open_executor
 from .identity import model_fingerprint
 from .masks import catalogue_of
+from .paths import write_text_atomic
 from .perplexity import perplexity
 from .plan import Plan
 
@@ -112,9 +113,7 @@ class SearchSettings:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def _result_record(result: CandidateResult) -> dict:
