@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="auto", help="workers' device: auto (a GPU each when there are GPUs), cpu")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare, e.g. 1,2 or 1,2,4,8")
+    parser.add_argument("--gpus-per-worker", type=int, default=1, help="above 1: each replica spread over that many GPUs")
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -167,16 +168,19 @@ def main() -> None:
     if args.ray_address:
         ray.init(address=args.ray_address)
     else:
-        ray.init(address="local", num_cpus=max(counts) if args.device == "cpu" else None, include_dashboard=False)
+        ray.init(address="local", num_cpus=max(counts) if args.device == "cpu" else None,
+                 num_gpus=torch.cuda.device_count(), include_dashboard=False)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     gpu_name = torch.cuda.get_device_name(0).replace("NVIDIA ", "").replace(" ", "-") if torch.cuda.is_available() else ""
     tag = args.tag or (f"{gpus}x{gpu_name}" if gpus and args.device != "cpu" else "cpu-small" if args.small else "cpu")
+    if args.gpus_per_worker > 1:
+        tag += f"_{args.gpus_per_worker}-gpus-per-worker"
 
     stages = [Stage(tuple(args.targets.split(",")), args.steps)]
     result = {"tag": tag, "machine": platform.machine(), "torch": torch.__version__, "ray": ray.__version__,
               "gpus": gpus, "gpu": gpu_name, "model": f"random mamba2 {args.random_mamba2}", "dtype": args.dtype,
               "windows": args.windows, "seq_len": args.seq_len, "batch_size": args.batch_size,
-              "targets": args.targets, "steps": args.steps, "runs": []}
+              "targets": args.targets, "steps": args.steps, "gpus_per_worker": args.gpus_per_worker, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         save_checkpoint(args.random_mamba2, dtype, folder)
@@ -186,7 +190,8 @@ def main() -> None:
                                generator=torch.Generator().manual_seed(0))
         windows = cut_windows(stream, args.seq_len, source="random tokens")
         for n in counts:
-            options = RayOptions(model=str(folder), device=args.device, workers=n, address=args.ray_address)
+            options = RayOptions(model=str(folder), device=args.device, workers=n, address=args.ray_address,
+                                 gpus_per_worker=args.gpus_per_worker)
             executor = RayExecutor(options, model, windows, args.batch_size)
             try:
                 executor.start_workers()

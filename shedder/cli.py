@@ -12,7 +12,7 @@ from .errors import ShedderError
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="zoo name, local directory, or hub id (online)")
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ..., or balanced: the layers spread over all visible GPUs (a model too big for one)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow code shipped with the model to run (only for sources you trust)")
     parser.add_argument("--channel-group-size", type=int, default=None,

@@ -26,6 +26,8 @@ def add_executor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to join (auto, HOST:6379); default: RAY_ADDRESS, one running here, or a new one")
     parser.add_argument("--workers", type=int, default=None, help="Ray workers, one model replica each (default 2)")
+    parser.add_argument("--gpus-per-worker", type=int, default=None,
+                        help="GPUs per Ray worker; above 1 each replica's layers are spread over them (default 1)")
 
 
 def load_with_executor(args: argparse.Namespace, split: str = "windows"):
@@ -34,15 +36,16 @@ def load_with_executor(args: argparse.Namespace, split: str = "windows"):
     from .loading import load_model
 
     if args.executor == "local":
-        if args.ray_address or args.workers:
-            raise ShedderError("--ray-address and --workers need --executor ray.")
+        if args.ray_address or args.workers or args.gpus_per_worker:
+            raise ShedderError("--ray-address, --workers and --gpus-per-worker need --executor ray.")
         return (*load_model(args.model, args.dtype, args.device, args.trust_remote_code), None)
     from .executor import RayOptions
     from .ray_executor import connect, worker_dtype
 
     connect(args.ray_address)
     options = RayOptions(model=args.model, device=args.device, trust_remote_code=args.trust_remote_code,
-                         address=args.ray_address, workers=args.workers or 2, split=split)
+                         address=args.ray_address, workers=args.workers or 2, gpus_per_worker=args.gpus_per_worker or 1,
+                         split=split)
     model, tokenizer = load_model(args.model, worker_dtype(args.dtype, args.device), "cpu", args.trust_remote_code)
     return model, tokenizer, options
 

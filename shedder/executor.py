@@ -46,18 +46,22 @@ class RayOptions:
     model's dtype, and must get the same weights (checked by fingerprint)."""
 
     model: str  # what every worker loads: zoo name, folder (same path on every node) or hub id
-    device: str = "auto"  # auto: one GPU per worker when the cluster has GPUs, else CPU; or cpu, cuda
+    device: str = "auto"  # auto: GPUs for the workers when the cluster has GPUs, else CPU; or cpu, cuda
     trust_remote_code: bool = False
     address: str | None = None  # None: this process's cluster, RAY_ADDRESS, one running here, or a new one
     workers: int = 2
     cpus_per_worker: int = 1
+    gpus_per_worker: int = 1  # more than 1: each replica's layers are spread over that many GPUs
     split: str = "windows"  # score only: "windows" (calibration shards) or "candidates"
     pipeline_depth: int = 2  # tasks queued per worker, to hide dispatch latency
     max_replacements: int = 3  # dead workers replaced per run before giving up
 
     def __post_init__(self):
-        if self.workers < 1 or self.cpus_per_worker < 1 or self.pipeline_depth < 1:
-            raise ShedderError("Ray needs at least one worker, one CPU per worker and a pipeline depth of 1.")
+        if min(self.workers, self.cpus_per_worker, self.gpus_per_worker, self.pipeline_depth) < 1:
+            raise ShedderError("Ray needs at least one worker, one CPU and one GPU (when on GPUs) per worker "
+                               "and a pipeline depth of 1.")
+        if self.gpus_per_worker > 1 and self.device == "cpu":
+            raise ShedderError("--gpus-per-worker spreads each replica over GPUs; it does not go with --device cpu.")
         if self.split not in ("windows", "candidates"):
             raise ShedderError(f"Unknown split {self.split!r}; use windows or candidates.")
 

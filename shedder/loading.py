@@ -12,6 +12,7 @@ from torch import nn
 from .adapters import PRUNED_PREFIX, adapter_for, supported_model_types
 from .errors import ShedderError
 from .paths import REPO_ROOT
+from .sharding import SPREAD, spread_over_gpus
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """A torch device; ``balanced`` (the model spread over all visible GPUs) resolves to ``cuda``."""
+    if device == SPREAD:
+        device = "cuda"
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -129,9 +133,18 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", trust_remot
         raise ShedderError(f"Out of memory loading {spec!r} on {target}; try a smaller dtype or the CPU.") from exc
     except (OSError, ValueError) as exc:
         raise ShedderError(f"Could not load the weights of {spec!r}: {exc}") from exc
-    model.to(target).eval()
+    _place(model, target, device)
     log.info("Loaded %s (%s, %s, %s)", spec, config.model_type, torch_dtype, target)
     return model, tokenizer
+
+
+def _place(model: nn.Module, target: torch.device, device: str) -> None:
+    """Move a model loaded on the CPU to its device (or over all GPUs) and set eval mode."""
+    if device == SPREAD:
+        spread_over_gpus(model)
+    else:
+        model.to(target)
+    model.eval()
 
 
 def zoo_names() -> list[str]:
@@ -165,7 +178,7 @@ def _load_foreign(spec: str, foreign, dtype: str, device: str) -> tuple[nn.Modul
     except (OSError, ValueError) as exc:
         raise ShedderError(f"Could not load {spec!r} ({foreign.kind}): {exc}") from exc
     adapter_for(model.config.model_type)
-    model.to(target).eval()
+    _place(model, target, device)
     log.info("Loaded %s (%s, converted from %s, %s, %s)", spec, model.config.model_type, foreign.kind,
              torch_dtype, target)
     return model, tokenizer

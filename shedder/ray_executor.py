@@ -47,7 +47,7 @@ from .identity import model_fingerprint
 from .loading import DTYPES, load_model, resolve_dtype
 from .masks import catalogue_of
 from .paths import REPO_ROOT
-from .perplexity import model_device
+from .sharding import SPREAD, synchronize
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Replica:
 
     def info(self) -> dict:
         return {"node": ray.util.get_node_ip_address(), "pid": os.getpid(), "gpus": ray.get_gpu_ids(),
-                "device": str(model_device(self.model)), "load_seconds": self.load_seconds}
+                "device": ",".join(sorted({str(p.device) for p in self.model.parameters()})), "load_seconds": self.load_seconds}
 
     def _use(self, batch_range: tuple[int, int] | None) -> Evaluator:
         """The Evaluator over batches ``[first, last)`` (None: all); one at a time, so stored states are freed."""
@@ -146,8 +146,7 @@ class Replica:
             clock = time.perf_counter()
             self.evaluator.set_base(base)
             self.base = list(base)
-            if model_device(self.model).type == "cuda":
-                torch.cuda.synchronize()  # so that the base pass is timed as a whole
+            synchronize(self.model)  # so that the base pass is timed as a whole
             base_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
         value = compute()
@@ -251,8 +250,11 @@ class RayExecutor:
         if options.device.startswith("cuda") and gpus < 1:
             raise ShedderError("Workers on cuda asked for, but the Ray cluster has no GPUs; use --device cpu.")
         use_gpu = options.device != "cpu" and gpus >= 1
-        if use_gpu and gpus < options.workers:
-            raise ShedderError(f"{options.workers} workers need one GPU each; the Ray cluster has {gpus:g}.")
+        if options.gpus_per_worker > 1 and not use_gpu:
+            raise ShedderError("--gpus-per-worker needs GPUs, and the Ray cluster has none.")
+        if use_gpu and gpus < options.workers * options.gpus_per_worker:
+            raise ShedderError(f"{options.workers} workers x {options.gpus_per_worker} GPUs; the Ray cluster has "
+                               f"{gpus:g} GPUs. Use fewer --workers.")
         if cpus < options.workers * options.cpus_per_worker:
             raise ShedderError(f"{options.workers} workers x {options.cpus_per_worker} CPUs; the Ray cluster has "
                                f"{cpus:g} CPUs. Use fewer --workers.")
@@ -260,13 +262,13 @@ class RayExecutor:
 
     def _new_worker(self):
         options = self.options
-        spec = {"model": options.model, "dtype": _name_of(next(self.model.parameters()).dtype),
-                "device": "cuda" if self.use_gpu else "cpu", "trust_remote_code": options.trust_remote_code,
+        device = (SPREAD if options.gpus_per_worker > 1 else "cuda") if self.use_gpu else "cpu"
+        spec = {"model": options.model, "dtype": _name_of(next(self.model.parameters()).dtype), "device": device, "trust_remote_code": options.trust_remote_code,
                 "cpus": options.cpus_per_worker}
         grouping = {k: v for k, v in self.settings.items() if k != "batch_size"}
         self.started_workers += 1  # named, so that `ray list actors` shows what they are
         name = f"shedder-worker-{self.run_id}-{self.started_workers}"
-        return Replica.options(name=name, num_cpus=options.cpus_per_worker, num_gpus=1 if self.use_gpu else 0,
+        return Replica.options(name=name, num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker if self.use_gpu else 0,
                                runtime_env=runtime_env()).remote(
             spec, self.windows_ref, self.batch_size, grouping, self.fingerprint)
 

@@ -46,6 +46,7 @@ class SearchJob:
     early_stop: bool = True
     workers: int = 2
     cpus_per_worker: int = 1
+    gpus_per_worker: int = 1
 
 
 def _write_state(out: Path, **fields) -> None:
@@ -79,7 +80,8 @@ class SearchRunner:
             model, tokenizer = load_model(job.model, worker_dtype(job.dtype, job.device), "cpu", job.trust_remote_code)
             windows = calibration_windows(job.calib, tokenizer, job.seq_len, job.tokens, job.seed)
             options = RayOptions(model=job.model, device=job.device, trust_remote_code=job.trust_remote_code,
-                                 workers=job.workers, cpus_per_worker=job.cpus_per_worker)
+                                 workers=job.workers, cpus_per_worker=job.cpus_per_worker,
+                                 gpus_per_worker=job.gpus_per_worker)
             record = search(model, windows, stages, out, job.batch_size, channel_group_size=job.channel_group_size,
                             channel_reorder=job.channel_reorder, early_stop=job.early_stop,
                             should_stop=lambda: self.stopping, executor=options)

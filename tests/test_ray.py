@@ -93,7 +93,7 @@ def test_cli_search_on_ray(cluster, checkpoint, tmp_path, capsys):
               "--calib", str(folder / "calib.txt"), "--tokens", str(SEQ_LEN * N_WINDOWS), "--seq-len", str(SEQ_LEN),
               "--batch-size", str(BATCH)]
     assert main([*common, "--workers", "2", "--out", str(tmp_path / "bad")]) == 2
-    assert "--workers need --executor ray" in capsys.readouterr().err
+    assert "--gpus-per-worker need --executor ray" in capsys.readouterr().err
     assert main([*common, "--executor", "ray", "--workers", "1", "--out", str(tmp_path / "run")]) == 0
     local = search(model, windows, parse_stages("block,ssm:2"), batch_size=BATCH)
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["removed"] == local["removed"]

@@ -1,0 +1,67 @@
+"""One model over several GPUs: the device map (on any machine) and equal results (with 2+ GPUs)."""
+import pytest
+import torch
+
+from shedder.adapters import describe_model
+from shedder.catalogue import Component
+from shedder.errors import ShedderError
+from shedder.executor import RayOptions
+from shedder.loading import load_model
+from shedder.perplexity import perplexity
+from shedder.search import parse_stages, search
+from shedder.sharding import balanced_device_map
+from shedder.calibration import cut_windows
+from tiny_models import build, save_tiny, token_ids
+
+TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+PLENTY = 1 << 40
+
+
+def layer_names(model) -> list[str]:
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names[id(parts.layer)] for parts in describe_model(model)[1]]
+
+
+@pytest.mark.parametrize("family", ["mamba", "mamba2", "nemotron_h", "jamba", "bamba"])
+def test_device_map_keeps_layers_whole_and_in_order_over_both_gpus(family):
+    model = build(family, num_hidden_layers=6) if family in ("mamba", "mamba2") else build(family)
+    device_map = balanced_device_map(model, [PLENTY, PLENTY])
+    layer_devices = []
+    for name in layer_names(model):
+        owners = [key for key in device_map if name == key or name.startswith(key + ".") or key.startswith(name + ".")]
+        devices = {device_map[key] for key in owners}
+        assert len(devices) == 1, f"{name} split over {devices}"
+        layer_devices.append(devices.pop())
+    assert layer_devices == sorted(layer_devices)  # layers in order: activations only move forwards
+    assert set(device_map.values()) == {0, 1}
+
+
+def test_a_model_too_big_for_the_gpus_is_refused():
+    model = build("mamba2")
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    with pytest.raises(ShedderError, match="does not fit on the 2 GPUs"):
+        balanced_device_map(model, [size // 4, size // 4])
+
+
+def test_more_gpus_per_worker_needs_gpus():
+    with pytest.raises(ShedderError, match="does not go with --device cpu"):
+        RayOptions(model="m", device="cpu", gpus_per_worker=2)
+    with pytest.raises(ShedderError, match="at least one worker"):
+        RayOptions(model="m", gpus_per_worker=0)
+
+
+@TWO_GPUS
+@pytest.mark.parametrize("family", ["mamba2", "nemotron_h"])
+def test_spread_model_gives_one_gpus_numbers_and_plan(family, tmp_path):
+    save_tiny(family, tmp_path / family)
+    one, _ = load_model(str(tmp_path / family), "float32", "cuda")
+    spread, _ = load_model(str(tmp_path / family), "float32", "balanced")
+    assert {p.device.index for p in spread.parameters()} == {0, 1}
+    windows = cut_windows(token_ids(batch=1, length=6 * 32, seed=3).reshape(-1), 32, source="random")
+    catalogue = describe_model(one)[1]
+    removed = [Component("block", len(catalogue) - 1), Component("ssm", 0)]
+    assert perplexity(spread, windows, removed, batch_size=2).ppl == perplexity(one, windows, removed, batch_size=2).ppl
+    stages = parse_stages("block,ssm:2")
+    on_one, on_two = search(one, windows, stages, batch_size=2), search(spread, windows, stages, batch_size=2)
+    assert on_two["removed"] == on_one["removed"]
+    assert [s["ppl"] for s in on_two["steps"]] == [s["ppl"] for s in on_one["steps"]]
