@@ -181,6 +181,8 @@ def main() -> None:
               "gpus": gpus, "gpu": gpu_name, "model": f"random mamba2 {args.random_mamba2}", "dtype": args.dtype,
               "windows": args.windows, "seq_len": args.seq_len, "batch_size": args.batch_size,
               "targets": args.targets, "steps": args.steps, "gpus_per_worker": args.gpus_per_worker, "runs": []}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"ray_scaling_{tag}.json"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         save_checkpoint(args.random_mamba2, dtype, folder)
@@ -203,6 +205,7 @@ def main() -> None:
             finally:
                 executor.close()
             result["runs"].append(run)
+            path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")  # kept if a later run fails
             print(f"{n} worker(s): {seconds:.2f} s for {len(record['steps'])} steps, steps {run['step_seconds']}, "
                   f"busy {run['worker_busy_fraction']:.0%}", flush=True)
     runs = result["runs"]
@@ -214,8 +217,6 @@ def main() -> None:
         result["model_of_scaling"] = scaling_model(runs[0], windows.ids.numel() * windows.ids.element_size())
         measured = {f"{r['workers']} workers": r["seconds"] / len(r["step_seconds"]) for r in runs}
         result["model_of_scaling"]["measured_step_seconds"] = {k: round(v, 3) for k, v in measured.items()}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"ray_scaling_{tag}.json"
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({k: result[k] for k in ("plans_equal", "speedup", "work_ratio")}, indent=1))
     if "model_of_scaling" in result:
