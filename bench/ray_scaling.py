@@ -35,6 +35,7 @@ import ray  # noqa: E402
 from search_cost import random_mamba2  # noqa: E402
 from shedder.calibration import cut_windows  # noqa: E402
 from shedder.catalogue import Component  # noqa: E402
+from shedder.evaluator import Evaluator  # noqa: E402
 from shedder.executor import RayOptions  # noqa: E402
 from shedder.loading import load_model  # noqa: E402
 from shedder.masks import catalogue_of  # noqa: E402
@@ -64,6 +65,26 @@ def warm_up(executor: RayExecutor, model, targets: tuple[str, ...]) -> None:
     candidates = candidates_for(catalogue, [], targets)[: 2 * executor.options.workers]
     executor.run_step([], candidates, rank, early_stop=False)
     executor.timeline.clear()
+
+
+def local_run(folder: Path, dtype: str, device: str, windows, stages: list[Stage], batch_size: int) -> dict:
+    """The same search in this process without Ray (after the same warm-up), for Ray's own cost."""
+    model, _ = load_model(str(folder), dtype, device)
+    catalogue = catalogue_of(model)
+    evaluator = Evaluator(model, windows, batch_size)
+    evaluator.set_base([])
+    for candidate in candidates_for(catalogue, [], stages[0].targets)[:2]:
+        evaluator.evaluate(candidate)
+    del evaluator
+    start = time.perf_counter()
+    record = search(model, windows, stages, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"executor": "local", "device": device, "seconds": round(seconds, 3), "work": record["work"],
+            "plan": [str(Component.from_dict(c)) for c in record["removed"]],
+            "step_seconds": [round(s["seconds"], 3) for s in record["steps"]]}
 
 
 def per_worker(timeline: list[dict], key: str) -> dict[int, list[dict]]:
@@ -149,6 +170,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="auto", help="workers' device: auto (a GPU each when there are GPUs), cpu")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare, e.g. 1,2 or 1,2,4,8")
+    parser.add_argument("--local", action="store_true",
+                        help="also run the search in this process without Ray (first GPU), for Ray's own cost")
     parser.add_argument("--gpus-per-worker", type=int, default=1, help="above 1: each replica spread over that many GPUs")
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=1024)
@@ -191,6 +214,10 @@ def main() -> None:
         stream = torch.randint(0, model.config.vocab_size, (args.windows * args.seq_len,),
                                generator=torch.Generator().manual_seed(0))
         windows = cut_windows(stream, args.seq_len, source="random tokens")
+        if args.local:
+            device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+            result["local"] = local_run(folder, args.dtype, device, windows, stages, args.batch_size)
+            print(f"local (no Ray): {result['local']['seconds']:.2f} s, steps {result['local']['step_seconds']}", flush=True)
         for n in counts:
             options = RayOptions(model=str(folder), device=args.device, workers=n, address=args.ray_address,
                                  gpus_per_worker=args.gpus_per_worker)
@@ -209,7 +236,9 @@ def main() -> None:
             print(f"{n} worker(s): {seconds:.2f} s for {len(record['steps'])} steps, steps {run['step_seconds']}, "
                   f"busy {run['worker_busy_fraction']:.0%}", flush=True)
     runs = result["runs"]
-    result["plans_equal"] = all(r["plan"] == runs[0]["plan"] for r in runs)
+    result["plans_equal"] = all(r["plan"] == runs[0]["plan"] for r in runs + [result.get("local", runs[0])])
+    if "local" in result:  # what Ray itself costs: one worker against no Ray, same device
+        result["one_worker_over_local"] = round(runs[0]["seconds"] / result["local"]["seconds"], 3)
     result["speedup"] = {str(r["workers"]): round(runs[0]["seconds"] / r["seconds"], 2) for r in runs}
     # more workers evaluate concurrently, so a strong early-stop bound arrives later: a little more work
     result["work_ratio"] = {str(r["workers"]): round(r["work"] / runs[0]["work"], 3) for r in runs}
