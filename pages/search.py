@@ -1,10 +1,11 @@
 """Search: the Mamba-Shedder greedy search, live and resumable; any step's plan; a Pareto chart."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from app import store
+from app import cluster_jobs, store
 from app.figures import pareto_chart, search_trajectory
 from app.pareto import X_AXES, Y_AXES, axes_points, plan_points
 from app.measures import accuracy_settings, latency_settings
@@ -76,10 +77,117 @@ settings = {"stages": [[list(s.targets), s.steps] for s in stages], "calib": cal
 out_dir = store.search_dir(fp, settings)
 done = len(store.read_log(out_dir)["steps"]) if (out_dir / "log.json").is_file() else 0
 total_steps = sum(s.steps for s in stages)
-label = "Run search" if not done else ("Finished" if done >= total_steps else f"Resume ({done} of {total_steps} steps done)")
-c1, c2 = st.columns([1, 5])
-run_slot, stop_slot = c1.empty(), c2.empty()
-run = run_slot.button(label, type="primary", disabled=not stages or not calib or done >= total_steps, key=f"run-{label}")
+
+
+# --- searches on a Ray cluster (app/cluster_jobs.py): submitted here, followed in a fragment ---------
+def submit_to_cluster() -> None:
+    c1, c2, c3 = st.columns([3, 1, 1])
+    address = c1.text_input("Ray address", value="auto", help=(
+        "auto: the cluster started with `ray start --head` on this machine; HOST:6379 for another head node; "
+        "ray://HOST:10001 through Ray Client. The cluster writes the search's folder, so it must see this "
+        "machine's disk (the same machine, or a shared file system)."))
+    workers = int(c2.number_input("Workers", min_value=1, max_value=512, value=2, help="One model replica each"))
+    device = c3.selectbox("Worker device", ["auto", "cpu", "cuda"], help="auto: one GPU per worker when the cluster has GPUs")
+    label = ("Submit to cluster" if not done else "Finished" if done >= total_steps
+             else f"Resume on cluster ({done} of {total_steps} steps done)")
+    if busy:
+        st.caption("This search is running on the cluster (below).")
+    if st.button(label, type="primary", disabled=not stages or not calib or done >= total_steps or busy,
+                 key=f"submit-{label}"):
+        try:  # the dashboard's dtype, so that the cluster searches the weights this folder's fingerprint names
+            job = cluster_jobs.make_job(choice.spec, cluster_jobs.dtype_name(model), choice.trust_remote_code, stages,
+                                        out_dir, calib, tokens, seq_len, batch_size, group_size, reorder, workers, device)
+            cluster_jobs.submit(job, address)
+        except ShedderError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state.setdefault("search_runs", {})[fp] = str(out_dir)
+            st.rerun()  # so that the buttons know a search runs there
+
+
+def follow_on_cluster(folder: Path) -> None:
+    """A running cluster search, refreshed every 2 s on its own; the whole page reruns once it ends."""
+    @st.fragment(run_every=2)
+    def panel() -> None:
+        remote = cluster_jobs.follow(folder)
+        watched = st.session_state.setdefault("cluster_watched", set())
+        if not remote.active:
+            if str(folder) in watched:
+                watched.discard(str(folder))
+                st.rerun()  # results, buttons and the final state are the whole page's to show
+            return
+        watched.add(str(folder))
+        with st.container(border=True):
+            total = remote.steps_total or "?"
+            st.markdown(f"**Searching on the Ray cluster** ({remote.address or 'auto'}): {remote.state}, "
+                        f"{remote.steps_done} of {total} steps done" + (", stopping after the current candidate"
+                                                                      if remote.stopping else ""))
+            describe_weights(remote)
+            if remote.trail:
+                st.plotly_chart(search_trajectory(remote.trail), width="stretch", key=f"cluster-live-{folder.name}")
+                st.caption("Removed so far: " + ", ".join(f"{t['label']} (perplexity {t['ppl']:.3f})" for t in remote.trail))
+            if st.button("Stop", key=f"cluster-stop-{folder.name}", disabled=remote.stopping,
+                         help="Stops after the current candidate; finished steps are kept and a re-submit resumes."):
+                try:
+                    cluster_jobs.stop(remote)
+                except ShedderError as exc:
+                    st.error(str(exc))
+                else:
+                    st.rerun()  # shows it stopping
+
+    panel()
+
+
+def describe_weights(remote) -> None:
+    if remote.fingerprint and remote.fingerprint != fp:
+        st.warning(f"The cluster searches other weights (fingerprint {remote.fingerprint}) than the dashboard's "
+                   f"({fp}): another checkpoint at that path, or another dtype.")
+
+
+def show_cluster_searches() -> None:
+    """Running cluster searches of this model (whatever settings this page shows), and how the one of
+    these settings ended."""
+    if ray_missing:
+        return
+    running = cluster_jobs.active_searches(store.search_root(fp))
+    for remote in running:
+        follow_on_cluster(remote.out_dir)
+    ended = on_cluster if on_cluster is not None and not on_cluster.active and on_cluster.out_dir not in {
+        s.out_dir for s in running} else None
+    if ended is None:
+        return
+    describe_weights(ended)
+    if ended.state == "finished":
+        st.caption(f"This search ran on the Ray cluster ({ended.address or 'auto'}) and finished.")
+    elif done < total_steps:  # an ended search's message, until the steps are done here or there
+        message = {"stopped": f"The search on the Ray cluster was stopped after {ended.steps_done} of "
+                              f"{ended.steps_total} steps; submit it again (or run it here) to resume.",
+                   "failed": f"The search failed on the Ray cluster: {ended.error}",
+                   "lost": ended.error}.get(ended.state, ended.error)
+        (st.info if ended.state == "stopped" else st.error)(message)
+
+
+HERE, CLUSTER = "here (in the dashboard)", "a Ray cluster"
+where = st.radio("Where the search runs", [HERE, CLUSTER], horizontal=True,
+                 help="A Ray cluster: the search runs there on its own workers and goes on when the dashboard closes; "
+                      "this page follows it (README, Scaling out).")
+ray_missing = cluster_jobs.ray_missing()
+on_cluster = None if ray_missing or not cluster_jobs.has_job(out_dir) else cluster_jobs.follow(out_dir)
+busy = on_cluster is not None and on_cluster.active  # these settings are being searched on the cluster
+run = False
+if where == HERE:
+    label = "Run search" if not done else ("Finished" if done >= total_steps else f"Resume ({done} of {total_steps} steps done)")
+    c1, c2 = st.columns([1, 5])
+    run_slot, stop_slot = c1.empty(), c2.empty()
+    run = run_slot.button(label, type="primary", disabled=not stages or not calib or done >= total_steps or busy,
+                          key=f"run-{label}")
+    if busy:
+        stop_slot.caption("A search with these settings is running on the Ray cluster (below); it writes the same "
+                          "folder, so it must end (or be stopped) before one runs here.")
+elif ray_missing:
+    st.warning(f"{ray_missing} Searches can only run here.")
+else:
+    submit_to_cluster()
 if run:
     stop_slot.button("Stop", help="Stops at the next candidate; finished steps are kept and a re-run resumes.")
     steps_seen = [done]
@@ -111,6 +219,8 @@ if run:
     live.empty()
     removed_so_far.empty()
     stop_slot.empty()
+
+show_cluster_searches()
 
 # --- a finished (or stopped) search of this model ------------------------------------------------
 runs = store.searches(fp)
