@@ -75,9 +75,11 @@ def connect(address: str) -> None:
             join(address)
         except ShedderError as exc:
             if address != "auto" and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-                raise ShedderError(f"{exc} A cluster started by `ray start --head` asks for its token: start the "
-                                   "dashboard with RAY_AUTH_MODE=token and that token (~/.ray/auth_token or "
-                                   "RAY_AUTH_TOKEN), or use the address auto on the head node.") from exc
+                # Ray sends its token only to clusters it finds itself (auto), never to a named address
+                raise ShedderError(f"{exc} If that cluster was started by `ray start --head` (token authentication "
+                                   "by default), start the dashboard with RAY_AUTH_MODE=token and the cluster's token "
+                                   "(~/.ray/auth_token or RAY_AUTH_TOKEN), or use the address auto on the head node."
+                                   ) from exc
             raise
         _connected = address
 
