@@ -110,7 +110,7 @@ def main() -> None:
         threads_before = torch.get_num_threads()
 
         def record(name: str, seconds: list[float]) -> None:
-            result["seconds_per_candidate"][name] = summary(seconds[1:])  # the first one warms up
+            result["seconds_per_candidate"][name] = {**summary(seconds[1:]), "each": [round(x, 4) for x in seconds]}
             path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
             print(f"{name:16s} {result['seconds_per_candidate'][name]}", flush=True)
 
@@ -120,16 +120,20 @@ def main() -> None:
             del timer
             torch.cuda.empty_cache()
         torch.set_num_threads(threads_before)
+        # one actor at a time, each made only when the one before has gone: they all want the one GPU
         actors = {
-            "actor": ray.remote(num_gpus=gpus)(Timer).remote(*setup, threads=1),
-            "actor-groups": ray.remote(num_gpus=gpus, concurrency_groups={"control": 1})(GroupedTimer).remote(*setup, threads=1),
-            "actor-groups-si": ray.remote(num_gpus=gpus, concurrency_groups={"control": 1})(GroupedTimer).remote(
+            "actor": lambda: ray.remote(num_gpus=gpus)(Timer).remote(*setup, threads=1),
+            "actor-groups": lambda: ray.remote(num_gpus=gpus, concurrency_groups={"control": 1})(GroupedTimer).remote(
+                *setup, threads=1),
+            "actor-groups-si": lambda: ray.remote(num_gpus=gpus, concurrency_groups={"control": 1})(GroupedTimer).remote(
                 *setup, threads=1, switch_interval=0.05),
         }
-        for name, actor in actors.items():
+        for name, make in actors.items():
+            actor = make()
             record(name, ray.get(actor.time.remote(candidates)))
             ray.kill(actor)
-            time.sleep(2)  # its GPU memory is freed before the next one loads
+            while ray.available_resources().get("GPU", 0) < gpus:
+                time.sleep(0.5)  # its GPU is free again before the next one loads
         executor = RayExecutor(RayOptions(model=folder, device=args.device, workers=1), driver, windows, args.batch_size)
         try:
             executor.start_workers()
