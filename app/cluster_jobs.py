@@ -9,8 +9,6 @@ it, and can stop it. Ray stays an optional dependency: nothing here imports it b
 from __future__ import annotations
 
 import json
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,24 +34,6 @@ def ray_missing() -> str | None:
     return None
 
 
-def _check_reachable(address: str) -> None:
-    """Fail fast on an address where nothing listens: ray.init would retry it for minutes."""
-    if address == "auto":
-        return
-    client = address.startswith("ray://")
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep and client:
-        host, port = address.removeprefix("ray://"), "10001"  # Ray Client's default port
-    host = host.strip("[]")
-    if not host or not port.isdigit():
-        raise ShedderError(f"Ray address {address!r} should be auto, HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT.")
-    try:
-        socket.create_connection((host, int(port)), timeout=3).close()
-    except OSError as exc:
-        raise ShedderError(f"Nothing answers at {host}:{port} ({exc.strerror or exc}). Is the Ray cluster running? "
-                           f"Start it with `ray start --head --port={port}` (README, Scaling out).") from exc
-
-
 def connect(address: str) -> None:
     """Join the cluster at ``address`` (``auto``: the one started on this machine), leaving another one first."""
     global _connected
@@ -62,25 +42,16 @@ def connect(address: str) -> None:
         raise ShedderError("Give the Ray cluster's address: auto (started on this machine), HOST:PORT or ray://HOST:PORT.")
     import ray
 
-    from shedder.ray_executor import connect as join
+    from shedder.ray_executor import check_reachable, connect as join
 
     with _lock:
         if ray.is_initialized() and _connected == address:
             return
-        _check_reachable(address)
+        check_reachable(address)  # before leaving the cluster joined now
         if ray.is_initialized():
             ray.shutdown()  # a detached search goes on without us
         _connected = None
-        try:
-            join(address)
-        except ShedderError as exc:
-            if address != "auto" and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-                # Ray sends its token only to clusters it finds itself (auto), never to a named address
-                raise ShedderError(f"{exc} If that cluster was started by `ray start --head` (token authentication "
-                                   "by default), start the dashboard with RAY_AUTH_MODE=token and the cluster's token "
-                                   "(~/.ray/auth_token or RAY_AUTH_TOKEN), or use the address auto on the head node."
-                                   ) from exc
-            raise
+        join(address)
         _connected = address
 
 
@@ -101,7 +72,7 @@ def stages_text(stages) -> str:
 
 def make_job(spec: str, dtype: str, trust_remote_code: bool, stages, out_dir: Path, calib: str, tokens: int,
              seq_len: int, batch_size: int, channel_group_size: int | None, channel_reorder: str | None,
-             workers: int, device: str):
+             workers: int, device: str, gpus_per_worker: int = 1):
     """The SearchJob for the Search page's settings: the same search a run in the dashboard makes."""
     from shedder.ray_jobs import SearchJob
 
@@ -113,7 +84,8 @@ def make_job(spec: str, dtype: str, trust_remote_code: bool, stages, out_dir: Pa
     return SearchJob(model=model, stages=stages_text(stages), out_dir=str(out_dir), calib=calib, tokens=tokens,
                      seq_len=seq_len, batch_size=batch_size, dtype=dtype, device=device,
                      trust_remote_code=trust_remote_code, channel_group_size=channel_group_size,
-                     channel_reorder=channel_reorder, workers=workers)
+                     channel_reorder=channel_reorder, workers=workers,
+                     gpus_per_worker=gpus_per_worker)
 
 
 def submit(job, address: str) -> str:

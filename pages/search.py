@@ -81,13 +81,15 @@ total_steps = sum(s.steps for s in stages)
 
 # --- searches on a Ray cluster (app/cluster_jobs.py): submitted here, followed in a fragment ---------
 def submit_to_cluster() -> None:
-    c1, c2, c3 = st.columns([3, 1, 1])
+    c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
     address = c1.text_input("Ray address", value="auto", help=(
         "auto: the cluster started with `ray start --head` on this machine; HOST:6379 for another head node; "
         "ray://HOST:10001 through Ray Client. The cluster writes the search's folder, so it must see this "
         "machine's disk (the same machine, or a shared file system)."))
     workers = int(c2.number_input("Workers", min_value=1, max_value=512, value=2, help="One model replica each"))
-    device = c3.selectbox("Worker device", ["auto", "cpu", "cuda"], help="auto: one GPU per worker when the cluster has GPUs")
+    device = c3.selectbox("Worker device", ["auto", "cpu", "cuda"], help="auto: GPUs for the workers when the cluster has GPUs")
+    gpus = int(c4.number_input("GPUs per worker", min_value=1, max_value=16, value=1, disabled=device == "cpu",
+                               help="Above 1: each replica's layers are spread over that many GPUs (a model too big for one)"))
     label = ("Submit to cluster" if not done else "Finished" if done >= total_steps
              else f"Resume on cluster ({done} of {total_steps} steps done)")
     if busy:
@@ -96,7 +98,8 @@ def submit_to_cluster() -> None:
                  key=f"submit-{label}"):
         try:  # the dashboard's dtype, so that the cluster searches the weights this folder's fingerprint names
             job = cluster_jobs.make_job(choice.spec, cluster_jobs.dtype_name(model), choice.trust_remote_code, stages,
-                                        out_dir, calib, tokens, seq_len, batch_size, group_size, reorder, workers, device)
+                                        out_dir, calib, tokens, seq_len, batch_size, group_size, reorder, workers, device,
+                                        1 if device == "cpu" else gpus)
             cluster_jobs.submit(job, address)
         except ShedderError as exc:
             st.error(str(exc))

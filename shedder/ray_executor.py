@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import os
+import socket
 import time
 import uuid
 from collections import deque
@@ -67,15 +68,41 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     local = address is None and not os.environ.get("RAY_ADDRESS")
+    named = address or os.environ.get("RAY_ADDRESS")
+    if not local:
+        check_reachable(named)
     try:
         if local:
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ShedderError(f"Could not connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
-                           f"{exc}. Start one with `ray start --head` (README, Scaling out).") from exc
+        hint = "Start one with `ray start --head` (README, Scaling out)."
+        if named != "auto" and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            # Ray sends its token only to a cluster it finds itself (auto), never to a named address
+            hint = ("If that cluster was started by `ray start --head` (token authentication by default), set "
+                    "RAY_AUTH_MODE=token and the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN), or use the "
+                    "address auto on the head node.")
+        raise ShedderError(f"Could not connect to the Ray cluster at {named}: {exc}. {hint}") from exc
     return True
+
+
+def check_reachable(address: str) -> None:
+    """Fail fast on an address where nothing listens (ray.init retries one for minutes); ``auto`` passes."""
+    if address == "auto":
+        return
+    client = address.startswith("ray://")
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep and client:
+        host, port = address.removeprefix("ray://"), "10001"  # Ray Client's default port
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ShedderError(f"Ray address {address!r} should be auto, HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT.")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as exc:
+        raise ShedderError(f"Nothing answers at {host}:{port} ({exc.strerror or exc}). Is the Ray cluster running? "
+                           f"Start it with `ray start --head --port={port}` (README, Scaling out).") from exc
 
 
 def worker_dtype(dtype: str, device: str) -> str:

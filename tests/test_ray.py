@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import logging
+import socket
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from shedder.cli import main  # noqa: E402
 from shedder.errors import ShedderError  # noqa: E402
 from shedder.executor import RayOptions  # noqa: E402
 from shedder.loading import load_model  # noqa: E402
-from shedder.ray_executor import RayExecutor  # noqa: E402
+from shedder.ray_executor import RayExecutor, check_reachable  # noqa: E402
 from shedder.ray_jobs import SearchJob, search_progress, submit_search  # noqa: E402
 from shedder.scoring import score  # noqa: E402
 from shedder.search import parse_stages, search  # noqa: E402
@@ -155,3 +156,21 @@ def test_an_open_executor_refuses_other_settings(pool, checkpoint):
     folder, model, windows = checkpoint
     with pytest.raises(ShedderError, match="other batch_size"):
         search(model, windows, parse_stages("block:1"), batch_size=BATCH + 1, executor=pool)
+
+
+def test_a_dead_or_malformed_address_fails_at_once():
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.time()
+    with pytest.raises(ShedderError, match=f"Nothing answers at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")
+    assert time.time() - started < 5
+    with pytest.raises(ShedderError, match="should be auto, HOST:PORT"):
+        check_reachable("headnode")
+
+
+def test_gpus_per_worker_needs_a_cluster_with_gpus(cluster, checkpoint):
+    folder, model, windows = checkpoint
+    with pytest.raises(ShedderError, match="needs GPUs, and the Ray cluster has none"):
+        RayExecutor(RayOptions(model=str(folder), device="auto", workers=1, gpus_per_worker=2), model, windows, BATCH)
