@@ -44,10 +44,13 @@ def balanced_device_map(model: nn.Module, free_bytes: list[int]) -> dict:
     memory = {i: min(share, int(free * 0.9)) for i, free in enumerate(free_bytes)}
     keep_whole = list(getattr(model, "_no_split_modules", None) or [])
     device_map = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=keep_whole)
-    off_gpu = sorted({str(d) for d in device_map.values() if not isinstance(d, int)})
-    if off_gpu:
-        raise ShedderError(f"The model does not fit on the {len(free_bytes)} GPUs (parts would go to "
-                           f"{', '.join(off_gpu)}); use more GPUs per replica or a smaller dtype.")
+    if any(not isinstance(d, int) for d in device_map.values()):
+        gpus = len(free_bytes)
+        if size(model) > sum(memory.values()):
+            raise ShedderError(f"The model does not fit on the {gpus} GPUs; use more GPUs per replica or a smaller dtype.")
+        # e.g. Zamba2: one shared transformer block is part of several layers, which must then stay together
+        raise ShedderError(f"This {model.config.model_type} model cannot be split into whole layers over {gpus} GPUs "
+                           "(layers that share weights stay on one GPU); use GPUs large enough for it alone.")
     return device_map
 
 

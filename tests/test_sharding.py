@@ -39,8 +39,15 @@ def test_device_map_keeps_layers_whole_and_in_order_over_both_gpus(family):
 def test_a_model_too_big_for_the_gpus_is_refused():
     model = build("mamba2")
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    with pytest.raises(ShedderError, match="does not fit on the 2 GPUs"):
+    with pytest.raises(ShedderError, match="does not fit on the 2 GPUs; use more GPUs"):
         balanced_device_map(model, [size // 4, size // 4])
+
+
+def test_layers_sharing_weights_are_not_split_and_say_so():
+    model = build("zamba2")  # its shared transformer block belongs to two layers
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    with pytest.raises(ShedderError, match="cannot be split into whole layers over 2 GPUs"):
+        balanced_device_map(model, [size * 3 // 4, size * 3 // 4])
 
 
 def test_more_gpus_per_worker_needs_gpus():
