@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -175,3 +176,52 @@ def train(model: nn.Module, params: dict[str, nn.Parameter], sampler: WindowSamp
             on_step(record, opt.steps)
     model.eval()
     return state
+
+
+# --- inputs a pruned model silences -------------------------------------------------------------------
+
+def silenced_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Per linear module (by name), its input columns whose weights are all zero.
+
+    A pruned layout keeps some removed heads as zero columns of ``o_proj`` / ``out_proj`` (slots that
+    keep grouped-query attention's groups equal, SSM heads spread unevenly over the B/C groups); the
+    catalogue reads them as removed. Training must leave them zero, or it brings removed heads back.
+    """
+    found = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if type(module) is nn.Linear:
+                zero = (module.weight == 0).all(dim=0)
+                if zero.any():
+                    found[name] = torch.nonzero(zero).flatten()
+    return found
+
+
+@contextmanager
+def inputs_silenced(model: nn.Module, silenced: dict[str, torch.Tensor]):
+    """While inside, zero the silenced input channels before each of those modules (a LoRA wrapper too,
+    so its adapter never learns from them and their weights get no gradient)."""
+
+    def hook_for(columns: torch.Tensor):
+        def zero_inputs(module, args):
+            x = args[0]
+            return (x.index_fill(-1, columns.to(x.device), 0.0), *args[1:])
+
+        return zero_inputs
+
+    hooks = [model.get_submodule(name).register_forward_pre_hook(hook_for(columns))
+             for name, columns in silenced.items()]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@torch.no_grad()
+def zero_silenced_columns(model: nn.Module, silenced: dict[str, torch.Tensor]) -> None:
+    """Zero the silenced columns again (a merged LoRA update covers every column). The model computes
+    what it computed in training inside :func:`inputs_silenced`, because those inputs were zero there."""
+    for name, columns in silenced.items():
+        weight = model.get_submodule(name).weight
+        weight.index_fill_(1, columns.to(weight.device), 0.0)

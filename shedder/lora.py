@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from torch import nn
@@ -113,19 +114,30 @@ def add_lora(model: nn.Module, settings: LoraSettings):
     return wrapped
 
 
-def keep_mixers_off_fused_training_path(model: nn.Module) -> None:
-    """Let LoRA adapters inside Mamba mixers see gradients when the CUDA kernels are installed.
+def _narrowed(mixer: nn.Module) -> bool:
+    """A mixer whose ``out_proj`` reads only some heads of its gated norm (a pruned layout's ``ssm_heads``)."""
+    width = getattr(getattr(mixer, "out_proj", None), "in_features", None)
+    return isinstance(width, int) and width != getattr(mixer, "intermediate_size", width)
+
+
+def keep_mixers_off_fused_training_path(model: nn.Module, hooked: Collection[nn.Module] = ()) -> None:
+    """Keep Mamba mixers that a fused training kernel would get wrong on their unfused path (CUDA kernels
+    installed).
 
     In training mode, transformers' Mamba mixers (the modules with an ``A_log``) hand
-    ``out_proj.weight`` (Mamba-1 also ``x_proj``/``dt_proj``) straight to a fused mamba-ssm kernel,
-    which would bypass an adapter on that projection. The mixers' own ``training`` flag is cleared
-    (not their children's, so LoRA dropout stays on) and they take their unfused path, which is
-    differentiable too. Mixers have no dropout of their own, so nothing else changes.
+    ``out_proj.weight`` (Mamba-1 also ``x_proj``/``dt_proj``) and the gated norm's weight straight to a
+    fused mamba-ssm kernel. That would bypass a LoRA adapter or a forward hook (``hooked``) on those
+    projections, and it cannot run a pruned layout's narrowed ``out_proj`` behind the full-width norm.
+    Those mixers' own ``training`` flag is cleared (not their children's, so LoRA dropout stays on) and
+    they take their unfused path, which is differentiable too. Mixers have no dropout of their own, so
+    nothing else changes.
     """
     from peft.tuners.lora import LoraLayer
 
+    hooked_ids = {id(module) for module in hooked}
     for module in model.modules():
-        if hasattr(module, "A_log") and any(isinstance(m, LoraLayer) for m in module.modules()):
+        if hasattr(module, "A_log") and (_narrowed(module) or any(
+                isinstance(m, LoraLayer) or id(m) in hooked_ids for m in module.modules())):
             module.training = False
 
 

@@ -7,6 +7,7 @@ The paper's third stage. :func:`recover` takes an extracted (physically smaller)
    accuracy) of the dense reference, when one is given or can be found, and of the pruned model;
 2. fine-tunes it on training text (never ``wiki-test``): LoRA adapters through peft
    (:mod:`shedder.lora`), or every weight (:mod:`shedder.finetune`: seeded, checkpointed, resumable);
+   removed heads that a pruned layout keeps as zero columns stay zero (:func:`shedder.finetune.silenced_inputs`);
 3. merges the adapters into the weights, saves the model in the input checkpoint's dtype with its
    tokenizer (and plan), so it loads with plain ``from_pretrained``; measures it again, as saved;
 4. writes ``recovery.json`` (every number, and the share of the pruning loss recovered:
@@ -294,28 +295,33 @@ def _train(model: nn.Module, tokenizer, settings: RecoverySettings, out_dir: Pat
     """Fine-tune ``model``: the final model (LoRA merged), the training state, the number of LoRA
     targets (None for a full fine-tune) and of trainable parameters."""
     from .calibration import calibration_windows
-    from .finetune import Optimisation, WindowSampler, train
+    from .finetune import (Optimisation, WindowSampler, inputs_silenced, silenced_inputs, train,
+                           zero_silenced_columns)
     from .lora import LoraSettings, add_lora, keep_mixers_off_fused_training_path, merge_lora
 
     windows = calibration_windows(settings.data, tokenizer, settings.seq_len)
     sampler = WindowSampler(windows.ids, settings.batch_size, settings.seed)
     opt = Optimisation(settings.steps, settings.lr, settings.warmup, settings.schedule, settings.weight_decay,
                        settings.grad_clip, settings.checkpoint_every)
+    silenced = silenced_inputs(model)  # removed heads a pruned layout keeps as zero columns stay removed
     torch.manual_seed(settings.seed)  # LoRA's initial A and dropout
     if settings.method == "lora":
-        wrapped = add_lora(model, LoraSettings(settings.rank, settings.alpha, settings.dropout,
+        trained = add_lora(model, LoraSettings(settings.rank, settings.alpha, settings.dropout,
                                                settings.target_modules))
-        base = wrapped.model
-        params = {name: p for name, p in wrapped.named_parameters() if p.requires_grad}
-        state = train(wrapped, params, sampler, opt, out_dir / CHECKPOINT,
-                      lambda: keep_mixers_off_fused_training_path(base), True, on_step)
-        n_trainable = sum(p.numel() for p in params.values())
-        return merge_lora(wrapped), state, len(wrapped.targeted_module_names), n_trainable
-    for p in model.parameters():
-        p.requires_grad_(True)
-    params = dict(model.named_parameters())
-    state = train(model, params, sampler, opt, out_dir / CHECKPOINT, on_step=on_step)
-    return model, state, None, sum(p.numel() for p in params.values())
+        base, n_targets = trained.model, len(trained.targeted_module_names)
+        params = {name: p for name, p in trained.named_parameters() if p.requires_grad}
+    else:
+        trained, base, n_targets = model, model, None
+        for p in model.parameters():
+            p.requires_grad_(True)
+        params = dict(model.named_parameters())
+    hooked = [base.get_submodule(name) for name in silenced]
+    with inputs_silenced(base, silenced):
+        state = train(trained, params, sampler, opt, out_dir / CHECKPOINT,
+                      lambda: keep_mixers_off_fused_training_path(base, hooked), settings.method == "lora", on_step)
+    model = merge_lora(trained) if settings.method == "lora" else model
+    zero_silenced_columns(model, silenced)
+    return model, state, n_targets, sum(p.numel() for p in params.values())
 
 
 def _measure_dense(spec: str, evaluation: Evaluation, dtype: str, device: str, progress) -> dict:
