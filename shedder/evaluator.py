@@ -20,6 +20,7 @@ import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -149,9 +150,10 @@ class Evaluator:
         return max(k for k in self._states if k <= layer)
 
     # -- candidates ------------------------------------------------------------------------------
-    def evaluate(self, candidate: Component | None, bound: float = math.inf,
+    def evaluate(self, candidate: Component | None, bound: float | Callable[[], float] = math.inf,
                  resume: CandidateResult | None = None) -> CandidateResult:
-        """NLL sum of ``base + [candidate]``; stops once the partial sum exceeds ``bound``.
+        """NLL sum of ``base + [candidate]``; stops once the partial sum exceeds ``bound`` (a number, or a
+        function read after every batch, for a bound that may fall meanwhile).
 
         ``resume``: an earlier, stopped evaluation of the same candidate to continue from; the sum
         goes on in the same batch order, so the result is the same as evaluating in one go.
@@ -174,7 +176,7 @@ class Evaluator:
                     total += window_nll(self.model, batch).sum()
                     self._count(removed, start, batch)
                     done += batch.shape[0]
-                    if float(total) > bound:
+                    if float(total) > (bound() if callable(bound) else bound):
                         break
         complete = done == len(self.windows)
         return CandidateResult(candidate, float(total), complete, done, len(self.windows), self.windows.seq_len)

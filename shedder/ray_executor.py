@@ -191,11 +191,9 @@ class Replica:
             del self.bounds[old]
 
         def run() -> CandidateResult:
-            result = screened
-            while not result.complete:
-                result = self.evaluator.evaluate(candidate, bound=-math.inf, resume=result)  # one more batch
-                if not result.complete and result.nll_sum > min(bound, self.bounds.get(token, math.inf)):
-                    break
+            # the bound is read after every batch: the driver may have sent a lower one meanwhile
+            result = self.evaluator.evaluate(candidate, lambda: min(bound, self.bounds.get(token, math.inf)),
+                                             resume=screened)
             if result.complete:
                 self.set_bound(token, result.nll_sum)  # a later candidate here may stop on it
             return result

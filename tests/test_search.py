@@ -180,3 +180,18 @@ def test_rerunning_a_search_whose_stage_ran_out_of_candidates_adds_nothing(windo
     assert [c["kind"] for c in first["removed"]] == ["ssm", "ssm", "ssm", "block"]
     again = search(model, windows, stages, tmp_path / "run", batch_size=2)
     assert again["removed"] == first["removed"] and again["work"] == first["work"]
+
+
+def test_a_bound_read_after_every_batch_stops_where_a_fixed_one_would(windows, trained_mamba2):
+    from shedder.evaluator import Evaluator
+
+    evaluator = Evaluator(trained_mamba2, windows, batch_size=1)
+    evaluator.set_base([])
+    candidate = Component("ssm", 3)
+    full = evaluator.evaluate(candidate)
+    first = evaluator.evaluate(candidate, bound=-float("inf"))  # one batch
+    bounds = iter([float("inf"), first.nll_sum * 1.5])  # a bound that falls after the first batch
+    falling = evaluator.evaluate(candidate, lambda: next(bounds, first.nll_sum * 1.5))
+    fixed = evaluator.evaluate(candidate, bound=first.nll_sum * 1.5)
+    assert falling == fixed and not fixed.complete and fixed.windows_done < full.windows_done
+    assert evaluator.evaluate(candidate, lambda: float("inf"), resume=first) == full  # never falls: complete, exact
