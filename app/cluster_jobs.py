@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from shedder.errors import ShedderError
@@ -106,11 +106,9 @@ def submit(job, address: str) -> str:
 
 
 def _write_submitted(out: Path, **fields) -> None:
-    path = out / SUBMITTED_FILE
-    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    record.update(fields)
+    record = {**_read_submitted(out), **fields}
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
+    write_text_atomic(out / SUBMITTED_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def _read_submitted(out: Path) -> dict:
@@ -136,7 +134,7 @@ class ClusterSearch:
     steps_total: int | None
     stopping: bool
     fingerprint: str | None  # of the weights the cluster searches (from the log), once it has started
-    trail: list[dict] = field(default_factory=list)  # per finished step: step, ppl, stage, label
+    trail: list[dict]  # per finished step: step, ppl, stage, label
 
     @property
     def active(self) -> bool:
@@ -145,8 +143,9 @@ class ClusterSearch:
 
 def follow(out_dir: Path, check_alive: bool = True) -> ClusterSearch:
     """The state of the search submitted with ``out_dir``, from its files and (``check_alive``) the cluster."""
-    from shedder.catalogue import Component
     from shedder.ray_jobs import search_progress
+
+    from app.figures import trajectory_point
 
     out = Path(out_dir)
     mine = _read_submitted(out)
@@ -155,7 +154,8 @@ def follow(out_dir: Path, check_alive: bool = True) -> ClusterSearch:
         progress.update(state="pending", error=None)  # job.json is an earlier search's, ours has not started yet
     search = ClusterSearch(out, progress["state"], mine.get("name") or progress["name"], mine.get("address"),
                            progress["error"], progress["steps_done"], progress["steps_total"] or mine.get("steps_total"),
-                           bool(mine.get("stop_requested")), None)
+                           bool(mine.get("stop_requested")), progress["fingerprint"],
+                           [trajectory_point(step) for step in progress["steps"]])
     gone = _why_not_running(search) if search.active and check_alive and search.address else None
     if gone:
         again = search_progress(out)  # it may have ended between the two reads
@@ -163,12 +163,6 @@ def follow(out_dir: Path, check_alive: bool = True) -> ClusterSearch:
             return follow(out, check_alive=False)
         search.state = "lost"
         search.error = f"{gone} Its finished steps are kept: submit it again, or run it here, to resume."
-    log_path = out / "log.json"
-    if log_path.is_file():
-        log = json.loads(log_path.read_text(encoding="utf-8"))
-        search.fingerprint = log["settings"]["fingerprint"]
-        search.trail = [{"step": s["step"] + 1, "ppl": s["ppl"], "stage": s["stage"],
-                         "label": str(Component.from_dict(s["removed"]))} for s in log["steps"]]
     return search
 
 

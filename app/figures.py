@@ -74,6 +74,14 @@ def group_heatmap(layers: list[int], groups: int, values: dict[tuple[int, int], 
     return fig
 
 
+def trajectory_point(step: dict) -> dict:
+    """A search step (as in ``log.json`` or ``on_step``) as a point of :func:`search_trajectory`."""
+    from shedder.catalogue import Component
+
+    return {"step": step["step"] + 1, "ppl": step["ppl"], "stage": step["stage"],
+            "label": str(Component.from_dict(step["removed"]))}
+
+
 def search_trajectory(points: list[dict], selected: int | None = None) -> go.Figure:
     """Perplexity after each search step (``points``: step, ppl, label, stage), step 0 = the start."""
     fig = go.Figure(go.Scatter(

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app import cluster_jobs, store
-from app.figures import pareto_chart, search_trajectory
+from app.figures import pareto_chart, search_trajectory, trajectory_point
 from app.pareto import X_AXES, Y_AXES, axes_points, plan_points
 from app.measures import accuracy_settings, latency_settings
 from app.sidebar import model_or_stop, model_sidebar
@@ -203,8 +203,7 @@ if run:
 
     def on_step(step: dict) -> None:
         steps_seen[0] += 1
-        trail.append({"step": step["step"] + 1, "ppl": step["ppl"], "stage": step["stage"],
-                      "label": str(Component.from_dict(step["removed"]))})
+        trail.append(trajectory_point(step))
         live.plotly_chart(search_trajectory(trail), width="stretch", key=f"live-{len(trail)}")
         removed_so_far.caption("Removed so far: " + ", ".join(f"{t['label']} (perplexity {t['ppl']:.3f})" for t in trail))
 
@@ -254,8 +253,7 @@ except ShedderError as exc:
     st.error(str(exc))
     st.stop()
 trajectory = [{"step": 0, "ppl": start_ppl, "stage": 0, "label": "nothing removed", "params": 0}]
-trajectory += [{"step": step["step"] + 1, "ppl": step["ppl"], "stage": step["stage"],
-                "label": str(Component.from_dict(step["removed"])), "params": step["params_removed"]} for step in log["steps"]]
+trajectory += [{**trajectory_point(step), "params": step["params_removed"]} for step in log["steps"]]
 if len(trajectory) == 1:
     st.info("This search has not finished a step yet.")
     st.stop()

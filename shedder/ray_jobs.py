@@ -116,15 +116,18 @@ def stop_search(name: str, address: str | None = "auto") -> None:
 
 def search_progress(out_dir: str | Path) -> dict:
     """State of a submitted search from its files: ``state`` (``pending``, ``running``, ``finished``,
-    ``stopped``, ``failed``), ``error``, ``steps_done``, ``steps_total`` and per finished step its pick,
-    perplexity and seconds."""
+    ``stopped``, ``failed``), ``error``, ``steps_done``, ``steps_total``, the searched weights'
+    ``fingerprint`` (once started) and per finished step its pick, stage, perplexity and seconds."""
     out = Path(out_dir)
     job = json.loads((out / JOB_FILE).read_text(encoding="utf-8")) if (out / JOB_FILE).is_file() else {}
     log_path = out / "log.json"
-    steps = json.loads(log_path.read_text(encoding="utf-8"))["steps"] if log_path.is_file() else []
+    log = json.loads(log_path.read_text(encoding="utf-8")) if log_path.is_file() else {"steps": []}
+    steps = log["steps"]
     return {
         "state": job.get("state", "pending"), "error": job.get("error"), "name": job.get("name"),
         "steps_done": len(steps), "steps_total": job.get("steps_total"),
-        "steps": [{"step": s["step"], "removed": s["removed"], "ppl": s["ppl"], "seconds": s["seconds"]} for s in steps],
+        "fingerprint": log.get("settings", {}).get("fingerprint"),
+        "steps": [{"step": s["step"], "removed": s["removed"], "stage": s["stage"], "ppl": s["ppl"],
+                   "seconds": s["seconds"]} for s in steps],
         "plan": str(out / "plan.json") if (out / "plan.json").is_file() else None,
     }
