@@ -29,11 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ray  # noqa: E402
 
 from ray_scaling import save_checkpoint  # noqa: E402
+from search_cost import sync  # noqa: E402
 from shedder.calibration import cut_windows  # noqa: E402
 from shedder.evaluator import Evaluator  # noqa: E402
 from shedder.executor import RayOptions  # noqa: E402
 from shedder.loading import load_model  # noqa: E402
 from shedder.masks import catalogue_of  # noqa: E402
+from shedder.perplexity import model_device  # noqa: E402
 from shedder.ray_executor import RayExecutor  # noqa: E402
 from shedder.search import candidates_for  # noqa: E402
 
@@ -50,23 +52,19 @@ class Timer:
         if switch_interval:
             sys.setswitchinterval(switch_interval)
         self.model, _ = load_model(folder, dtype, device)
+        self.device = model_device(self.model)
         self.evaluator = Evaluator(self.model, windows, batch_size)
         self.evaluator.set_base([])
 
     def time(self, candidates) -> list[float]:
         seconds = []
         for candidate in candidates:
-            sync()
+            sync(self.device)
             start = time.perf_counter()
             self.evaluator.evaluate(candidate)
-            sync()
+            sync(self.device)
             seconds.append(time.perf_counter() - start)
         return seconds
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 class GroupedTimer(Timer):
