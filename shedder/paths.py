@@ -39,3 +39,24 @@ def required_package_dir(import_name: str, what: str, pip: str, extra_hint: str 
         raise ShedderError(f"{what} is not installed. Run the README's set-up, or `pip install --no-deps {pip}`"
                            f"{extra_hint}.")
     return folder
+
+
+def data_root() -> Path:
+    """The folder that paths typed into the dashboard must stay inside: ``SHEDDER_DATA_ROOT``, else the
+    results cache (:func:`cache_dir`). The cache is always allowed too: the dashboard writes there itself."""
+    configured = os.environ.get("SHEDDER_DATA_ROOT", "").strip()
+    return Path(configured).expanduser().resolve() if configured else cache_dir().resolve()
+
+
+def inside_data_root(path: str | Path, what: str = "The path") -> Path:
+    """``path`` made absolute (a relative one is taken from :func:`data_root`), links and '..' resolved; a
+    ShedderError naming the allowed folder when it lies outside it (and outside the cache)."""
+    text = str(path).strip()
+    if not text:
+        raise ShedderError(f"{what} is empty.")
+    root = data_root()
+    resolved = (root / Path(text).expanduser()).resolve()
+    if not any(resolved.is_relative_to(allowed) for allowed in (root, cache_dir().resolve())):
+        raise ShedderError(f"{what} {text!r} ({resolved}) is outside the data folder {root}. Use a path inside it, "
+                           "or start the dashboard with SHEDDER_DATA_ROOT set to a folder that contains it.")
+    return resolved
