@@ -1,6 +1,7 @@
 """The sidebar every page shares: which model is loaded, and how."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import streamlit as st
@@ -10,6 +11,8 @@ from shedder.loading import zoo_names
 from shedder.model_folders import local_models
 
 from .state import ModelChoice, catalogue, current_choice, loaded
+
+log = logging.getLogger(__name__)
 
 REMOTE_CODE_HELP = (
     "Some hub models (e.g. Hymba) ship Python code that transformers runs on load. Allow it only for "
@@ -57,7 +60,26 @@ def model_or_stop(choice: ModelChoice):
         st.stop()
     try:
         model, tokenizer = loaded(choice)
-        return model, tokenizer, catalogue(choice)
+        cat = catalogue(choice)
     except ShedderError as exc:
-        st.error(str(exc))
-        st.stop()
+        _load_failed(choice, str(exc))
+    except Exception as exc:  # noqa: BLE001  (a downloaded folder can hold anything: say so, never a traceback)
+        log.warning("Loading %s failed", choice.spec, exc_info=True)
+        text = str(exc).strip()
+        text = text if len(text) <= 600 else text[:600] + " ..."
+        _load_failed(choice, f"Could not load {choice.spec!r} ({type(exc).__name__}): {text}")
+    st.session_state["last_loaded_choice"] = choice
+    return model, tokenizer, cat
+
+
+def _load_failed(choice: ModelChoice, message: str) -> None:
+    """Show why the chosen model did not load, offer the last one that did, and stop the page."""
+    st.error(message)
+    previous = st.session_state.get("last_loaded_choice")
+    if previous is not None and previous != choice:
+        if st.button(f"Back to {previous.spec}", help="The model loaded before this one"):
+            st.session_state.model_choice = previous
+            st.rerun()
+    else:
+        st.info("Choose another model in the sidebar.")
+    st.stop()

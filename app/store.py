@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from shedder.errors import ShedderError
 from shedder.paths import cache_dir
 from shedder.plan import Plan
 
+log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -55,10 +57,18 @@ def plans_root(fingerprint: str) -> Path:
     return cache_dir() / "plans" / fingerprint
 
 
+MAX_NAME = 100  # characters of a plan's name: far inside every file system's 255-byte limit on a file name
+NAME_RULE = f"letters, digits, '.', '_', '+' or '-'; other characters become '-'; at most {MAX_NAME} characters"
+
+
 def plan_name(text: str) -> str:
+    """The name a plan is stored under (its file name without ``.json``)."""
     name = _slug(text.strip())
     if not name:
-        raise ShedderError("Give the plan a name (letters, digits, '.', '_', '+' or '-').")
+        raise ShedderError(f"Give the plan a name ({NAME_RULE}).")
+    if len(name) > MAX_NAME:
+        raise ShedderError(f"A plan's name has at most {MAX_NAME} characters; this one has {len(name)}. "
+                           "Choose a shorter name.")
     return name
 
 
@@ -67,15 +77,29 @@ def saved_plans(fingerprint: str) -> dict[str, Plan]:
     root = plans_root(fingerprint)
     if not root.is_dir():
         return {}
-    return {path.stem: Plan.load(path) for path in sorted(root.glob("*.json"))}
+    plans = {}
+    for path in sorted(root.glob("*.json")):
+        try:
+            plans[path.stem] = Plan.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except Exception as exc:  # noqa: BLE001  (a damaged file must not hide the others)
+            log.warning("Skipping the unreadable saved plan %s: %s", path, exc)
+    return plans
 
 
-def save_plan(fingerprint: str, name: str, plan: Plan) -> str:
-    name = plan_name(name)
+def save_plan(fingerprint: str, name: str, plan: Plan, replace: bool = False) -> str:
+    """Store ``plan`` under ``name`` as :func:`plan_name` spells it. A saved plan of that name (in any letter
+    case: some file systems ignore it) is replaced only with ``replace``; otherwise a ShedderError says so."""
+    stored = plan_name(name)
     root = plans_root(fingerprint)
     root.mkdir(parents=True, exist_ok=True)
-    plan.save(root / f"{name}.json")
-    return name
+    taken = [p for p in root.glob("*.json") if p.stem.lower() == stored.lower()]
+    if taken and not replace:
+        spelt = f" ('{name.strip()}' is stored as {stored})" if name.strip() != stored else ""
+        raise ShedderError(f"A saved plan is already named {taken[0].stem}{spelt}: choose another name, or tick "
+                           "'Replace a saved plan of that name'.")
+    target = taken[0] if taken else root / f"{stored}.json"  # replaced in place, under its own spelling
+    plan.save(target)
+    return target.stem
 
 
 def delete_plan(fingerprint: str, name: str) -> None:

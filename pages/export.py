@@ -1,11 +1,11 @@
 """Export & compare: download and upload plans, extract the pruned model, compare saved plans."""
 import json
-from pathlib import Path
+from dataclasses import replace
 
 import pandas as pd
 import streamlit as st
 
-from app import store
+from app import plan_io, store
 from app.figures import accuracy_bars
 from app.measures import accuracy, accuracy_settings, use_accuracy_settings
 from app.sidebar import model_or_stop, model_sidebar
@@ -13,9 +13,10 @@ from app.state import current_plan, fingerprint, new_plan, params_freed, plan_pe
 from shedder.errors import ShedderError
 from shedder.extract import extract
 from shedder.masks import model_lock
-from shedder.paths import cache_dir
+from shedder.model_folders import extracted_dir
+from shedder.paths import data_root, inside_data_root
 from shedder.plan import Plan
-from shedder.reference_format import from_reference, is_reference_config, to_reference
+from shedder.reference_format import to_reference
 from shedder.tasks import PAPER_TASKS
 
 choice = model_sidebar()
@@ -30,14 +31,7 @@ def freed(p: Plan) -> int:
 
 
 def save_box(p: Plan, key: str, default: str) -> None:
-    c1, c2 = st.columns([3, 1])
-    # keyed by the plan too, so another plan gets its own default name
-    name = c1.text_input("Name", value=default, key=f"name-{key}-{hash(tuple(p.removed))}", label_visibility="collapsed")
-    if c2.button("Save as a named plan", key=f"save-{key}"):
-        try:
-            st.success(f"Saved as {store.save_plan(fp, name, p)}.")
-        except ShedderError as exc:
-            st.error(str(exc))
+    plan_io.save_box(fp, p, key, default)
 
 
 # --- the current plan ----------------------------------------------------------------------------
@@ -62,42 +56,57 @@ if plan.removed:
 
 # --- upload --------------------------------------------------------------------------------------
 st.subheader("Load a plan")
-upload = st.file_uploader("A plan file: ours, or the reference code's pruning_config.json", type=["json"])
+upload = st.file_uploader("A plan file: ours, or the reference code's pruning_config.json", type=["json"],
+                          help=f"At most {plan_io.MAX_UPLOAD_BYTES:,} bytes")
 if upload is not None:
     try:
-        data = json.loads(upload.getvalue().decode("utf-8"))
-        if is_reference_config(data):
-            uploaded = from_reference(data, model)
-        else:
-            uploaded = Plan.from_dict(data)
-            uploaded.check(model)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        st.error(f"{upload.name} is not a JSON file ({exc}).")
+        uploaded = plan_io.read_upload(upload.name, upload.getvalue(), model, fp)
     except ShedderError as exc:
-        st.error(f"{upload.name} does not fit the loaded {cat.model_type} model: {exc}")
+        st.error(str(exc))
     else:
-        st.success(f"{upload.name} fits this model: {len(uploaded.removed)} removals "
-                   f"({', '.join(map(str, uploaded.removed[:12]))}{' ...' if len(uploaded.removed) > 12 else ''}).")
-        if uploaded.fingerprint and uploaded.fingerprint != fp:
-            st.warning("It was made for a model of this shape with other weights (e.g. another checkpoint or dtype): "
-                       "its removals apply, but a search on these weights could choose differently.")
-        if st.button("Make it the current plan"):
-            set_plan(choice, uploaded)
-            st.rerun()
-        save_box(uploaded, "uploaded", upload.name.removesuffix(".json"))
+        st.success(f"{upload.name} fits this model: {len(uploaded.plan.removed)} removals "
+                   f"({', '.join(map(str, uploaded.plan.removed[:12]))}"
+                   f"{' ...' if len(uploaded.plan.removed) > 12 else ''}).")
+        if uploaded.dropped:
+            st.info(f"Not part of a plan, so not kept (nor saved): {', '.join(uploaded.dropped)}.")
+        confirmed = not uploaded.needs_confirmation
+        if uploaded.mapping is not None:
+            st.warning(f"A reference config names no model: its indices count the layers that hold each kind, so on "
+                       f"this {cat.model_type} they mean the components below. A config made for another layout "
+                       "(e.g. a Mamba-2's on a hybrid) means other layers here: check before using it.")
+            st.dataframe(uploaded.mapping, hide_index=True)
+            confirmed = st.checkbox("The mapping is what I meant", key=f"confirm-{uploaded.digest}")
+        elif uploaded.other_weights:
+            st.warning(uploaded.other_weights)
+            confirmed = st.checkbox("Use it on these weights anyway", key=f"confirm-{uploaded.digest}")
+        if confirmed:
+            adopted = replace(uploaded.plan, fingerprint=fp)  # from now on a plan for these weights
+            if st.button("Make it the current plan"):
+                set_plan(choice, adopted)
+                st.rerun()
+            save_box(adopted, "uploaded", upload.name.removesuffix(".json"))
+        else:
+            st.caption("Tick the box above to make it the current plan or save it.")
 
 # --- extraction ----------------------------------------------------------------------------------
 st.subheader("Extract the pruned model")
 st.caption("Writes a physically smaller model (the removed parts deleted, the config rewritten) that loads "
            "without shedder. Masks alone make nothing smaller or faster.")
-default_folder = cache_dir() / "extracted" / f"{cat.model_type}-{fp[:8]}-{len(plan.removed)}removed"
-if default_folder.is_relative_to(Path.cwd()):
-    default_folder = default_folder.relative_to(Path.cwd())
-folder = st.text_input("Folder", value=str(default_folder))
-if st.button("Extract", disabled=not plan.removed):
+default_folder = extracted_dir() / f"{cat.model_type}-{fp[:8]}-{len(plan.removed)}removed"
+if default_folder.resolve().is_relative_to(data_root()):
+    default_folder = default_folder.resolve().relative_to(data_root())
+folder = st.text_input("Folder", value=str(default_folder), help=f"Inside {data_root()} (relative paths start "
+                       "there); SHEDDER_DATA_ROOT sets that folder")
+try:
+    target = inside_data_root(folder, "The folder")
+    st.caption(f"Writes to `{target}`")
+except ShedderError as exc:
+    target = None
+    st.error(str(exc))
+if st.button("Extract", disabled=not plan.removed or target is None):
     try:
         with st.spinner("Extracting ..."), model_lock(model):  # never copy weights another session has masked
-            result = extract(model, tokenizer, plan, folder)
+            result = extract(model, tokenizer, plan, target)
         st.success(f"Wrote {result.out_dir}: {result.params_before:,} -> {result.params_after:,} parameters "
                    f"({1 - result.params_after / result.params_before:.1%} fewer).")
         remote = ", trust_remote_code=True" if getattr(result, "needs_remote_code", False) else ""

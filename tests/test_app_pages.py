@@ -114,7 +114,8 @@ def test_search_runs_shows_steps_and_hands_a_step_to_the_playground(bamba_dir):
     assert float(metrics(again)["perplexity"]) == pytest.approx(log["steps"][0]["ppl"], abs=6e-4)
 
 
-def test_export_uploads_extracts_saves_and_compares(bamba_dir, tmp_path):
+def test_export_uploads_extracts_saves_and_compares(bamba_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHEDDER_DATA_ROOT", str(tmp_path))
     at = open_page(bamba_dir, "pages/export.py")
     assert "Nothing is removed yet" in at.info[0].value
     model, _ = load_model(str(bamba_dir))
@@ -134,9 +135,11 @@ def test_export_uploads_extracts_saves_and_compares(bamba_dir, tmp_path):
     reference = {"pruned_mamba_block_idx": [0], "pruned_ssm_idx": [1]}
     at.file_uploader[0].set_value(("pruning_config.json", json.dumps(reference).encode(), "application/json")).run()
     assert "fits this model: 2 removals" in at.success[0].value
+    assert list(at.dataframe[0].value["here"]) == ["block@0", "ssm@2"]  # the mapping, shown
+    next(c for c in at.checkbox if c.label == "The mapping is what I meant").check().run()
     button(at, "Make it the current plan").click().run()
     assert not at.exception, at.exception
-    assert not at.warning
+    assert not any("cannot express" in w.value for w in at.warning)
     assert "block@0, ssm@2" in at.markdown[0].value  # ordinal 1 among the SSM layers is layer 2
 
     next(b for b in at.button if b.label == "Save as a named plan").click().run()
