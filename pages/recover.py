@@ -6,9 +6,16 @@ import streamlit as st
 from app.recover_state import extract_plan, loss_curve, metrics_table, plan_folder, run_folder
 from app.sidebar import model_or_stop, model_sidebar
 from app.state import ModelChoice, current_plan
+from shedder.calibration import HUB_SOURCES
 from shedder.errors import ShedderError
+from shedder.loading import zoo_names
 from shedder.model_folders import local_models, read_json
+from shedder.paths import data_root, inside_data_root
 from shedder.recover import DEFAULT_LR, LOG_FILE, RESULT_FILE, Evaluation, RecoverySettings, recover
+
+TEXT_NAMES = ("wiki", "wiki-train", "wiki-test", *HUB_SOURCES)
+INSIDE_ROOT = (f"Paths stay inside {data_root()} (relative ones start there) or the cache; SHEDDER_DATA_ROOT "
+               "sets that folder.")
 
 choice = model_sidebar()
 st.title("Recovery")
@@ -30,9 +37,13 @@ if what == "the current plan":
     source = str(plan_folder(plan))
 else:
     extracted = {m.path: m for m in local_models() if m.kind == "extracted"}
-    other = st.text_input("Model folder (empty: choose one the dashboard extracted)", "").strip()
+    other = st.text_input("Model folder (empty: choose one the dashboard extracted)", "", help=INSIDE_ROOT).strip()
     if other:
-        source = other
+        try:
+            source = str(inside_data_root(other, "The model folder"))
+        except ShedderError as exc:
+            st.error(str(exc))
+            st.stop()
     elif extracted:
         source = st.selectbox("Extracted model", list(extracted),
                               format_func=lambda p: f"{Path(p).name}: {extracted[p].description}")
@@ -48,17 +59,25 @@ lr = c3.number_input("Peak learning rate", min_value=1e-7, max_value=1.0, value=
 batch_size = int(c4.selectbox("Windows per step", [1, 2, 4, 8, 16, 32, 64], index=3))
 c1, c2, c3, c4 = st.columns(4)
 seq_len = int(c1.select_slider("Window (tokens)", [32, 64, 128, 256, 512, 1024, 2048], value=512))
-data = c2.text_input("Training text", "wiki", help="wiki (the training split), or a path to a .txt file")
+data = c2.text_input("Training text", "wiki", help=f"wiki (the training split), or a path to a .txt file. {INSIDE_ROOT}")
 eval_tokens = c3.select_slider("Held-out tokens", ["512", "2048", "8192", "32768", "131072", "all"], value="32768")
 dense_text = c4.text_input("Dense reference", dense or "", disabled=dense is not None,
-                           help="The unpruned model (zoo name or folder); empty: found from the folder's plan.json")
+                           help="The unpruned model (zoo name or folder); empty: found from the folder's plan.json. "
+                           + INSIDE_ROOT)
 with st.expander("More settings"):
     c1, c2, c3, c4 = st.columns(4)
     rank = int(c1.number_input("LoRA rank", min_value=1, max_value=1024, value=16))
     alpha = float(c2.number_input("LoRA alpha", min_value=0.1, value=32.0))
     seed = int(c3.number_input("Seed", min_value=0, value=0))
     every = int(c4.number_input("Checkpoint every (steps)", min_value=0, value=50))
-dense = dense or dense_text or None
+try:  # typed paths stay inside the data folder; names of texts and zoo models are not paths
+    data = data.strip() if data.strip() in TEXT_NAMES else str(inside_data_root(data, "The training text"))
+    if dense is None and dense_text.strip() and dense_text.strip() not in zoo_names():
+        dense_text = str(inside_data_root(dense_text, "The dense reference"))
+except ShedderError as exc:
+    st.error(str(exc))
+    st.stop()
+dense = dense or dense_text.strip() or None
 settings = RecoverySettings(method=method, data=data, steps=steps, lr=lr, batch_size=batch_size, seq_len=seq_len,
                             seed=seed, rank=rank, alpha=alpha, checkpoint_every=every)
 evaluation = Evaluation(tokens=None if eval_tokens == "all" else int(eval_tokens), seq_len=seq_len)
@@ -71,8 +90,10 @@ except ShedderError as exc:
 finished = read_json(folder / RESULT_FILE)
 started = folder.is_dir() and not finished
 label = "Show the result" if finished else ("Continue recovery" if started else "Start recovery")
-st.caption(f"Runs in `{folder}`. Any click elsewhere stops it; pressing the button again continues from its "
-           "last checkpoint.")
+st.caption(f"Runs in and writes the recovered model to `{folder.resolve()}`. Any click elsewhere stops it; pressing "
+           "the button again continues from its last checkpoint. Code shipped in a model folder runs only when *Allow "
+           f"remote code* is ticked in the sidebar (now {'ticked' if choice.trust_remote_code else 'not ticked'}) or "
+           "the folder is shedder's own extraction.")
 if not finished and st.button(label, type="primary"):
     bar = st.progress(0.0, text="Preparing ...")
     chart = st.empty()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import cluster_jobs, store
+from app import cluster_jobs, plan_io, store
 from app.figures import pareto_chart, search_trajectory, trajectory_point
 from app.pareto import X_AXES, Y_AXES, axes_points, plan_points
 from app.measures import accuracy_settings, latency_settings
@@ -274,12 +274,7 @@ if c1.button("Use in Playground", help="Make this the current plan (Playground, 
     st.success(f"The Playground now removes the {len(plan.removed)} components of step {chosen}.")
 c2.download_button("Download plan", json.dumps(plan.to_dict(), indent=1), file_name=f"plan_step{chosen:03d}.json",
                    mime="application/json")
-name = c3.text_input("Name", value=f"{run_dir.name.rsplit('-', 1)[0]}-step{chosen}", label_visibility="collapsed")
-if c4.button("Save plan"):
-    try:
-        st.success(f"Saved as {store.save_plan(fp, name, plan)}.")
-    except ShedderError as exc:
-        st.error(str(exc))
+plan_io.save_box(fp, plan, "search-step", f"{run_dir.name.rsplit('-', 1)[0]}-step{chosen}", "Save plan", (c3, c4))
 
 with st.expander("Every step"):
     st.dataframe(pd.DataFrame([{

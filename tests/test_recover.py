@@ -210,13 +210,14 @@ def test_dense_reference_is_found_in_the_zoo_and_dashboard_folders_are_listed(mo
     assert "won back" in listed[0].description
 
 
-def test_recovery_page_recovers_a_model_and_offers_it_in_the_sidebar(models):
+def test_recovery_page_recovers_a_model_and_offers_it_in_the_sidebar(models, monkeypatch):
     import shutil
 
     from streamlit.testing.v1 import AppTest
 
     from app.state import ModelChoice
 
+    monkeypatch.setenv("SHEDDER_DATA_ROOT", str(models["root"]))  # the text and the dense model typed below
     shutil.copytree(models["pruned"], extracted_dir() / "tiny-pruned")
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=300)
     at.session_state["model_choice"] = ModelChoice(str(models["dense"]), device="cpu")
