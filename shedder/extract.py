@@ -49,17 +49,15 @@ from .catalogue import Component
 from .errors import ShedderError
 from .extract_layers import Layers, build_smaller
 from .extract_ops import plan_layers, plan_ops, uniform_mlp_width
+from .folder_lock import output_lock
 from .identity import model_fingerprint
 from .masks import catalogue_of
+from .paths import UMASK
 from .plan import Plan
-from .pruned_modeling import FILES as MODEL_FILES, model_file_text
+from .pruned_modeling import AUTO_MAP, FILES as MODEL_FILES, model_file_text
 from .pruned_modeling.pruned_layers import apply_op
 
 log = logging.getLogger(__name__)
-
-PRUNED_MODEL_CLASS = "modeling_shedder_pruned.ShedderPrunedForCausalLM"
-PRUNED_CONFIG_CLASS = "modeling_shedder_pruned.ShedderPrunedConfig"
-
 
 @dataclass
 class ExtractResult:
@@ -140,7 +138,7 @@ def _write_model_code(directory: Path, model_type: str, model_class: str, ops: d
     path = directory / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config.update(model_type=f"shedder_pruned_{model_type}", architectures=[f"ShedderPruned{model_class}"],
-                  auto_map={"AutoConfig": PRUNED_CONFIG_CLASS, "AutoModelForCausalLM": PRUNED_MODEL_CLASS},
+                  auto_map=AUTO_MAP,
                   pruned_layout=saved_layout(ops))
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -215,37 +213,64 @@ def _write(done: Extraction, tokenizer, plan: Plan, card: str, directory: Path) 
     (directory / "README.md").write_text(card, encoding="utf-8")
 
 
+PARTIAL = ".partial"
+
+
+def _remove_left_behind(out_dir: Path) -> None:
+    """Staging folders of earlier extractions into ``out_dir`` that were killed before they could clean up
+    (the caller holds the folder's lock, so none of them is still being written)."""
+    for folder in out_dir.parent.glob(f".{out_dir.name}.*{PARTIAL}"):
+        log.info("Removing %s, left behind by an interrupted extraction.", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ShedderError(f"{out_dir} already exists and is not an empty folder; choose a new output folder.")
 
 
-def extract(model: nn.Module, tokenizer, plan: Plan, out_dir: str | Path) -> ExtractResult:
-    """Write ``model`` without the plan's removed components to ``out_dir`` (which must be new or empty)."""
+def extract(model: nn.Module, tokenizer, plan: Plan, out_dir: str | Path,
+            allow_other_weights: bool = False) -> ExtractResult:
+    """Write ``model`` without the plan's removed components to ``out_dir`` (which must be new or empty).
+
+    A plan made for other weights of the same architecture is refused unless ``allow_other_weights`` (a
+    plan searched on a base model, applied to its fine-tune); the written ``plan.json`` always names the
+    weights extracted here, and such a plan's own model under ``made_for``."""
+    from .paths import check_output_dir
+
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
+    check_output_dir(out_dir)
+    plan.check(model, strict_weights=not allow_other_weights)
     done = extraction(model, plan)
     n_layers = done.layers.n_layers
+    own = model_fingerprint(model)
+    made_for = {"made_for": {"model_type": plan.model_type, "n_layers": plan.n_layers,
+                             "fingerprint": plan.fingerprint}} if plan.fingerprint not in (None, own) else {}
     plan = replace(plan, model_type=plan.model_type or model.config.model_type,
-                   n_layers=n_layers if plan.n_layers is None else plan.n_layers)
+                   n_layers=n_layers if plan.n_layers is None else plan.n_layers, fingerprint=own,
+                   extra={**plan.extra, **made_for})
     before, after = count_params(model), count_params(done.model)
     card = model_card(model.config.model_type, done, plan, before, after)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
+    with output_lock(out_dir, "extraction"):
+        _remove_left_behind(out_dir)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=PARTIAL, dir=out_dir.parent))
         try:
-            _write(done, tokenizer, plan, card, staging)
-        except OSError as exc:
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise ShedderError(f"Could not write the extracted model next to {out_dir}: {reason}. Nothing was "
-                               "written; free some space or choose another folder.") from exc
-        _check_out_dir(out_dir)
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            try:
+                _write(done, tokenizer, plan, card, staging)
+            except OSError as exc:
+                reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+                raise ShedderError(f"Could not write the extracted model next to {out_dir}: {reason}. Nothing "
+                                   "was written; free some space or choose another folder.") from exc
+            _check_out_dir(out_dir)
+            if out_dir.exists():
+                out_dir.rmdir()
+            staging.chmod(0o777 & ~UMASK)  # mkdtemp's folder is private; the model is an ordinary folder
+            staging.rename(out_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     log.info("Extracted %s: %d -> %d layers, %d -> %d parameters, written to %s", model.config.model_type,
              n_layers, len(done.layers.kept), before, after, out_dir)
     return ExtractResult(out_dir, before, after, list(plan.removed), needs_remote_code=not done.stock)

@@ -1,18 +1,20 @@
 """Loading a model and its tokenizer from a zoo name, a local directory or a hub id."""
 from __future__ import annotations
 
-import json
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from .adapters import PRUNED_PREFIX, adapter_for, supported_model_types
+from .adapters import adapter_for, supported_model_types
 from .errors import ShedderError
 from .paths import REPO_ROOT
 from .sharding import SPREAD, spread_over_gpus
+from .trust import may_run_code, not_own_extraction
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,16 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ShedderError(f"Device {device!r} asked for, but no CUDA GPU is available; use --device cpu.")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda", "mps"):
+        raise ShedderError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N, mps or {SPREAD}.")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ShedderError(f"Device {device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                           f"cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -51,31 +62,6 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def runs_shedders_own_code(source: str) -> bool:
-    """Whether ``source`` is a folder written by ``shedder extract`` with a pruned layout whose model code is
-    byte for byte shedder's own template (``shedder.pruned_modeling``).
-
-    Loading such a folder runs that code, so it needs ``trust_remote_code``. Code identical to the
-    installed shedder's is no more foreign than shedder itself, so shedder loads those folders without the
-    flag; a folder whose code differs in any byte (edited, or written by another shedder version) needs
-    ``--trust-remote-code`` like any remote code."""
-    from .pruned_modeling import FILES, model_file_text
-
-    path = Path(source).expanduser()
-    try:
-        model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", "")
-        if not (isinstance(model_type, str) and model_type.startswith(PRUNED_PREFIX)):
-            return False
-        family = model_type.removeprefix(PRUNED_PREFIX)
-        return all((path / name).read_bytes() == model_file_text(name, family).encode("utf-8") for name in FILES)
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _trusted(source: str, trust_remote_code: bool) -> bool:
-    return trust_remote_code or runs_shedders_own_code(source)
-
-
 def load_config(spec: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
@@ -88,15 +74,12 @@ def load_config(spec: str, trust_remote_code: bool = False):
     path = Path(source).expanduser()
     if path.exists() and not (path / "config.json").is_file():
         raise ShedderError(f"{path} exists but holds no config.json; point at a saved transformers model folder.")
-    trust_remote_code = _trusted(source, trust_remote_code)
+    allowed = may_run_code(source, trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=allowed)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise ShedderError(
-                f"{spec!r} needs code from its repository to load. Only allow that for sources you trust: "
-                "pass --trust-remote-code (or tick the opt-in in the dashboard)."
-            ) from exc
+            raise ShedderError(_needs_code(spec, source)) from exc
         raise ShedderError(f"Could not read the config of {spec!r}: {exc}") from exc
     except OSError as exc:
         where = "the hub is offline (HF_HUB_OFFLINE=1)" if _offline() else "the hub did not answer"
@@ -106,6 +89,13 @@ def load_config(spec: str, trust_remote_code: bool = False):
         ) from exc
     adapter_for(config.model_type)  # fail early, before loading weights, for unsupported families
     return config
+
+
+def _needs_code(spec: str, source: str) -> str:
+    folder = Path(source).expanduser()
+    why = f" It is not shedder's own extraction: {not_own_extraction(source)}." if folder.is_dir() else ""
+    return (f"{spec!r} needs code from its folder or repository to load, and code runs only with your consent.{why} "
+            "Only allow that for sources you trust: pass --trust-remote-code (or tick the opt-in in the dashboard).")
 
 
 def load_model(spec: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
@@ -118,24 +108,53 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", trust_remot
         return _load_foreign(spec, foreign, dtype, device)
     config = load_config(spec, trust_remote_code)
     source = resolve_source(spec)
-    trust_remote_code = _trusted(source, trust_remote_code)
+    allowed = may_run_code(source, trust_remote_code)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=allowed)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ShedderError(_needs_code(spec, source)) from exc
         raise ShedderError(f"{spec!r} has no usable tokenizer ({exc}); save one next to the model.") from exc
+    except OSError as exc:
+        raise ShedderError(f"{spec!r} has no usable tokenizer ({exc}); save one next to the model.") from exc
+    _require_tokens(tokenizer, spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            source, config=config, dtype=torch_dtype, trust_remote_code=allowed
         )
     except torch.OutOfMemoryError as exc:
         raise ShedderError(f"Out of memory loading {spec!r} on {target}; try a smaller dtype or the CPU.") from exc
-    except (OSError, ValueError) as exc:
-        raise ShedderError(f"Could not load the weights of {spec!r}: {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        raise ShedderError(f"The weights of {spec!r} are a pickle that holds more than tensors (objects whose loading "
+                           "could run code), so they are refused. Use a model.safetensors checkpoint, or convert "
+                           "this one where you trust it.") from exc
+    except SafetensorError as exc:
+        raise ShedderError(f"The model.safetensors of {spec!r} is damaged or truncated ({_first_line(exc)}); copy or "
+                           "download it again.") from exc
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ShedderError(f"Could not load the weights of {spec!r}: {_first_line(exc)}") from exc
     _place(model, target, device)
     log.info("Loaded %s (%s, %s, %s)", spec, config.model_type, torch_dtype, target)
     return model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:300]
+
+
+def _require_tokens(tokenizer, spec: str) -> None:
+    """Refuse a tokenizer that splits text into nothing: what transformers makes for a folder with no tokenizer
+    files (every text would have 0 tokens)."""
+    try:
+        probe = tokenizer("The cat sat on the mat.", add_special_tokens=False)["input_ids"]
+    except Exception as exc:  # noqa: BLE001  (any tokenizer's own error)
+        raise ShedderError(f"The tokenizer of {spec!r} cannot split text ({_first_line(exc)}); save a working "
+                           "tokenizer next to the model.") from exc
+    if not probe:
+        raise ShedderError(f"{spec!r} has no tokenizer files (its tokenizer splits text into 0 tokens); save the "
+                           "model's tokenizer next to it: tokenizer.save_pretrained(folder).")
 
 
 def _place(model: nn.Module, target: torch.device, device: str) -> None:

@@ -48,12 +48,6 @@ def code_files(folder: Path | None) -> list[Path]:
     return sorted(folder.glob("*.py"))
 
 
-def is_shedder_extraction_with_code(folder: Path | None) -> bool:
-    """An extraction written by shedder whose config needs the modeling file it ships beside the weights."""
-    return (folder is not None and bool(config_json(folder).get("auto_map")) and (folder / "plan.json").is_file()
-            and bool(code_files(folder)))
-
-
 def checkpoint_dtype(folder: Path | None) -> torch.dtype:
     from .loading import DTYPES
 

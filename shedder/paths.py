@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import ShedderError
@@ -18,10 +19,27 @@ def cache_dir() -> Path:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling, so readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Write ``text`` to ``path`` through a temporary sibling of its own, renamed over ``path``: readers see
+    the old or the new file, never half of one, and two writers never share a temporary file."""
+    path = Path(path)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(name, 0o666 & ~UMASK)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()  # read once, at import: reading it means setting it, which is not thread-safe later
 
 
 def installed_package_dir(import_name: str) -> Path | None:
@@ -60,3 +78,46 @@ def inside_data_root(path: str | Path, what: str = "The path") -> Path:
         raise ShedderError(f"{what} {text!r} ({resolved}) is outside the data folder {root}. Use a path inside it, "
                            "or start the dashboard with SHEDDER_DATA_ROOT set to a folder that contains it.")
     return resolved
+
+
+# --- output paths, checked before the work -----------------------------------------------------
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def _probe(folder: Path, option: str) -> None:
+    """Create and delete a file in ``folder``: the only test of writability that holds for every user,
+    root included (permission bits alone do not stop root; a read-only mount or an immutable folder does)."""
+    from tempfile import TemporaryFile
+
+    try:
+        with TemporaryFile(dir=folder, prefix=".shedder-write-test-"):
+            pass
+    except OSError as exc:
+        raise ShedderError(f"{option} {folder}: cannot write there ({exc.strerror or exc}); "
+                           "choose a folder you can write to.") from None
+
+
+def check_output_dir(path: str | Path, option: str = "--out") -> Path:
+    """A folder a command will write into (it may not exist yet): refused now, before any work, when a file
+    stands at or above it or when the place it would be made cannot be written."""
+    path = Path(path).expanduser()
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise ShedderError(f"{option} {path}: {existing} is a file, not a folder; choose another path.")
+    _probe(existing, option)
+    return path
+
+
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """A file a command will write at the end (missing parent folders are made then): refused now when it
+    is a folder, when a file stands above it, or when its folder cannot be written."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ShedderError(f"{option} {path} is a folder; give a file name, e.g. {path / 'result.json'}.")
+    check_output_dir(path.parent, option)
+    return path

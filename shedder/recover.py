@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ from torch import nn
 
 from . import result_cache
 from .errors import ShedderError
-from .model_folders import (RESULT_FILE, checkpoint_dtype, code_files, config_json, find_dense_model, is_shedder_extraction_with_code,
+from .model_folders import (RESULT_FILE, checkpoint_dtype, code_files, config_json, find_dense_model,
                             local_dir, read_json)
 from .paths import write_text_atomic
 
@@ -85,8 +86,13 @@ class RecoverySettings:
             raise ShedderError("--seq-len must be at least 2.")
         lr = DEFAULT_LR[self.method] if self.lr is None else self.lr
         warmup = max(1, round(0.05 * self.steps)) if self.warmup is None else self.warmup
-        if lr <= 0 or not 0 <= warmup <= self.steps:
-            raise ShedderError("--lr must be positive and --warmup between 0 and --steps.")
+        if not (math.isfinite(lr) and lr > 0) or not 0 <= warmup <= self.steps:
+            raise ShedderError("--lr must be a positive number and --warmup between 0 and --steps.")
+        if not (math.isfinite(self.alpha) and self.alpha > 0 and 0 <= self.dropout < 1 and self.rank >= 1):
+            raise ShedderError("LoRA needs --rank at least 1, a positive --alpha and --dropout from 0 to below 1.")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0 and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0 and self.checkpoint_every >= 0 and self.seed >= 0):
+            raise ShedderError("--grad-clip must be positive, --weight-decay, --checkpoint-every and --seed at least 0.")
         targets = tuple(self.target_modules) if self.target_modules else None
         return replace(self, lr=lr, warmup=warmup, target_modules=targets)
 
@@ -324,11 +330,36 @@ def _train(model: nn.Module, tokenizer, settings: RecoverySettings, out_dir: Pat
     return model, state, n_targets, sum(p.numel() for p in params.values())
 
 
-def _measure_dense(spec: str, evaluation: Evaluation, dtype: str, device: str, progress) -> dict:
+def check_dense(dense: nn.Module, spec: str, pruned: Path | None) -> None:
+    """Refuse ``dense`` (given as ``spec``) when it is not the model the folder ``pruned`` was extracted from,
+    as its ``plan.json`` records it: model type, layer count and, where recorded, weight fingerprint."""
+    from .identity import model_fingerprint, same_weights
+    from .masks import catalogue_of
+    from .plan import Plan
+
+    if pruned is None or not (pruned / "plan.json").is_file():
+        return
+    source = Plan.load(pruned / "plan.json")
+    catalogue = catalogue_of(dense)
+    shape_differs = (source.model_type not in (None, catalogue.model_type)
+                     or source.n_layers not in (None, catalogue.n_layers))
+    if shape_differs or (source.fingerprint and not same_weights(dense, source.fingerprint)):
+        recorded = (f"a {source.model_type or 'model'} with {source.n_layers or 'some'} layers"
+                    + (f" and weight fingerprint {source.fingerprint[:12]}" if source.fingerprint else ""))
+        found = (f"a {catalogue.model_type} with {catalogue.n_layers} layers"
+                 + ("" if shape_differs else f" and other weights ({model_fingerprint(dense)[:12]})"))
+        raise ShedderError(f"--dense {spec} is not the model {pruned.name} was pruned from: its plan.json records "
+                           f"{recorded}, {spec} is {found}. Pass the model it was extracted from, or leave --dense "
+                           "out.")
+
+
+def _measure_dense(spec: str, evaluation: Evaluation, dtype: str, device: str, progress,
+                   pruned: Path | None = None) -> dict:
     from .loading import load_model
 
     dense, tokenizer = load_model(spec, dtype, device)
     try:
+        check_dense(dense, spec, pruned)
         return measure(dense, tokenizer, evaluation, progress, "dense")
     finally:
         del dense
@@ -384,8 +415,7 @@ def recover(model: str, out_dir: str | Path, settings: RecoverySettings = Recove
         if done is not None:
             return done
     train_dtype = "float32" if dtype == "auto" else dtype
-    trust = trust_remote_code or is_shedder_extraction_with_code(source)
-    net, tokenizer = load_model(model, train_dtype, device, trust)
+    net, tokenizer = load_model(model, train_dtype, device, trust_remote_code)
     fingerprint = model_fingerprint(net)
     if stored is not None and stored.get("fingerprint") != fingerprint:
         raise ShedderError(f"The weights of {model} changed since the run in {out_dir} started; "
@@ -394,7 +424,7 @@ def recover(model: str, out_dir: str | Path, settings: RecoverySettings = Recove
     _write_json(out_dir / RUN_FILE, {**run, "fingerprint": fingerprint})
 
     dense = dense or find_dense_model(source)
-    metrics = {"dense": _measure_dense(dense, evaluation, train_dtype, device, on_measure) if dense else None}
+    metrics = {"dense": _measure_dense(dense, evaluation, train_dtype, device, on_measure, source) if dense else None}
     metrics["pruned"] = measure(net, tokenizer, evaluation, on_measure, "pruned")
     total_params = sum(p.numel() for p in net.parameters())
 

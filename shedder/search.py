@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,7 @@ from .catalogue import KINDS, Catalogue, Component
 from .errors import ShedderError
 from .evaluator import CandidateResult
 from .executor import CandidateProgress, Executor, RayOptions, open_executor
+from .folder_lock import output_lock
 from .identity import model_fingerprint
 from .masks import catalogue_of
 from .paths import write_text_atomic
@@ -143,13 +145,14 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
         base=[c.to_dict() for c in base],
     )
     out = Path(out_dir) if out_dir is not None else None
-    record = _load_or_start(out, settings)
-    removed = list(base) + [Component.from_dict(s["removed"]) for s in record["steps"]]
-    rank = {c: i for i, c in enumerate(catalogue.components())}
-    with open_executor(executor, model, windows, batch_size, catalogue.channel_group_size, channel_reorder,
-                       state_budget_bytes, prefix_reuse) as runner:
-        _run_stages(runner, record, stages, removed, catalogue, rank, out, channel_reorder, early_stop,
-                    on_step, on_candidate, should_stop)
+    with output_lock(out, "search") if out is not None else nullcontext():
+        record = _load_or_start(out, settings)
+        removed = list(base) + [Component.from_dict(s["removed"]) for s in record["steps"]]
+        rank = {c: i for i, c in enumerate(catalogue.components())}
+        with open_executor(executor, model, windows, batch_size, catalogue.channel_group_size, channel_reorder,
+                           state_budget_bytes, prefix_reuse) as runner:
+            _run_stages(runner, record, stages, removed, catalogue, rank, out, channel_reorder, early_stop,
+                        on_step, on_candidate, should_stop)
     return record
 
 
@@ -199,13 +202,30 @@ def _load_or_start(out: Path | None, settings: SearchSettings) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "steps").mkdir(exist_ok=True)
         return fresh
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = _read_log(path)
     theirs, ours = record.get("settings", {}), asdict(settings)
     if record.get("version") != LOG_VERSION or theirs != ours:
         diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
         raise ShedderError(f"{out} holds a search with other settings ({', '.join(diff) or 'version'}); "
                            "use another --out, or the same settings to resume.")
     log.info("Resuming from %s after %d finished steps.", out, len(record["steps"]))
+    return record
+
+
+def _read_log(path: Path) -> dict:
+    """A search's log.json, or a ShedderError that says it cannot be resumed from (nothing is overwritten)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShedderError(f"{path} cannot be read as a search log ({exc}); move the folder away or use another "
+                           "--out (it is left as it is).") from None
+    steps = record.get("steps") if isinstance(record, dict) else None
+    if (not isinstance(record.get("settings") if isinstance(record, dict) else None, dict)
+            or not isinstance(steps, list)
+            or not all(isinstance(s, dict) and isinstance(s.get("stage"), int) and isinstance(s.get("removed"), dict)
+                       for s in steps)):
+        raise ShedderError(f"{path} is not a shedder search log (expected settings and a list of steps); move the "
+                           "folder away or use another --out (it is left as it is).")
     return record
 
 

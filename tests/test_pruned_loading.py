@@ -11,7 +11,8 @@ from shedder.calibration import Windows
 from shedder.catalogue import Component
 from shedder.errors import ShedderError
 from shedder.extract import extract
-from shedder.loading import load_model, runs_shedders_own_code
+from shedder.loading import load_model
+from shedder.trust import not_own_extraction
 from shedder.masks import catalogue_of, masked
 from shedder.perplexity import perplexity
 from shedder.plan import Plan
@@ -50,7 +51,7 @@ def _windows() -> Windows:
 
 def test_mamba2_without_an_ssm_loads_and_offers_no_scan_there(mamba2_without_ssm):
     source, out = mamba2_without_ssm
-    assert runs_shedders_own_code(str(out))
+    assert not_own_extraction(out) is None
     model, _ = load_model(str(out), dtype="float32", device="cpu")  # shedder's own code: no flag needed
     assert model.config.model_type == "shedder_pruned_mamba2"
     catalogue, dense = catalogue_of(model), catalogue_of(source)
@@ -109,7 +110,7 @@ def test_edited_model_code_needs_the_flag(mamba2_without_ssm, tmp_path):
             (edited / path.name).write_bytes(path.read_bytes())
     with open(edited / "pruned_layers.py", "a", encoding="utf-8") as f:
         f.write("\n# edited\n")
-    assert not runs_shedders_own_code(str(edited))
+    assert not_own_extraction(edited) is not None
     with pytest.raises(ShedderError, match="--trust-remote-code"):
         load_model(str(edited), dtype="float32", device="cpu")
     model, _ = load_model(str(edited), dtype="float32", device="cpu", trust_remote_code=True)

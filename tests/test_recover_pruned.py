@@ -17,7 +17,8 @@ from shedder.catalogue import Component
 from shedder.cli import main
 from shedder.extract import extract
 from shedder.finetune import silenced_inputs
-from shedder.loading import load_model, runs_shedders_own_code
+from shedder.loading import load_model
+from shedder.trust import not_own_extraction
 from shedder.lora import keep_mixers_off_fused_training_path
 from shedder.masks import catalogue_of
 from shedder.perplexity import perplexity
@@ -101,7 +102,7 @@ def test_a_recovered_pruned_layout_is_again_one_and_trained(extractions, recover
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == f"shedder_pruned_{family}" and config["auto_map"]
     assert config["pruned_layout"] == json.loads((pruned_dir / "config.json").read_text())["pruned_layout"]
-    assert runs_shedders_own_code(str(out))
+    assert not_own_extraction(out) is None
     reloaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     in_shedder, _ = load_model(str(out), dtype="float32", device="cpu")
 
@@ -190,7 +191,7 @@ def test_the_cli_recovers_a_pruned_layout(extractions, tmp_path, capsys):
             "--batch-size", "2", "--seq-len", "32", "--eval-tokens", "256", "--device", "cpu", "--out", str(out)]
     assert main(args) == 0
     assert "wrote" in capsys.readouterr().out
-    assert runs_shedders_own_code(str(out))
+    assert not_own_extraction(out) is None
     model, _ = load_model(str(out), dtype="float32", device="cpu")
     assert model.config.model_type == "shedder_pruned_mamba2"
 
