@@ -36,6 +36,7 @@ from . import result_cache
 from .errors import ShedderError
 from .model_folders import (RESULT_FILE, checkpoint_dtype, code_files, config_json, find_dense_model,
                             local_dir, read_json)
+from .folder_lock import output_lock
 from .paths import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -406,55 +407,58 @@ def recover(model: str, out_dir: str | Path, settings: RecoverySettings = Recove
 
     settings = settings.resolved()
     out_dir = Path(out_dir).expanduser().resolve()
-    _finish_interrupted_swap(out_dir)
-    source = local_dir(model)
-    run = {"format": RUN_FORMAT, "version": 1, "model": _model_id(model), "settings": settings.trajectory()}
-    stored = _check_out_dir(out_dir, run)
-    if stored is not None:
-        done = _finished(out_dir, run, dense, evaluation)
-        if done is not None:
-            return done
-    train_dtype = "float32" if dtype == "auto" else dtype
-    net, tokenizer = load_model(model, train_dtype, device, trust_remote_code)
-    fingerprint = model_fingerprint(net)
-    if stored is not None and stored.get("fingerprint") != fingerprint:
-        raise ShedderError(f"The weights of {model} changed since the run in {out_dir} started; "
-                           "recover into a new output folder.")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / RUN_FILE, {**run, "fingerprint": fingerprint})
+    with output_lock(out_dir, "recovery"):
+        _finish_interrupted_swap(out_dir)
+        source = local_dir(model)
+        run = {"format": RUN_FORMAT, "version": 1, "model": _model_id(model), "settings": settings.trajectory()}
+        stored = _check_out_dir(out_dir, run)
+        if stored is not None:
+            done = _finished(out_dir, run, dense, evaluation)
+            if done is not None:
+                return done
+        train_dtype = "float32" if dtype == "auto" else dtype
+        net, tokenizer = load_model(model, train_dtype, device, trust_remote_code)
+        fingerprint = model_fingerprint(net)
+        if stored is not None and stored.get("fingerprint") != fingerprint:
+            raise ShedderError(f"The weights of {model} changed since the run in {out_dir} started; "
+                               "recover into a new output folder.")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(out_dir / RUN_FILE, {**run, "fingerprint": fingerprint})
 
-    dense = dense or find_dense_model(source)
-    metrics = {"dense": _measure_dense(dense, evaluation, train_dtype, device, on_measure, source) if dense else None}
-    metrics["pruned"] = measure(net, tokenizer, evaluation, on_measure, "pruned")
-    total_params = sum(p.numel() for p in net.parameters())
+        dense = dense or find_dense_model(source)
+        metrics = {"dense": _measure_dense(dense, evaluation, train_dtype, device, on_measure, source)
+                   if dense else None}
+        metrics["pruned"] = measure(net, tokenizer, evaluation, on_measure, "pruned")
+        total_params = sum(p.numel() for p in net.parameters())
 
-    recovered, state, n_targets, n_trainable = _train(net, tokenizer, settings, out_dir, on_step)
-    staging, _ = _siblings(out_dir)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    saved_dtype = _save(recovered, tokenizer, source, staging)
-    recovered.float()  # measured as it reloads in float32 (bfloat16 -> float32 is exact)
-    metrics["recovered"] = measure(recovered, tokenizer, evaluation, on_measure, "recovered")
-    device_used = next(recovered.parameters()).device
-    record = {
-        "format": RESULT_FORMAT, "version": 1, "model": run["model"], "fingerprint": fingerprint,
-        "recovered_fingerprint": model_fingerprint(recovered), "dense": dense,
-        "settings": settings.to_dict(), "evaluation": evaluation.to_dict(), "metrics": metrics,
-        "recovered_share": shares(metrics),
-        "training": {
-            "steps": state.step, "tokens": state.log[-1]["tokens"] if state.log else 0,
-            "seconds": round(state.seconds, 1), "first_loss": state.log[0]["loss"] if state.log else None,
-            "final_loss": state.log[-1]["loss"] if state.log else None, "lora_targets": n_targets,
-            "trainable_params": n_trainable, "total_params": total_params, "device": str(device_used),
-            "autocast": "bfloat16" if device_used.type == "cuda" else None, "saved_dtype": str(saved_dtype),
-        },
-    }
-    previous = (source / "README.md").read_text(encoding="utf-8") if source and (source / "README.md").is_file() else None
-    (staging / "README.md").write_text(model_card(record, previous), encoding="utf-8")
-    _write_json(staging / LOG_FILE, {"steps": state.log})
-    _write_json(staging / RUN_FILE, {**run, "fingerprint": fingerprint})
-    _write_json(staging / RESULT_FILE, record)
-    _publish(staging, out_dir)
-    log.info("Recovered %s into %s: bpb %.4f -> %.4f", model, out_dir, metrics["pruned"]["held_out"]["bpb"],
-             metrics["recovered"]["held_out"]["bpb"])
-    return RecoveryResult(out_dir, record, state.log, recovered)
+        recovered, state, n_targets, n_trainable = _train(net, tokenizer, settings, out_dir, on_step)
+        staging, _ = _siblings(out_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        saved_dtype = _save(recovered, tokenizer, source, staging)
+        recovered.float()  # measured as it reloads in float32 (bfloat16 -> float32 is exact)
+        metrics["recovered"] = measure(recovered, tokenizer, evaluation, on_measure, "recovered")
+        device_used = next(recovered.parameters()).device
+        record = {
+            "format": RESULT_FORMAT, "version": 1, "model": run["model"], "fingerprint": fingerprint,
+            "recovered_fingerprint": model_fingerprint(recovered), "dense": dense,
+            "settings": settings.to_dict(), "evaluation": evaluation.to_dict(), "metrics": metrics,
+            "recovered_share": shares(metrics),
+            "training": {
+                "steps": state.step, "tokens": state.log[-1]["tokens"] if state.log else 0,
+                "seconds": round(state.seconds, 1), "first_loss": state.log[0]["loss"] if state.log else None,
+                "final_loss": state.log[-1]["loss"] if state.log else None, "lora_targets": n_targets,
+                "trainable_params": n_trainable, "total_params": total_params, "device": str(device_used),
+                "autocast": "bfloat16" if device_used.type == "cuda" else None, "saved_dtype": str(saved_dtype),
+            },
+        }
+        card = source / "README.md" if source else None
+        previous = card.read_text(encoding="utf-8") if card is not None and card.is_file() else None
+        (staging / "README.md").write_text(model_card(record, previous), encoding="utf-8")
+        _write_json(staging / LOG_FILE, {"steps": state.log})
+        _write_json(staging / RUN_FILE, {**run, "fingerprint": fingerprint})
+        _write_json(staging / RESULT_FILE, record)
+        _publish(staging, out_dir)
+        log.info("Recovered %s into %s: bpb %.4f -> %.4f", model, out_dir, metrics["pruned"]["held_out"]["bpb"],
+                 metrics["recovered"]["held_out"]["bpb"])
+        return RecoveryResult(out_dir, record, state.log, recovered)

@@ -124,3 +124,22 @@ def test_two_extractions_into_one_folder_at_once(tmp_path):
         with pytest.raises(ShedderError, match="being written by another extraction"):
             extract(model, tiny_tokenizer(), Plan.for_model(model, []), out)
     assert not out.exists()
+
+
+def test_a_second_recovery_into_a_busy_folder_is_refused(mamba2_dir, tmp_path):
+    from shedder.recover import Evaluation, RecoverySettings, recover
+
+    out = tmp_path / "recovered"
+    with output_lock(out, "recovery"):
+        with pytest.raises(ShedderError, match="being written by another recovery"):
+            recover(str(mamba2_dir), out, RecoverySettings(steps=1, batch_size=1, seq_len=16),
+                    Evaluation(tokens=64, seq_len=16), device="cpu")
+    assert not out.exists()
+
+
+def test_plain_streamlit_run_listens_on_this_machine_only():
+    """`streamlit run streamlit_app.py` from the project folder reads .streamlit/config.toml."""
+    shown = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120).stdout
+    settings = dict(line.split(" = ", 1) for line in shown.splitlines() if " = " in line and not line.startswith("#"))
+    assert settings["address"] == '"127.0.0.1"' and int(settings["maxUploadSize"]) <= 1
