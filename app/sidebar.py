@@ -20,8 +20,16 @@ REMOTE_CODE_HELP = (
 )
 
 
+def set_choice(choice: ModelChoice) -> None:
+    """Choose the model from a page (not the sidebar): the sidebar's widgets are drawn afresh from ``choice``,
+    never keeping an input of an earlier choice."""
+    st.session_state.model_choice = choice
+    st.session_state.sidebar_generation = st.session_state.get("sidebar_generation", 0) + 1
+
+
 def model_sidebar() -> ModelChoice:
     choice = current_choice()
+    key = f"sidebar-{st.session_state.get('sidebar_generation', 0)}-"  # widgets keyed per generation (set_choice)
     with st.sidebar:
         st.header("Model")
         names = zoo_names()
@@ -29,24 +37,27 @@ def model_sidebar() -> ModelChoice:
         sources = ["zoo", *(["extracted / recovered"] if made else []), "local folder or hub id"]
         current = ("zoo" if choice.spec in names or not choice.spec
                    else "extracted / recovered" if choice.spec in made else "local folder or hub id")
-        source = st.radio("Source", sources, horizontal=True, index=sources.index(current))
+        source = st.radio("Source", sources, horizontal=True, index=sources.index(current), key=key + "source")
         if source == "extracted / recovered":
             spec = st.selectbox("Model", list(made), index=list(made).index(choice.spec) if choice.spec in made else 0,
-                                format_func=lambda p: f"{Path(p).name} ({made[p].kind})", help="\n\n".join(
-                                    f"{Path(p).name}: {m.description}" for p, m in list(made.items())[:8]))
+                                format_func=lambda p: f"{Path(p).name} ({made[p].kind})", key=key + "made",
+                                help="\n\n".join(f"{Path(p).name}: {m.description}" for p, m in list(made.items())[:8]))
         elif source == "zoo":
             if not names:
                 st.warning("No zoo model is installed; use a local folder.")
                 spec = ""
             else:
-                spec = st.selectbox("Zoo model", names, index=names.index(choice.spec) if choice.spec in names else 0)
+                spec = st.selectbox("Zoo model", names, index=names.index(choice.spec) if choice.spec in names else 0,
+                                    key=key + "zoo")
         else:
             spec = st.text_input("Folder or hub id", value="" if choice.spec in names or choice.spec in made else choice.spec,
-                                 placeholder="/path/to/model or state-spaces/mamba-130m-hf").strip()
+                                 placeholder="/path/to/model or state-spaces/mamba-130m-hf", key=key + "folder").strip()
         dtype = st.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"],
-                             index=["auto", "float32", "bfloat16", "float16"].index(choice.dtype))
-        device = st.selectbox("device", ["auto", "cpu", "cuda"], index=["auto", "cpu", "cuda"].index(choice.device))
-        trust = st.checkbox("Allow remote code", value=choice.trust_remote_code, help=REMOTE_CODE_HELP)
+                             index=["auto", "float32", "bfloat16", "float16"].index(choice.dtype), key=key + "dtype")
+        device = st.selectbox("device", ["auto", "cpu", "cuda"], index=["auto", "cpu", "cuda"].index(choice.device),
+                              key=key + "device")
+        trust = st.checkbox("Allow remote code", value=choice.trust_remote_code, help=REMOTE_CODE_HELP,
+                            key=key + "trust")
         new = ModelChoice(spec, dtype, device, trust)
         if new != choice:
             st.session_state.model_choice = new
@@ -78,7 +89,7 @@ def _load_failed(choice: ModelChoice, message: str) -> None:
     previous = st.session_state.get("last_loaded_choice")
     if previous is not None and previous != choice:
         if st.button(f"Back to {previous.spec}", help="The model loaded before this one"):
-            st.session_state.model_choice = previous
+            set_choice(previous)
             st.rerun()
     else:
         st.info("Choose another model in the sidebar.")

@@ -1,6 +1,5 @@
 """Export & compare: download and upload plans, extract the pruned model, compare saved plans."""
 import json
-from dataclasses import replace
 
 import pandas as pd
 import streamlit as st
@@ -71,16 +70,15 @@ if upload is not None:
             st.info(f"Not part of a plan, so not kept (nor saved): {', '.join(uploaded.dropped)}.")
         confirmed = not uploaded.needs_confirmation
         if uploaded.mapping is not None:
-            st.warning(f"A reference config names no model: its indices count the layers that hold each kind, so on "
-                       f"this {cat.model_type} they mean the components below. A config made for another layout "
-                       "(e.g. a Mamba-2's on a hybrid) means other layers here: check before using it.")
-            st.dataframe(uploaded.mapping, hide_index=True)
+            st.warning(f"A reference config names no model: its indices count the layers that hold each kind, so a "
+                       "config made for another layout (e.g. a Mamba-2's on a hybrid) means other layers here. "
+                       f"Check how it reads on this model: {uploaded.mapping}")
             confirmed = st.checkbox("The mapping is what I meant", key=f"confirm-{uploaded.digest}")
         elif uploaded.other_weights:
             st.warning(uploaded.other_weights)
             confirmed = st.checkbox("Use it on these weights anyway", key=f"confirm-{uploaded.digest}")
         if confirmed:
-            adopted = replace(uploaded.plan, fingerprint=fp)  # from now on a plan for these weights
+            adopted = uploaded.adopted(fp)  # from now on a plan for these weights
             if st.button("Make it the current plan"):
                 set_plan(choice, adopted)
                 st.rerun()

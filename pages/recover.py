@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.recover_state import extract_plan, loss_curve, metrics_table, plan_folder, run_folder
-from app.sidebar import model_or_stop, model_sidebar
+from app.sidebar import model_or_stop, model_sidebar, set_choice
 from app.state import ModelChoice, current_plan
 from shedder.calibration import HUB_SOURCES
 from shedder.errors import ShedderError
@@ -59,7 +59,8 @@ lr = c3.number_input("Peak learning rate", min_value=1e-7, max_value=1.0, value=
 batch_size = int(c4.selectbox("Windows per step", [1, 2, 4, 8, 16, 32, 64], index=3))
 c1, c2, c3, c4 = st.columns(4)
 seq_len = int(c1.select_slider("Window (tokens)", [32, 64, 128, 256, 512, 1024, 2048], value=512))
-data = c2.text_input("Training text", "wiki", help=f"wiki (the training split), or a path to a .txt file. {INSIDE_ROOT}")
+data = c2.text_input("Training text", "wiki",
+                     help=f"wiki (the training split), or a path to a .txt file. {INSIDE_ROOT}")
 eval_tokens = c3.select_slider("Held-out tokens", ["512", "2048", "8192", "32768", "131072", "all"], value="32768")
 dense_text = c4.text_input("Dense reference", dense or "", disabled=dense is not None,
                            help="The unpruned model (zoo name or folder); empty: found from the folder's plan.json. "
@@ -136,5 +137,5 @@ if finished:
     steps_log = (read_json(folder / LOG_FILE) or {}).get("steps", [])
     st.plotly_chart(loss_curve(steps_log, finished["training"]["steps"]), width="stretch")
     if st.button("Use the recovered model", help="Load it like any other model (also offered in the sidebar)"):
-        st.session_state.model_choice = ModelChoice(str(folder), choice.dtype, choice.device, choice.trust_remote_code)
+        set_choice(ModelChoice(str(folder), choice.dtype, choice.device, choice.trust_remote_code))
         st.rerun()
