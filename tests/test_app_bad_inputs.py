@@ -18,6 +18,7 @@ from shedder.paths import cache_dir, data_root, inside_data_root
 from shedder.plan import Plan
 from test_app import APP, bamba_dir  # noqa: F401  (a fixture: a tiny Bamba saved as a local folder)
 from test_app_pages import open_page
+from test_consent import foreign_remote_code_model  # noqa: F401  (a fixture: a foreign folder with a payload)
 from tiny_models import save_tiny
 
 
@@ -291,3 +292,30 @@ def test_the_recovery_page_refuses_paths_outside_the_data_folder(bamba_dir, tmp_
     assert not at.exception, at.exception
     assert len(at.error) == 1 and "outside the data folder" in at.error[0].value
     assert "Start recovery" not in labels(at, "button")
+
+
+# --- remote code on the Recovery page ----------------------------------------------------------------
+
+@pytest.mark.parametrize("ticked", [False, True])
+def test_the_recovery_page_runs_a_folders_code_only_with_the_box_ticked(bamba_dir, foreign_remote_code_model,
+                                                                       monkeypatch, ticked):
+    """The page hands the sidebar's 'Allow remote code' to the library as it is: unticked, the payload of a
+    foreign folder with a plan.json never runs; ticked, it does (so the unticked case could fail)."""
+    folder, marker = foreign_remote_code_model
+    monkeypatch.setenv("SHEDDER_DATA_ROOT", str(folder.parent))
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.session_state["model_choice"] = ModelChoice(str(bamba_dir), trust_remote_code=ticked)
+    at.switch_page("pages/recover.py").run()
+    widget(at, "text_input", MODEL_FOLDER).set_value(folder.name).run()
+    assert any(f"(now {'ticked' if ticked else 'not ticked'})" in c.value for c in at.caption)
+    widget(at, "number_input", "Steps").set_value(1)
+    widget(at, "select_slider", "Window (tokens)").set_value(32)
+    widget(at, "select_slider", "Held-out tokens").set_value("512")
+    at.run()
+    widget(at, "button", "Start recovery").click().run()
+    assert not at.exception, at.exception
+    assert len(at.error) == 1
+    if ticked:
+        assert marker.exists()  # its code ran (and the architecture check refused it after)
+    else:
+        assert "needs code from its folder" in at.error[0].value and not marker.exists()
