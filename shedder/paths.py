@@ -59,6 +59,9 @@ def required_package_dir(import_name: str, what: str, pip: str, extra_hint: str 
     return folder
 
 
+NAME_MAX = 255  # bytes in one file or folder name on common file systems (ext4, APFS, NTFS counts characters)
+
+
 def data_root() -> Path:
     """The folder that paths typed into the dashboard must stay inside: ``SHEDDER_DATA_ROOT``, else the
     results cache (:func:`cache_dir`). The cache is always allowed too: the dashboard writes there itself."""
@@ -73,7 +76,14 @@ def inside_data_root(path: str | Path, what: str = "The path") -> Path:
     if not text:
         raise ShedderError(f"{what} is empty.")
     root = data_root()
-    resolved = (root / Path(text).expanduser()).resolve()
+    try:
+        resolved = (root / Path(text).expanduser()).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a NUL byte, a link loop, an unknown ~user
+        raise ShedderError(f"{what} {text[:80]!r} is not a usable path ({exc}).") from None
+    longest = max(resolved.parts, key=lambda part: len(part.encode()))
+    if len(longest.encode()) > NAME_MAX:
+        raise ShedderError(f"{what}: the name {longest[:40]!r}... has {len(longest.encode())} bytes; file systems "
+                           f"allow at most {NAME_MAX}. Choose a shorter name.")
     if not any(resolved.is_relative_to(allowed) for allowed in (root, cache_dir().resolve())):
         raise ShedderError(f"{what} {text!r} ({resolved}) is outside the data folder {root}. Use a path inside it, "
                            "or start the dashboard with SHEDDER_DATA_ROOT set to a folder that contains it.")

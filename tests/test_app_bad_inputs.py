@@ -244,6 +244,11 @@ def test_paths_stay_inside_the_data_folder(tmp_path, monkeypatch):
             inside_data_root(outside)
     with pytest.raises(ShedderError, match="is empty"):
         inside_data_root("  ")
+    with pytest.raises(ShedderError, match="not a usable path"):
+        inside_data_root("a\x00b")
+    with pytest.raises(ShedderError, match="has 300 bytes; file systems allow at most 255"):
+        inside_data_root("texts/" + "y" * 300)
+    assert inside_data_root("y" * 255) == root.resolve() / ("y" * 255)
     monkeypatch.delenv("SHEDDER_DATA_ROOT")
     assert data_root() == cache_dir().resolve()  # the default: the results cache
 
@@ -258,10 +263,12 @@ def test_the_export_page_refuses_a_folder_outside_and_shows_where_it_writes(bamb
     default = widget(at, "text_input", "Folder").value
     assert any(c.value == f"Writes to `{cache_dir().resolve() / 'extracted' / Path(default).name}`" for c in at.caption)
 
-    for outside in (str(tmp_path / "elsewhere"), "../elsewhere", "/"):
+    for outside, says in ((str(tmp_path / "elsewhere"), "outside the data folder"),
+                          ("../elsewhere", "outside the data folder"), ("/", "outside the data folder"),
+                          ("z" * 300, "file systems allow at most 255"), ("a\x00b", "not a usable path")):
         widget(at, "text_input", "Folder").set_value(outside).run()
         assert not at.exception, at.exception
-        assert "outside the data folder" in at.error[0].value
+        assert says in at.error[0].value
         assert widget(at, "button", "Extract").disabled
     assert not (tmp_path / "elsewhere").exists()
 
