@@ -54,7 +54,7 @@ from .identity import model_fingerprint
 from .masks import catalogue_of
 from .paths import UMASK
 from .plan import Plan
-from .pruned_modeling import AUTO_MAP, FILES as MODEL_FILES, model_file_text
+from .pruned_modeling import AUTO_MAP, FILES as MODEL_FILES, WEIGHTS_VARIANT, model_file_text
 from .pruned_modeling.pruned_layers import apply_op
 
 log = logging.getLogger(__name__)
@@ -132,13 +132,13 @@ def saved_layout(ops: dict[int, list[dict]]) -> dict:
 
 
 def _write_model_code(directory: Path, model_type: str, model_class: str, ops: dict[int, list[dict]]) -> None:
-    """Copy the model files in and point the config at them (its own model type, the layout)."""
+    """Copy the model files in and point the config at them (the layout; the family's model type stays, so that
+    the tokenizer and config load without the code)."""
     for name in MODEL_FILES:
         (directory / name).write_text(model_file_text(name, model_type), encoding="utf-8")
     path = directory / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
-    config.update(model_type=f"shedder_pruned_{model_type}", architectures=[f"ShedderPruned{model_class}"],
-                  auto_map=AUTO_MAP,
+    config.update(model_type=model_type, architectures=[f"ShedderPruned{model_class}"], auto_map=AUTO_MAP,
                   pruned_layout=saved_layout(ops))
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -169,8 +169,11 @@ def model_card(model_type: str, done: Extraction, plan: Plan, before: int, after
         how = ("Some layers are smaller than the stock config can describe, so this folder carries its model code "
                "(`modeling_shedder_pruned.py`, `pruned_layers.py`; torch and transformers only, shedder is not "
                "needed) and the per-layer layout (`pruned_layout` in `config.json`). Load it with\n\n"
-               "```python\nfrom transformers import AutoModelForCausalLM\n"
-               "model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)\n```")
+               "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+               "model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)\n"
+               "tokenizer = AutoTokenizer.from_pretrained(folder)  # no code needed\n```\n\n"
+               "The weights are the `pruned` variant (`model.pruned.safetensors`): without `trust_remote_code` the "
+               "stock model, which they do not fit, finds no weights and stops.")
     lines = [
         f"# Pruned {model_type} model",
         "",
@@ -204,7 +207,8 @@ def model_card(model_type: str, done: Extraction, plan: Plan, before: int, after
 def _write(done: Extraction, tokenizer, plan: Plan, card: str, directory: Path) -> None:
     model_type = plan.model_type
     # a pruned layout is loaded by custom code, which gets none of the family's checkpoint-format conversions
-    done.model.save_pretrained(directory, safe_serialization=True, save_original_format=done.stock)
+    done.model.save_pretrained(directory, safe_serialization=True, save_original_format=done.stock,
+                               variant=None if done.stock else WEIGHTS_VARIANT)
     if not done.stock:
         _write_model_code(directory, model_type, type(done.model).__name__, done.ops)
     if tokenizer is not None:

@@ -14,7 +14,7 @@ from .adapters import adapter_for, supported_model_types
 from .errors import ShedderError
 from .paths import REPO_ROOT
 from .sharding import SPREAD, spread_over_gpus
-from .trust import may_run_code, not_own_extraction
+from .trust import may_run_code, needs_its_code, not_own_extraction
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ def load_config(spec: str, trust_remote_code: bool = False):
     if path.exists() and not (path / "config.json").is_file():
         raise ShedderError(f"{path} exists but holds no config.json; point at a saved transformers model folder.")
     allowed = may_run_code(source, trust_remote_code)
+    if not allowed and needs_its_code(path):
+        raise ShedderError(_needs_code(spec, source))
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=allowed)
     except ValueError as exc:

@@ -10,19 +10,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .adapters import PRUNED_PREFIX, supported_model_types
+from .adapters import supported_model_types
 
 def may_run_code(source: str | Path, opted_in: bool) -> bool:
     """Whether loading ``source`` may run code from it: the user opted in, or it is our own extraction."""
     return opted_in or not_own_extraction(source) is None
 
 
+def needs_its_code(folder: Path) -> bool:
+    """A pruned layout: its config names the family's model type, but only the folder's code builds it."""
+    try:
+        return "pruned_layout" in _json(folder / "config.json")
+    except (OSError, ValueError):
+        return False
+
+
 def not_own_extraction(source: str | Path) -> str | None:
     """None when ``source`` is a folder written by ``shedder extract`` (or ``recover``) whose code is exactly
     this shedder's template; otherwise the reason it is not.
 
-    Every ``.py`` file anywhere in the folder must be one of the template's files, byte for byte, for the
-    family its ``model_type`` names; ``config.json``'s ``auto_map`` must be exactly the template's; no other
+    Its ``config.json`` must hold a ``pruned_layout``; every ``.py`` file anywhere in the folder must be one of
+    the template's files, byte for byte, for the family its ``model_type`` names; ``config.json``'s ``auto_map`` must be exactly the template's; no other
     JSON file (the tokenizer's included) may carry an ``auto_map`` or ``custom_pipelines``."""
     from .pruned_modeling import AUTO_MAP, FILES, model_file_text
 
@@ -31,10 +39,11 @@ def not_own_extraction(source: str | Path) -> str | None:
         return f"{source} is not a local model folder"
     try:
         config = _json(folder / "config.json")
-        model_type = config.get("model_type")
-        family = model_type.removeprefix(PRUNED_PREFIX) if isinstance(model_type, str) else None
-        if family is None or not model_type.startswith(PRUNED_PREFIX) or family not in supported_model_types():
-            return f"its model type {model_type!r} is not one shedder's extraction writes"
+        family = config.get("model_type")
+        if "pruned_layout" not in config:
+            return "its config.json has no pruned_layout"
+        if family not in supported_model_types():
+            return f"its model type {family!r} is not one shedder's extraction writes"
         if config.get("auto_map") != AUTO_MAP:
             return f"config.json's auto_map {config.get('auto_map')!r} is not the one shedder writes"
         for name in FILES:

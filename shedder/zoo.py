@@ -18,7 +18,7 @@ from .errors import ShedderError
 from .paths import installed_package_dir
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+                "pytorch_model.bin.index.json", "model.pruned.safetensors", "model.safetensors.index.pruned.json")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,19 @@ def test_own_extraction_loads_without_the_flag(extraction):
     assert model.config.model_type == "shedder_pruned_mamba2"
 
 
+def test_an_extractions_tokenizer_and_config_load_with_plain_transformers(extraction, monkeypatch):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    prompts = []
+    monkeypatch.setattr("builtins.input", lambda *question: prompts.append(question) or "n")
+    assert AutoTokenizer.from_pretrained(extraction)("state space").input_ids
+    assert AutoConfig.from_pretrained(extraction).model_type == "mamba2"
+    with pytest.raises(OSError, match="model.safetensors"):  # the stock model, which would not fit, finds no weights
+        AutoModelForCausalLM.from_pretrained(extraction)
+    pruned = AutoModelForCausalLM.from_pretrained(extraction, trust_remote_code=True)
+    assert pruned.config.model_type == "shedder_pruned_mamba2" and prompts == []
+
+
 def attack_config_auto_map(folder: Path, marker: Path) -> None:
     """config.json names an extra module beside the two byte-identical template files."""
     (folder / "extra.py").write_text(payload(marker, "from .modeling_shedder_pruned import *  # noqa\n"))

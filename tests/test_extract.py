@@ -365,14 +365,16 @@ def test_a_pruned_layout_is_described_in_the_folder(tmp_path):
     model = build("mamba2")
     extract(model, tiny_tokenizer(), Plan.for_model(model, _c("ssm", 1) + _c("ssm_heads", 2, 3)), tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["model_type"] == "shedder_pruned_mamba2"
+    assert config["model_type"] == "mamba2"  # the family's, so that config and tokenizer need no code
     assert config["architectures"] == ["ShedderPrunedMamba2ForCausalLM"]
+    assert (tmp_path / "out" / "model.pruned.safetensors").is_file()
+    assert not (tmp_path / "out" / "model.safetensors").exists()
     assert config["pruned_layout"]["layers"]["1"] == [{"op": "remove_ssm", "module": "mixer"}]
     assert config["pruned_layout"]["layers"]["2"][0]["kept"] == [0, 1, 2, 4, 5, 6, 7]
     assert 'BASE_MODEL_TYPE = "mamba2"' in (tmp_path / "out" / "modeling_shedder_pruned.py").read_text()
     card = (tmp_path / "out" / "README.md").read_text()
     assert "trust_remote_code=True" in card and "1 ssm" in card and "out_proj" in card
-    with pytest.raises(ValueError, match="trust_remote_code"):  # never silently the unpruned architecture
+    with pytest.raises(OSError, match="model.safetensors"):  # never silently the unpruned architecture
         AutoModelForCausalLM.from_pretrained(tmp_path / "out")
 
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 FILES = ("modeling_shedder_pruned.py", "pruned_layers.py")
+WEIGHTS_VARIANT = "pruned"  # a pruned layout's weights: model.pruned.safetensors (see the model file)
 # what config.json's auto_map names for a pruned layout: the template's classes, nothing else
 AUTO_MAP = {"AutoConfig": "modeling_shedder_pruned.ShedderPrunedConfig",
             "AutoModelForCausalLM": "modeling_shedder_pruned.ShedderPrunedForCausalLM"}
