@@ -21,7 +21,8 @@ def run_folder(source: str, settings: RecoverySettings, evaluation: Evaluation, 
     """One folder per source and settings: pressing Start again continues (or shows) the same run."""
     key = {"source": source, "settings": settings.resolved().trajectory(), "evaluation": evaluation.to_dict(),
            "dense": dense}
-    return recovered_dir() / f"{Path(source).name}-{settings.method}-{settings.steps}steps-{_digest(key)}"
+    name = Path(source).name[:100]  # a folder name of any length still gives a name the file system holds
+    return recovered_dir() / f"{name}-{settings.method}-{settings.steps}steps-{_digest(key)}"
 
 
 def plan_folder(plan: Plan) -> Path:

@@ -103,4 +103,8 @@ def save_plan(fingerprint: str, name: str, plan: Plan, replace: bool = False) ->
 
 
 def delete_plan(fingerprint: str, name: str) -> None:
-    (plans_root(fingerprint) / f"{plan_name(name)}.json").unlink(missing_ok=True)
+    """Delete the saved plan ``name`` (a name :func:`saved_plans` lists)."""
+    path = plans_root(fingerprint) / f"{name}.json"
+    if path.parent != plans_root(fingerprint):
+        raise ShedderError(f"{name!r} is not the name of a saved plan.")
+    path.unlink(missing_ok=True)
