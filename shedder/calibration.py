@@ -124,7 +124,13 @@ def tokenize_text(text: str, tokenizer, use_cache: bool = True) -> torch.Tensor:
     key = hashlib.sha256(text.encode()).hexdigest()[:16] + "-" + tokenizer_fingerprint(tokenizer)
     path = cache_dir() / "tokens" / f"{key}.pt"
     if use_cache and path.is_file():
-        return torch.load(path)
+        try:
+            stream = torch.load(path, weights_only=True)
+            if isinstance(stream, torch.Tensor) and stream.dtype == torch.long and stream.dim() == 1:
+                return stream
+            log.warning("Token cache %s holds no token stream; rebuilding it.", path)
+        except Exception as exc:  # noqa: BLE001  (truncated, corrupt or foreign file: any of torch's errors)
+            log.warning("Token cache %s is damaged (%s); rebuilding it.", path, (str(exc).splitlines() or [type(exc).__name__])[0][:120])
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     stream = torch.tensor(ids, dtype=torch.long)
     if use_cache:
@@ -161,6 +167,8 @@ def cut_windows(stream: torch.Tensor, seq_len: int, n_tokens: int | None = None,
     """
     if seq_len < 2:
         raise ShedderError("seq_len must be at least 2 (one window predicts seq_len - 1 tokens).")
+    if n_tokens is not None and n_tokens < 1:
+        raise ShedderError(f"--tokens {n_tokens}: give a positive number of tokens (or none for all of the text).")
     available = stream.numel() // seq_len
     if available == 0:
         raise ShedderError(

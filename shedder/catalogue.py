@@ -58,11 +58,15 @@ class Component:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Component":
-        try:
-            return cls(kind=str(data["kind"]), layer=int(data["layer"]),
-                       index=None if data.get("index") is None else int(data["index"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ShedderError(f"Not a component: {data!r} (need kind, layer and for groups index).") from exc
+        """``{"kind": "ssm", "layer": 7}`` (plus ``"index"`` for groups); whole numbers only (not 1.7, not true)."""
+        def whole(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if (not isinstance(data, dict) or not isinstance(data.get("kind"), str) or not whole(data.get("layer"))
+                or not (data.get("index") is None or whole(data["index"]))):
+            raise ShedderError(f"Not a component: {str(data)[:200]} (need a kind name, a whole layer number and, "
+                               "for groups, a whole index).")
+        return cls(kind=data["kind"], layer=data["layer"], index=data.get("index"))
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,16 @@ class Catalogue:
     def components(self, kinds: Iterable[str] | None = None) -> list[Component]:
         wanted = set(KINDS if kinds is None else kinds)
         return [e.component for e in self.entries if e.component.kind in wanted]
+
+    def present(self, kinds: Iterable[str]) -> list[str]:
+        """Those of ``kinds`` this model has; a ShedderError that names what it has when it has none of them."""
+        kinds = list(kinds)
+        have = {e.component.kind for e in self.entries}
+        found = [k for k in kinds if k in have]
+        if not found:
+            raise ShedderError(f"This {self.model_type} model has no {', '.join(kinds) or 'such'} components; it has "
+                               f"{', '.join(k for k in KINDS if k in have)}.")
+        return found
 
     def params_of(self, removed: Component | Iterable[Component]) -> int:
         """Parameters physical removal frees: of one component alone, or of a whole removed set (parts

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 
+from .cli_types import POSITIVE, SEED, SEQ_LEN, OneLineParser
 from .errors import ShedderError
 
 
@@ -15,7 +16,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ..., or balanced: the layers spread over all visible GPUs (a model too big for one)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow code shipped with the model to run (only for sources you trust)")
-    parser.add_argument("--channel-group-size", type=int, default=None,
+    parser.add_argument("--channel-group-size", type=POSITIVE, default=None,
                         help="MLP channels per mlp_channels group (default: 256, or 1/8 of small MLPs)")
 
 
@@ -54,11 +55,11 @@ def _inspect(args: argparse.Namespace) -> int:
 def add_calibration_args(parser: argparse.ArgumentParser, default_tokens: int | None = None) -> None:
     parser.add_argument("--calib", default="wiki", help="wiki (offline default), wiki-test, a .txt path, "
                         "or wikitext2 / c4 / ptb / alpaca (online)")
-    parser.add_argument("--tokens", type=int, default=default_tokens,
+    parser.add_argument("--tokens", type=POSITIVE, default=default_tokens,
                         help="calibration tokens" + ("" if default_tokens else " (default: all of the text)"))
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=None, help="sample windows with this seed instead of from the start")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=SEQ_LEN, default=512)
+    parser.add_argument("--seed", type=SEED, default=None, help="sample windows with this seed instead of from the start")
+    parser.add_argument("--batch-size", type=POSITIVE, default=8)
 
 
 def windows_from_args(args: argparse.Namespace, tokenizer):
@@ -67,14 +68,32 @@ def windows_from_args(args: argparse.Namespace, tokenizer):
     return calibration_windows(args.calib, tokenizer, args.seq_len, args.tokens, args.seed)
 
 
-def load_plan_for(model, path: str | None):
-    """The plan at ``path`` checked against ``model``, or an empty plan."""
-    from .plan import Plan
+def add_plan_args(parser: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    parser.add_argument("--plan", required=required, help=help + "; ours, or the reference code's pruning_config.json")
+    parser.add_argument("--allow-other-weights", action="store_true",
+                        help="apply a plan made for other weights of the same architecture (e.g. a plan searched "
+                             "on a base model, applied to its fine-tune)")
 
-    if not path:
+
+def load_plan_for(model, args: argparse.Namespace):
+    """The plan of ``--plan`` (ours or a reference config) checked against ``model``, or an empty plan. A
+    reference config's mapping onto this model is said on stderr: that format names no model."""
+    from .plan import Plan, read_plan_json
+    from .reference_format import plan_from_data
+
+    if not args.plan:
         return Plan()
-    plan = Plan.load(path)
-    plan.check(model)
+    plan, mapping = plan_from_data(read_plan_json(args.plan), model, args.channel_group_size,
+                                   getattr(args, "channel_reorder", None), args.allow_other_weights)
+    if mapping is not None:
+        print(f"warning: {args.plan} is a reference pruning config; that format records no model, so check that it "
+              f"was made for this layout. Read as: {mapping}", file=sys.stderr)
+    elif args.allow_other_weights and plan.fingerprint:
+        from .identity import same_weights
+
+        if not same_weights(model, plan.fingerprint):
+            print(f"warning: {args.plan} was made for other weights (fingerprint {plan.fingerprint[:12]}); applied "
+                  "as asked (--allow-other-weights).", file=sys.stderr)
     return plan
 
 
@@ -86,15 +105,16 @@ def progress_bar(total: int, desc: str, disable: bool = False):
 
 def _ppl(args: argparse.Namespace) -> int:
     from .loading import load_model
-    from .perplexity import perplexity
+    from .perplexity import perplexity, require_finite
 
     model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
-    plan = load_plan_for(model, args.plan)
+    plan = load_plan_for(model, args)
     if not args.plan:
         plan.channel_group_size = args.channel_group_size
     windows = windows_from_args(args, tokenizer)
     with progress_bar(len(windows), "perplexity", args.json) as bar:
         result = perplexity(model, windows, plan, args.batch_size, progress=lambda done, total: bar.update(done - bar.n))
+    require_finite(result, args.model)
     if args.json:
         print(json.dumps({"model": args.model, "calib": args.calib, "removed": len(plan.removed), **result.to_dict()}))
     else:
@@ -104,7 +124,7 @@ def _ppl(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m shedder", description=__doc__)
+    parser = OneLineParser(prog="python -m shedder", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -115,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ppl = sub.add_parser("ppl", help="perplexity on calibration text, optionally with a plan applied")
     _add_model_args(ppl)
-    ppl.add_argument("--plan", help="plan JSON whose removals to apply")
+    add_plan_args(ppl, "plan JSON whose removals to apply")
     add_calibration_args(ppl)
     ppl.add_argument("--json", action="store_true")
     ppl.set_defaults(run=_ppl)
@@ -141,5 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ShedderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the message holds
         return 2
+    except KeyboardInterrupt:
+        print(f"stopped (Ctrl-C) during {args.command}; search and recover continue from their last saved step "
+              "when the same command is run again.", file=sys.stderr)
+        return 130

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import load_plan_for, progress_bar
+from .cli import add_plan_args, load_plan_for, progress_bar
+from .cli_types import NON_NEGATIVE, POSITIVE, SEED
+from .paths import check_output_file
 from .errors import ShedderError
 
 
@@ -63,8 +65,9 @@ def _bench(args: argparse.Namespace) -> int:
                              batch_sizes=_batch_sizes(args.batch_sizes), repeats=args.repeats, warmup=args.warmup,
                              static_loop=not args.no_static, use_graph=not args.no_graph, seed=args.seed)
     settings.check()
+    check_output_file(args.out)
     model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
-    plan = load_plan_for(model, args.plan) if args.plan else None
+    plan = load_plan_for(model, args) if args.plan else None
     with progress_bar(0, "bench") as bar:
         report = benchmark(model, tokenizer, plan, settings, progress=bar.set_description_str)
     report = {"model": args.model, "plan": args.plan, **report}
@@ -78,14 +81,14 @@ def register(subparsers, add_model_args) -> None:
     parser = subparsers.add_parser("bench", help="time to first token, decode tokens/s and peak memory "
                                                  "(with --plan: of the extracted model, against the dense one)")
     add_model_args(parser)
-    parser.add_argument("--plan", help="plan JSON: time the physically extracted model too, and compare")
+    add_plan_args(parser, "plan JSON: time the physically extracted model too, and compare")
     parser.add_argument("--out", required=True, help="JSON file to write the measurements to")
-    parser.add_argument("--prompt-len", type=int, default=2048)
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-len", type=POSITIVE, default=2048)
+    parser.add_argument("--new-tokens", type=POSITIVE, default=128)
     parser.add_argument("--batch-sizes", default="1,16", help="decode batch sizes, e.g. 1,16")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median, min, max)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random prompt tokens")
+    parser.add_argument("--repeats", type=POSITIVE, default=3, help="timed runs per figure (median, min, max)")
+    parser.add_argument("--warmup", type=NON_NEGATIVE, default=1, help="untimed runs before the timed ones")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the random prompt tokens")
     parser.add_argument("--no-static", action="store_true", help="time plain generate only")
     parser.add_argument("--no-graph", action="store_true", help="run the static decode loop without a CUDA graph")
     parser.set_defaults(run=_bench)

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from .cli_types import POSITIVE, SEED, SEQ_LEN
+
 AddModelArgs = Callable[[argparse.ArgumentParser], None]
 
 
@@ -22,17 +24,19 @@ def register(subparsers, add_model_args: AddModelArgs) -> None:
 
     ev = subparsers.add_parser("eval", help="perplexity and zero-shot accuracy (lm-eval tasks), dense and with a plan")
     add_model_args(ev)
-    ev.add_argument("--plan", help="plan JSON whose removals to apply (the dense model is measured too)")
+    from .cli import add_plan_args
+
+    add_plan_args(ev, "plan JSON whose removals to apply (the dense model is measured too)")
     ev.add_argument("--tasks", default="all", help="comma-separated lm-eval task names, or all (default): "
                     "lambada_openai, hellaswag, piqa, arc_easy, arc_challenge, winogrande, openbookqa")
-    ev.add_argument("--limit", type=int, default=None, help="evaluate N documents per task, drawn with --seed")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the --limit draw (default 0)")
+    ev.add_argument("--limit", type=POSITIVE, default=None, help="evaluate N documents per task, drawn with --seed")
+    ev.add_argument("--seed", type=SEED, default=0, help="seed of the --limit draw (default 0)")
     ev.add_argument("--online", action="store_true", help="use lm-eval's own tasks and hub datasets (needs network)")
     ev.add_argument("--calib", default="wiki-test", help="perplexity text: wiki-test (default), wiki, a .txt path, "
                     "wikitext2 / c4 / ptb (online), or none to skip")
-    ev.add_argument("--tokens", type=int, default=None, help="perplexity tokens (default: all of the text)")
-    ev.add_argument("--seq-len", type=int, default=512)
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--tokens", type=POSITIVE, default=None, help="perplexity tokens (default: all of the text)")
+    ev.add_argument("--seq-len", type=SEQ_LEN, default=512)
+    ev.add_argument("--batch-size", type=POSITIVE, default=8)
     ev.add_argument("--no-dense", action="store_true", help="with --plan, measure only the pruned model")
     ev.add_argument("--out", help="write every number to this JSON file")
     ev.set_defaults(run=_eval)
@@ -68,7 +72,7 @@ def _bar(desc: str, unit: str):
 
 def _measure(model, tokenizer, args: argparse.Namespace, tasks: list[str], plan, windows, label: str) -> dict:
     from .evaluation import evaluate_accuracy
-    from .perplexity import perplexity
+    from .perplexity import perplexity, require_finite
 
     removed = plan if plan is not None else []
     group_size = None if plan is not None else args.channel_group_size
@@ -76,8 +80,9 @@ def _measure(model, tokenizer, args: argparse.Namespace, tasks: list[str], plan,
     if windows is not None:
         bar, update = _bar(f"{label}: perplexity", "win")
         with bar:
-            out["perplexity"] = perplexity(model, windows, removed, args.batch_size, progress=update,
-                                           channel_group_size=group_size).to_dict()
+            result = perplexity(model, windows, removed, args.batch_size, progress=update,
+                                channel_group_size=group_size)
+            out["perplexity"] = require_finite(result, f"the {label} model").to_dict()
     bar, update = _bar(f"{label}: accuracy", "req")
     with bar:
         report = evaluate_accuracy(model, tokenizer, tasks, removed, group_size, args.limit, args.seed,
@@ -88,19 +93,19 @@ def _measure(model, tokenizer, args: argparse.Namespace, tasks: list[str], plan,
 
 def _eval(args: argparse.Namespace) -> int:
     from .calibration import calibration_windows
+    from .cli import load_plan_for
+    from .paths import check_output_file
     from .errors import ShedderError
     from .loading import load_model
-    from .plan import Plan
     from .tasks import parse_task_list
 
     tasks = parse_task_list(args.tasks)
     if args.no_dense and not args.plan:
         raise ShedderError("--no-dense needs --plan (without a plan the dense model is all there is).")
+    if args.out:
+        check_output_file(args.out)
     model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
-    plan = None
-    if args.plan:
-        plan = Plan.load(args.plan)
-        plan.check(model)
+    plan = load_plan_for(model, args) if args.plan else None
     windows = None
     if args.calib.lower() != "none":
         windows = calibration_windows(args.calib, tokenizer, args.seq_len, args.tokens)

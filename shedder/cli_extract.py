@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import load_plan_for
+from .cli import add_plan_args, load_plan_for
+from .paths import check_output_dir
 
 
 def _extract(args: argparse.Namespace) -> int:
     from .extract import extract
     from .loading import load_model
 
+    check_output_dir(args.out)
     model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
-    plan = load_plan_for(model, args.plan)
-    result = extract(model, tokenizer, plan, args.out)
+    plan = load_plan_for(model, args)
+    result = extract(model, tokenizer, plan, args.out, allow_other_weights=args.allow_other_weights)
     saved = 1 - result.params_after / result.params_before
     print(f"extracted {len(result.removed)} removed components -> {result.out_dir}")
     print(f"parameters {result.params_before:,} -> {result.params_after:,} ({saved:.1%} fewer)")
@@ -28,6 +30,6 @@ def _extract(args: argparse.Namespace) -> int:
 def register(subparsers, add_model_args) -> None:
     parser = subparsers.add_parser("extract", help="write a smaller model without the plan's removed components")
     add_model_args(parser)
-    parser.add_argument("--plan", required=True, help="plan JSON")
+    add_plan_args(parser, "plan JSON", required=True)
     parser.add_argument("--out", required=True, help="new (or empty) folder to write the smaller model to")
     parser.set_defaults(run=_extract)

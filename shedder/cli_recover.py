@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from .cli_types import NON_NEGATIVE, POSITIVE, SEED, SEQ_LEN, real
+from .paths import check_output_dir
+
 
 def register(subparsers, add_model_args) -> None:
     parser = subparsers.add_parser("recover", help="recovery tuning (LoRA or full) of a pruned model, measured "
@@ -20,29 +23,29 @@ def register(subparsers, add_model_args) -> None:
     train.add_argument("--data", default="wiki", help="training text: wiki (the training split, default), a .txt "
                        "path, or wikitext2 / c4 / alpaca (online); wiki-test is held out and refused")
     train.add_argument("--method", choices=["lora", "full"], default="lora")
-    train.add_argument("--steps", type=int, default=200)
-    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4 LoRA, 5e-5 full)")
-    train.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default 5%% of --steps)")
+    train.add_argument("--steps", type=POSITIVE, default=200)
+    train.add_argument("--lr", type=real(0, above=True), default=None, help="peak learning rate (default 5e-4 LoRA, 5e-5 full)")
+    train.add_argument("--warmup", type=NON_NEGATIVE, default=None, help="linear warm-up steps (default 5%% of --steps)")
     train.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine")
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--grad-clip", type=float, default=1.0)
-    train.add_argument("--batch-size", type=int, default=8, help="windows per step")
-    train.add_argument("--seq-len", type=int, default=512, help="tokens per window")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (0: only the last)")
+    train.add_argument("--weight-decay", type=real(0), default=0.0)
+    train.add_argument("--grad-clip", type=real(0, above=True), default=1.0)
+    train.add_argument("--batch-size", type=POSITIVE, default=8, help="windows per step")
+    train.add_argument("--seq-len", type=SEQ_LEN, default=512, help="tokens per window")
+    train.add_argument("--seed", type=SEED, default=0)
+    train.add_argument("--checkpoint-every", type=NON_NEGATIVE, default=50, help="steps between checkpoints (0: only the last)")
     lora = parser.add_argument_group("LoRA")
-    lora.add_argument("--rank", type=int, default=16)
-    lora.add_argument("--alpha", type=float, default=32.0)
-    lora.add_argument("--dropout", type=float, default=0.05)
+    lora.add_argument("--rank", type=POSITIVE, default=16)
+    lora.add_argument("--alpha", type=real(0, above=True), default=32.0)
+    lora.add_argument("--dropout", type=real(0, 1, below=True), default=0.05)
     lora.add_argument("--target-modules", default=None, help="comma-separated projection names (default per "
                       "family: in_proj,out_proj of Mamba mixers, q/k/v/o_proj, gate/up/down_proj)")
     measure = parser.add_argument_group("measuring (held-out wiki-test)")
-    measure.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default: all of wiki-test)")
-    measure.add_argument("--eval-seq-len", type=int, default=None, help="window length (default: --seq-len)")
-    measure.add_argument("--eval-batch-size", type=int, default=8)
+    measure.add_argument("--eval-tokens", type=POSITIVE, default=None, help="held-out tokens (default: all of wiki-test)")
+    measure.add_argument("--eval-seq-len", type=SEQ_LEN, default=None, help="window length (default: --seq-len)")
+    measure.add_argument("--eval-batch-size", type=POSITIVE, default=8)
     measure.add_argument("--tasks", default=None, help="zero-shot tasks too (comma-separated lm-eval names, or all)")
-    measure.add_argument("--limit", type=int, default=None, help="documents per task, drawn with --limit-seed")
-    measure.add_argument("--limit-seed", type=int, default=0)
+    measure.add_argument("--limit", type=POSITIVE, default=None, help="documents per task, drawn with --limit-seed")
+    measure.add_argument("--limit-seed", type=SEED, default=0)
     measure.add_argument("--dense", default=None, help="the unpruned model, for the share of the loss recovered "
                          "(default: found from the folder's plan.json when it is a zoo model)")
     parser.add_argument("--out", required=True, help="folder for the recovered model (re-run to resume)")
@@ -72,6 +75,7 @@ def _recover(args: argparse.Namespace) -> int:
     from .recover import recover
 
     settings, evaluation = _settings(args)
+    check_output_dir(args.out)
     bars: dict = {}
 
     def on_step(record: dict, total: int) -> None:

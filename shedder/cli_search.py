@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from .cli import add_calibration_args, load_plan_for, progress_bar, windows_from_args
+from .cli import add_calibration_args, add_plan_args, load_plan_for, progress_bar, windows_from_args
+from .cli_types import POSITIVE
+from .paths import check_output_dir, check_output_file
 from .errors import ShedderError
 
 
@@ -15,9 +18,26 @@ def _kinds(text: str) -> list[str]:
 
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
-    if unknown or not kinds:
-        raise ShedderError(f"Unknown kind(s) {unknown or text!r}; choose from {', '.join(KINDS)}.")
+    if not kinds:
+        raise ShedderError(f"No component kinds given ({text!r}); choose from {', '.join(KINDS)}.")
+    if unknown:
+        raise ShedderError(f"Unknown kind(s) {unknown}; choose from {', '.join(KINDS)}.")
     return kinds
+
+
+def _kinds_of_model(model, kinds: list[str], channel_group_size: int | None, warn: bool = True) -> list[str]:
+    """Those of ``kinds`` the model has (a warning names the others); refused when it has none of them."""
+    from .masks import catalogue_of
+
+    found = catalogue_of(model, channel_group_size).present(kinds)
+    missing = [k for k in kinds if k not in found]
+    if missing and warn:
+        print(f"warning: this {model.config.model_type} model has no {', '.join(missing)} components; "
+              f"using {', '.join(found)}.", file=sys.stderr)
+    return found
+
+
+DEFAULT_SCORE_KINDS = "block,ssm,attn,mlp"
 
 
 def add_executor_args(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +45,8 @@ def add_executor_args(parser: argparse.ArgumentParser) -> None:
                         help="evaluate candidates in this process, or on Ray workers (same results)")
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to join (auto, HOST:6379); default: RAY_ADDRESS, one running here, or a new one")
-    parser.add_argument("--workers", type=int, default=None, help="Ray workers, one model replica each (default 2)")
-    parser.add_argument("--gpus-per-worker", type=int, default=None,
+    parser.add_argument("--workers", type=POSITIVE, default=None, help="Ray workers, one model replica each (default 2)")
+    parser.add_argument("--gpus-per-worker", type=POSITIVE, default=None,
                         help="GPUs per Ray worker; above 1 each replica's layers are spread over them (default 1)")
 
 
@@ -53,12 +73,14 @@ def load_with_executor(args: argparse.Namespace, split: str = "windows"):
 def _score(args: argparse.Namespace) -> int:
     from .scoring import block_influence, proxy_agreement, score, weight_magnitude
 
+    kinds = _kinds(DEFAULT_SCORE_KINDS if args.kinds is None else args.kinds)
+    check_output_file(args.out)
     model, tokenizer, executor = load_with_executor(args, args.ray_split)
-    base = load_plan_for(model, args.plan)
+    base = load_plan_for(model, args)
     group_size = base.channel_group_size if args.plan else args.channel_group_size
     reorder = base.channel_reorder if args.plan else args.channel_reorder
+    kinds = _kinds_of_model(model, kinds, group_size, warn=args.kinds is not None)
     windows = windows_from_args(args, tokenizer)
-    kinds = _kinds(args.kinds)
     with progress_bar(0, "score") as bar:
         def tick(done, total):
             bar.total = total
@@ -77,7 +99,8 @@ def _score(args: argparse.Namespace) -> int:
         "proxies": {name: [{**c.to_dict(), "value": v} for c, v in values.items()] for name, values in proxies.items()},
         "proxy_spearman": proxy_agreement(scores, proxies),
     }
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).expanduser().write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     best = sorted(scores, key=lambda s: s.ppl)[:5]
     print(f"base perplexity {base_ppl:.4f}; {len(scores)} components scored -> {args.out}")
     for s in best:
@@ -90,47 +113,63 @@ def _search(args: argparse.Namespace) -> int:
 
     if args.stages and args.targets:
         raise ShedderError("Give either --targets/--steps or --stages, not both.")
-    stages = parse_stages(args.stages) if args.stages else [Stage(tuple(_kinds(args.targets or "block")), args.steps)]
+    targets = "block" if args.targets is None else args.targets
+    stages = parse_stages(args.stages) if args.stages else [Stage(tuple(_kinds(targets)), args.steps)]
+    check_output_dir(args.out)
     model, tokenizer, executor = load_with_executor(args)
+    stages = [Stage(tuple(_kinds_of_model(model, list(s.targets), args.channel_group_size)), s.steps) for s in stages]
     windows = windows_from_args(args, tokenizer)
-    with progress_bar(sum(s.steps for s in stages), "search steps") as bar:
+    total = sum(s.steps for s in stages)
+    with progress_bar(total, "search steps") as bar:
         def on_step(step):
             bar.update(1)
             bar.set_postfix_str(f"removed {step['removed']['kind']}@{step['removed']['layer']} ppl {step['ppl']:.3f}")
-        record = search(model, windows, stages, args.out, args.batch_size, channel_group_size=args.channel_group_size,
-                        channel_reorder=args.channel_reorder, early_stop=not args.no_early_stop, on_step=on_step,
-                        executor=executor)
+        try:
+            record = search(model, windows, stages, args.out, args.batch_size,
+                            channel_group_size=args.channel_group_size, channel_reorder=args.channel_reorder,
+                            early_stop=not args.no_early_stop, on_step=on_step, executor=executor)
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"stopped after step {_finished_steps(args.out)} of {total} (Ctrl-C); the finished steps are kept in "
+                  f"{args.out}: re-run the same command to resume.", file=sys.stderr)
+            return 130
     print(f"{len(record['removed'])} components removed; plan in {Path(args.out) / 'plan.json'} "
           f"(work: {record['work']:,} layer-token passes)")
     return 0
 
 
+def _finished_steps(out: str) -> int:
+    try:
+        return len(json.loads((Path(out) / "log.json").read_text(encoding="utf-8"))["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _plan_convert(args: argparse.Namespace) -> int:
     from .loading import load_model
-    from .plan import Plan
-    from .reference_format import from_reference, is_reference_config, to_reference
+    from .plan import read_plan_json
+    from .reference_format import is_reference_config, plan_from_data, to_reference
 
+    out = check_output_file(args.out)
+    data = read_plan_json(args.input)
     model, _ = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
-    try:
-        data = json.loads(Path(args.input).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ShedderError(f"Cannot read {args.input}: {exc}") from exc
+    plan, mapping = plan_from_data(data, model, args.channel_group_size, args.channel_reorder, args.allow_other_weights)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if is_reference_config(data):
-        plan = from_reference(data, model, args.channel_group_size, args.channel_reorder)
-        plan.save(args.out)
-        print(f"reference config -> shedder plan with {len(plan.removed)} removals: {args.out}")
+        plan.save(out)
+        print(f"reference config -> shedder plan with {len(plan.removed)} removals: {out}")
+        print(f"warning: the reference format records no model; read as: {mapping}", file=sys.stderr)
     else:
-        plan = Plan.from_dict(data)
-        Path(args.out).write_text(json.dumps(to_reference(plan, model), indent=4) + "\n", encoding="utf-8")
-        print(f"shedder plan -> reference config: {args.out}")
+        out.write_text(json.dumps(to_reference(plan, model), indent=4) + "\n", encoding="utf-8")
+        print(f"shedder plan -> reference config: {out}")
     return 0
 
 
 def register(sub, add_model_args) -> None:
     score = sub.add_parser("score", help="leave-one-out sensitivity of every component of some kinds")
     add_model_args(score)
-    score.add_argument("--kinds", default="block,ssm,attn,mlp")
-    score.add_argument("--plan", help="base plan: score on top of these removals")
+    score.add_argument("--kinds", default=None, help=f"kinds to score (default: those of {DEFAULT_SCORE_KINDS} the model has)")
+    add_plan_args(score, "base plan: score on top of these removals")
     score.add_argument("--channel-reorder", choices=["l1"], default=None)
     add_calibration_args(score, default_tokens=65536)
     add_executor_args(score)
@@ -143,7 +182,7 @@ def register(sub, add_model_args) -> None:
     search = sub.add_parser("search", help="the Mamba-Shedder greedy search (resumable)")
     add_model_args(search)
     search.add_argument("--targets", help="kinds to search over, e.g. block,ssm")
-    search.add_argument("--steps", type=int, default=4)
+    search.add_argument("--steps", type=POSITIVE, default=4)
     search.add_argument("--stages", help="several stages, e.g. 'block,attn,mlp:3;mlp_channels:20;ssm:18'")
     search.add_argument("--channel-reorder", choices=["l1"], default=None,
                         help="group MLP channels by weight L1 norm first (the reference's --weight_reorder)")
@@ -157,5 +196,7 @@ def register(sub, add_model_args) -> None:
     add_model_args(convert)
     convert.add_argument("--in", dest="input", required=True)
     convert.add_argument("--channel-reorder", choices=["l1"], default=None)
+    convert.add_argument("--allow-other-weights", action="store_true",
+                         help="convert a plan made for other weights of the same architecture")
     convert.add_argument("--out", required=True)
     convert.set_defaults(run=_plan_convert)

@@ -38,6 +38,15 @@ class PerplexityResult:
         return asdict(self)
 
 
+def require_finite(result: PerplexityResult, what: str) -> PerplexityResult:
+    """``result``, or a ShedderError when its loss is NaN: the weights (or this dtype) produce NaN, and every
+    number after that would be meaningless."""
+    if math.isnan(result.nll_sum):
+        raise ShedderError(f"The perplexity of {what} is NaN: the weights produce NaN (a damaged checkpoint, or "
+                           "values that overflow in this dtype); check the checkpoint or try --dtype float32.")
+    return result
+
+
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 

@@ -10,6 +10,7 @@ JSON, versioned::
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +18,61 @@ from torch import nn
 
 from .catalogue import Component
 from .errors import ShedderError
-from .identity import model_fingerprint
+from .identity import model_fingerprint, same_weights
 from .masks import catalogue_of, validate
 from .paths import write_text_atomic
 
+log = logging.getLogger(__name__)
+
 FORMAT, VERSION = "shedder-plan", 1
+MAX_PLAN_BYTES = 4 * 2**20  # a plan of every component of a 100-layer model, with every search step, is < 1 MiB
+# what a plan keeps besides its own fields: the search steps it came from, and the model a plan applied
+# with --allow-other-weights was made for; anything else in a file is dropped on reading
+EXTRA_KEYS = ("steps", "made_for")
+
+
+def _too_large(name: str, size: int) -> ShedderError:
+    return ShedderError(f"{name} is {size:,} bytes, too large to be a plan (at most {MAX_PLAN_BYTES:,}); "
+                        "give a shedder plan or a reference pruning_config.json.")
+
+
+def plan_json(raw: bytes, name: str) -> object:
+    """The JSON in a plan file's bytes; refuses files too large to be a plan and text that is not JSON."""
+    if len(raw) > MAX_PLAN_BYTES:
+        raise _too_large(name, len(raw))
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShedderError(f"Plan file {name} is not valid JSON: {exc}") from exc
+
+
+def read_plan_json(path: str | Path) -> object:
+    """The JSON in a plan file (ours or a reference config), read with the checks of :func:`plan_json`."""
+    path = Path(path).expanduser()
+    try:
+        if path.stat().st_size > MAX_PLAN_BYTES:
+            raise _too_large(str(path), path.stat().st_size)
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ShedderError(f"Plan file {path} does not exist.") from None
+    except OSError as exc:
+        raise ShedderError(f"Cannot read plan file {path}: {exc.strerror or exc}.") from None
+    return plan_json(raw, str(path))
+
+
+def not_plan_keys(data: dict) -> list[str]:
+    """The top-level keys of a plan file that are not part of a plan (reading drops them)."""
+    known = {"format", "version", "model", "channel_group_size", "channel_reorder", "removed", *EXTRA_KEYS}
+    return sorted(str(k) for k in data if k not in known)
+
+
+def _optional(data: dict, key: str, kind: type, where: str = ""):
+    """``data[key]`` when it is None or of ``kind`` (a bool is not a whole number), else a ShedderError."""
+    value = data.get(key)
+    if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+        return value
+    wanted = {int: "a whole number", str: "a string", list: "a list", dict: "an object"}[kind]
+    raise ShedderError(f"Plan field {where}{key!r} must be {wanted} or null, not {value!r}.")
 
 
 @dataclass
@@ -58,16 +109,31 @@ class Plan:
             raise ShedderError("Not a shedder plan (expected \"format\": \"shedder-plan\").")
         if data.get("version") != VERSION:
             raise ShedderError(f"Plan version {data.get('version')} is not supported (this shedder reads {VERSION}).")
-        model = data.get("model") or {}
-        known = {"format", "version", "model", "channel_group_size", "channel_reorder", "removed"}
+        model = {} if data.get("model") is None else data["model"]
+        if not isinstance(model, dict):
+            raise ShedderError(f'Plan field "model" must be an object such as {{"model_type": "mamba2", '
+                               f'"n_layers": 24, "fingerprint": "..."}}, not {model!r}.')
+        n_layers = _optional(model, "n_layers", int, "model.")
+        group_size = _optional(data, "channel_group_size", int)
+        if (n_layers is not None and n_layers < 1) or (group_size is not None and group_size < 1):
+            raise ShedderError("Plan fields model.n_layers and channel_group_size must be at least 1.")
+        reorder = data.get("channel_reorder")
+        if reorder not in (None, "l1"):
+            raise ShedderError(f'Plan field "channel_reorder" must be null or "l1", not {reorder!r}.')
+        removed = _optional(data, "removed", list) or []
+        for key in ("steps", "made_for"):
+            _optional(data, key, list if key == "steps" else dict)
+        dropped = not_plan_keys(data)
+        if dropped:
+            log.warning("Ignoring what is not part of a plan: %s", ", ".join(dropped)[:200])
         return cls(
-            removed=[Component.from_dict(c) for c in data.get("removed", [])],
-            model_type=model.get("model_type"),
-            n_layers=model.get("n_layers"),
-            fingerprint=model.get("fingerprint"),
-            channel_group_size=data.get("channel_group_size"),
-            channel_reorder=data.get("channel_reorder"),
-            extra={k: v for k, v in data.items() if k not in known},
+            removed=[Component.from_dict(c) for c in removed],
+            model_type=_optional(model, "model_type", str, "model."),
+            n_layers=n_layers,
+            fingerprint=_optional(model, "fingerprint", str, "model."),
+            channel_group_size=group_size,
+            channel_reorder=reorder,
+            extra={k: data[k] for k in EXTRA_KEYS if data.get(k) is not None},
         )
 
     def save(self, path: str | Path) -> None:
@@ -76,13 +142,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ShedderError(f"Plan file {path} does not exist.") from None
-        except json.JSONDecodeError as exc:
-            raise ShedderError(f"Plan file {path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(read_plan_json(path))
 
     def check(self, model: nn.Module, strict_weights: bool = False) -> None:
         """Raise a ShedderError that explains why this plan does not fit ``model``."""
@@ -91,6 +151,10 @@ class Plan:
             raise ShedderError(f"The plan is for a {self.model_type} model; this one is {catalogue.model_type}.")
         if self.n_layers is not None and self.n_layers != catalogue.n_layers:
             raise ShedderError(f"The plan is for a model with {self.n_layers} layers; this one has {catalogue.n_layers}.")
-        if strict_weights and self.fingerprint and self.fingerprint != model_fingerprint(model):
-            raise ShedderError("The plan was made for a model with other weights (fingerprint differs).")
+        if strict_weights and self.fingerprint and not same_weights(model, self.fingerprint):
+            raise ShedderError(
+                f"The plan was made for other weights: same architecture ({catalogue.model_type}, "
+                f"{catalogue.n_layers} layers), but its weight fingerprint {self.fingerprint[:12]} is not this "
+                f"model's ({model_fingerprint(model)[:12]}). Use the plan with the model it was made for; to apply a "
+                "plan searched on a base model to its fine-tune, pass --allow-other-weights.")
         validate(model, self.removed, self.channel_group_size)

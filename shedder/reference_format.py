@@ -49,41 +49,110 @@ def _dense_mlp_groups(model: nn.Module, catalogue: Catalogue, channel_reorder: s
             for layer in _layers_holding(catalogue, "mlp_channels")}
 
 
-def from_reference(data: dict, model: nn.Module, channel_group_size: int | None = None,
-                   channel_reorder: str | None = None) -> Plan:
-    """A plan for ``model`` from a reference pruning config."""
+def _indices(data: dict, key: str) -> list[int]:
+    """The list under ``key``: distinct whole numbers, or a ShedderError that says what is there instead."""
+    if key not in data:
+        return []
+    value = data[key]
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ShedderError(f"{key} must be a list of whole numbers such as [0, 3], not {str(value)[:80]}.")
+    twice = sorted({v for v in value if value.count(v) > 1})
+    if twice:
+        raise ShedderError(f"{key} lists {', '.join(map(str, twice))} more than once.")
+    return value
+
+
+def _kept_widths(data: dict) -> dict[str, int]:
+    value = data.get(CHANNELS_KEY)
+    if CHANNELS_KEY in data and not (isinstance(value, dict) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value.values())):
+        raise ShedderError(f"{CHANNELS_KEY} must map MLP numbers to kept channel counts, such as {{\"0\": 1536}}, "
+                           f"not {str(value)[:80]}.")
+    return value or {}
+
+
+def _mapped(data: dict, model: nn.Module, channel_group_size: int | None,
+            channel_reorder: str | None) -> tuple[Catalogue, list[tuple[str, str, list[Component]]]]:
+    """Each entry of a reference config and the components of ``model`` it stands for: (key, entry, components)."""
+    if not isinstance(data, dict):
+        raise ShedderError("A reference pruning config is a JSON object such as {\"pruned_ssm_idx\": [3, 7]}.")
     catalogue = catalogue_of(model, channel_group_size)
     unknown = [k for k in data if k not in KEY_TO_KIND and k != CHANNELS_KEY]
     if unknown:
-        raise ShedderError(f"Unknown key(s) in the reference config: {', '.join(unknown)}.")
-    by_kind: dict[str, list[Component]] = {"block": [], "attn": [], "mlp": [], "mlp_channels": [], "ssm": []}
+        raise ShedderError(f"Unknown key(s) in the reference config: {', '.join(map(str, unknown))[:200]}.")
+    mapped: list[tuple[str, str, list[Component]]] = []
     for key, kind in KEY_TO_KIND.items():
         holders = _layers_holding(catalogue, kind)
-        for ordinal in data.get(key, []):
-            if not isinstance(ordinal, int) or not 0 <= ordinal < len(holders):
+        for ordinal in _indices(data, key):
+            if not 0 <= ordinal < len(holders):
                 raise ShedderError(f"{key}: {ordinal!r} is not one of the model's {len(holders)} '{kind}' "
                                    f"components (0..{len(holders) - 1}).")
-            by_kind[kind].append(Component(kind, holders[ordinal]))
+            mapped.append((key, str(ordinal), [Component(kind, holders[ordinal])]))
     groups = _dense_mlp_groups(model, catalogue, channel_reorder)
     mlp_layers = list(groups)
-    for ordinal, kept in (data.get(CHANNELS_KEY) or {}).items():
+    for ordinal, kept in _kept_widths(data).items():
         if not str(ordinal).isdigit() or int(ordinal) >= len(mlp_layers):
             raise ShedderError(f"{CHANNELS_KEY}: MLP {ordinal!r} does not exist (this model has {len(mlp_layers)} "
                                "MLPs with channel groups).")
         layer = mlp_layers[int(ordinal)]
         sizes = groups[layer]
-        to_remove, index = sum(sizes) - int(kept), len(sizes)
+        to_remove, index, gone = sum(sizes) - int(kept), len(sizes), []
         while to_remove > 0 and index > 0:
             index -= 1
             to_remove -= sizes[index]
-            by_kind["mlp_channels"].append(Component("mlp_channels", layer, index))
+            gone.append(Component("mlp_channels", layer, index))
         if to_remove != 0 or int(kept) <= 0:
             raise ShedderError(f"{CHANNELS_KEY}: keeping {kept} of {sum(sizes)} channels in MLP {ordinal} is not a "
                                f"whole number of groups of {catalogue.channel_group_size}; pass the group size the "
                                "config was made with (--channel-group-size).")
-    removed = [c for kind in ("block", "attn", "mlp", "mlp_channels", "ssm") for c in by_kind[kind]]
+        mapped.append((CHANNELS_KEY, str(ordinal), gone))
+    seen: dict[Component, str] = {}
+    for key, ordinal, components in mapped:
+        for c in components:
+            if c in seen:
+                raise ShedderError(f"{key} {ordinal} and {seen[c]} both name {c}; list each component once.")
+            seen[c] = f"{key} {ordinal}"
+    return catalogue, mapped
+
+
+def from_reference(data: dict, model: nn.Module, channel_group_size: int | None = None,
+                   channel_reorder: str | None = None) -> Plan:
+    """A plan for ``model`` from a reference pruning config."""
+    catalogue, mapped = _mapped(data, model, channel_group_size, channel_reorder)
+    order = ("block", "attn", "mlp", "mlp_channels", "ssm")
+    removed = [c for kind in order for _, _, components in mapped for c in components if c.kind == kind]
     return Plan(removed, catalogue.model_type, catalogue.n_layers, model_fingerprint(model),
                 catalogue.channel_group_size, channel_reorder)
+
+
+def describe_mapping(data: dict, model: nn.Module, channel_group_size: int | None = None,
+                     channel_reorder: str | None = None) -> str:
+    """One line: which of ``model``'s components each entry of a reference config became, e.g.
+    ``pruned_ssm_idx 0 -> ssm@0, 1 -> ssm@2``. The format names no model, so the same file means other
+    layers on another hybrid layout."""
+    catalogue, mapped = _mapped(data, model, channel_group_size, channel_reorder)
+    parts: dict[str, list[str]] = {}
+    for key, ordinal, components in mapped:
+        if key == CHANNELS_KEY:
+            indices = sorted(c.index for c in components)
+            target = f"mlp_channels@{components[0].layer}[{indices[0]}..{indices[-1]}]" if indices else "nothing"
+        else:
+            target = str(components[0])
+        parts.setdefault(key, []).append(f"{ordinal} -> {target}")
+    text = "; ".join(f"{key} {', '.join(items)}" for key, items in parts.items()) or "nothing removed"
+    return f"{text} (on this {catalogue.model_type} with {catalogue.n_layers} layers)"
+
+
+def plan_from_data(data: object, model: nn.Module, channel_group_size: int | None = None,
+                   channel_reorder: str | None = None, allow_other_weights: bool = False) -> tuple[Plan, str | None]:
+    """The plan in a file's JSON, ours or a reference config, checked against ``model``, and for a reference
+    config the mapping it was read with (the format carries no model identity), else None."""
+    if is_reference_config(data):
+        return (from_reference(data, model, channel_group_size, channel_reorder),
+                describe_mapping(data, model, channel_group_size, channel_reorder))
+    plan = Plan.from_dict(data)
+    plan.check(model, strict_weights=not allow_other_weights)
+    return plan, None
 
 
 def to_reference(plan: Plan, model: nn.Module) -> dict:
