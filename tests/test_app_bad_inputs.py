@@ -326,3 +326,17 @@ def test_the_recovery_page_runs_a_folders_code_only_with_the_box_ticked(bamba_di
         assert marker.exists()  # its code ran (and the architecture check refused it after)
     else:
         assert "needs code from its folder" in at.error[0].value and not marker.exists()
+
+
+def test_damaged_saved_plans_do_not_hide_the_others(bamba_dir):
+    model, _ = load_model(str(bamba_dir))
+    fingerprint = model_fingerprint(model)
+    store.save_plan(fingerprint, "good", Plan.for_model(model, [Component("block", 0)]))
+    folder = cache_dir() / "plans" / fingerprint
+    (folder / "cut-short.json").write_text('{"format": "shedder-plan", "vers')
+    (folder / "wrong-shape.json").write_text(json.dumps({"format": "shedder-plan", "version": 1, "removed": [5]}))
+    assert list(store.saved_plans(fingerprint)) == ["good"]
+    at = open_page(bamba_dir, "pages/export.py")
+    assert list(at.dataframe[-1].value["plan"]) == ["dense", "good"]
+    with pytest.raises(ShedderError):
+        store.delete_plan(fingerprint, "../../elsewhere/x")
