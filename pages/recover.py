@@ -32,7 +32,7 @@ if what == "the current plan":
         st.info("The current plan removes nothing: tick components on the Playground or take a search step first.")
         st.stop()
     st.write(f"The current plan of `{choice.spec}` removes {len(plan.removed)} components; it is extracted "
-             "to the cache first, and the sidebar's model is the dense reference.")
+             f"to `{plan_folder(plan).resolve()}` first, and the sidebar's model is the dense reference.")
     dense = choice.spec
     source = str(plan_folder(plan))
 else:
