@@ -6,12 +6,12 @@ import json
 import logging
 import sys
 
-from .cli_types import POSITIVE, SEED, SEQ_LEN, OneLineParser
+from .cli_types import POSITIVE, SEED, SEQ_LEN, OneLineParser, nonempty
 from .errors import ShedderError
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="zoo name, local directory, or hub id (online)")
+    parser.add_argument("--model", required=True, type=nonempty, help="zoo name, local directory, or hub id (online)")
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ..., or balanced: the layers spread over all visible GPUs (a model too big for one)")
     parser.add_argument("--trust-remote-code", action="store_true",

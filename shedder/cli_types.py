@@ -54,6 +54,13 @@ def real(minimum: float | None = None, maximum: float | None = None, above: bool
     return parse
 
 
+def nonempty(text: str) -> str:
+    """An argparse type: any text but an empty one (``--model ""`` would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty")
+    return text
+
+
 POSITIVE = whole(1)
 NON_NEGATIVE = whole(0)
 SEQ_LEN = whole(2)  # one window of n tokens predicts n - 1 of them

@@ -36,6 +36,11 @@ def _too_large(name: str, size: int) -> ShedderError:
                         "give a shedder plan or a reference pruning_config.json.")
 
 
+def _too_large(name: str, size: int) -> ShedderError:
+    return ShedderError(f"{name} is {size:,} bytes, too large to be a plan (at most {MAX_PLAN_BYTES:,}); "
+                        "give a shedder plan or a reference pruning_config.json.")
+
+
 def plan_json(raw: bytes, name: str) -> object:
     """The JSON in a plan file's bytes; refuses files too large to be a plan and text that is not JSON."""
     if len(raw) > MAX_PLAN_BYTES:
@@ -66,13 +71,19 @@ def not_plan_keys(data: dict) -> list[str]:
     return sorted(str(k) for k in data if k not in known)
 
 
+def not_plan_keys(data: dict) -> list[str]:
+    """The top-level keys of a plan file that are not part of a plan (reading drops them)."""
+    known = {"format", "version", "model", "channel_group_size", "channel_reorder", "removed", *EXTRA_KEYS}
+    return sorted(str(k) for k in data if k not in known)
+
+
 def _optional(data: dict, key: str, kind: type, where: str = ""):
     """``data[key]`` when it is None or of ``kind`` (a bool is not a whole number), else a ShedderError."""
     value = data.get(key)
     if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
         return value
     wanted = {int: "a whole number", str: "a string", list: "a list", dict: "an object"}[kind]
-    raise ShedderError(f"Plan field {where}{key!r} must be {wanted} or null, not {value!r}.")
+    raise ShedderError(f'Plan field "{where}{key}" must be {wanted} or null, not {str(value)[:80]}.')
 
 
 @dataclass

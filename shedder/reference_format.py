@@ -84,6 +84,8 @@ def _mapped(data: dict, model: nn.Module, channel_group_size: int | None,
     for key, kind in KEY_TO_KIND.items():
         holders = _layers_holding(catalogue, kind)
         for ordinal in _indices(data, key):
+            if not holders:
+                raise ShedderError(f"{key}: this {catalogue.model_type} model has no '{kind}' components.")
             if not 0 <= ordinal < len(holders):
                 raise ShedderError(f"{key}: {ordinal!r} is not one of the model's {len(holders)} '{kind}' "
                                    f"components (0..{len(holders) - 1}).")
@@ -96,6 +98,9 @@ def _mapped(data: dict, model: nn.Module, channel_group_size: int | None,
                                "MLPs with channel groups).")
         layer = mlp_layers[int(ordinal)]
         sizes = groups[layer]
+        if not 0 < kept <= sum(sizes):
+            raise ShedderError(f"{CHANNELS_KEY}: MLP {ordinal} has {sum(sizes)} channels; the channels kept must be "
+                               f"from 1 to {sum(sizes)}, not {kept}.")
         to_remove, index, gone = sum(sizes) - int(kept), len(sizes), []
         while to_remove > 0 and index > 0:
             index -= 1

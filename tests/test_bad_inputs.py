@@ -163,7 +163,7 @@ def plan_data(models, **changes) -> dict:
     ({"removed": [{"kind": "ssm", "layer": 1.7}]}, "Not a component"),
     ({"removed": [{"kind": "ssm", "layer": True}]}, "Not a component"),
     ({"removed": [{"kind": "ssm_heads", "layer": 0, "index": "2"}]}, "Not a component"),
-    ({"removed": {"kind": "ssm", "layer": 1}}, "Plan field 'removed' must be a list"),
+    ({"removed": {"kind": "ssm", "layer": 1}}, 'Plan field "removed" must be a list'),
     ({"channel_group_size": -4}, "must be at least 1"),
     ({"channel_reorder": "l2"}, 'must be null or "l1"'),
 ], ids=["model-string", "layer-1.7", "layer-true", "index-string", "removed-object", "group-size", "reorder"])
@@ -247,6 +247,25 @@ def test_extract_refuses_other_weights_and_records_its_own_when_allowed(models, 
 def test_malformed_reference_configs_are_refused(config, message, models, tmp_path, capsys):
     path = write_json(tmp_path / "pruning_config.json", config)
     assert message in refused(capsys, "ppl", "--model", models["bamba"], "--plan", path)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"pruned_mha_idx": [0]}, "pruned_mha_idx: this mamba2 model has no 'attn' components"),
+    ({"pruned_ssm_idx": [3]}, "pruned_ssm_idx: 3 is not one of the model's 3 'ssm' components (0..2)"),
+], ids=["kind-missing", "index-out-of-range"])
+def test_reference_indices_the_model_does_not_have(config, message, models, tmp_path, capsys):
+    path = write_json(tmp_path / "pruning_config.json", config)
+    assert message in refused(capsys, "ppl", "--model", models["mamba2"], "--plan", path)
+
+
+@pytest.mark.parametrize("kept", [0, -5, 65])
+def test_reference_channel_widths_out_of_range(kept, models, tmp_path, capsys):
+    path = write_json(tmp_path / "pruning_config.json", {"pruned_mlp_channels": {"0": kept}})
+    assert "the channels kept must be from 1 to 64" in refused(capsys, "ppl", "--model", models["bamba"], "--plan", path)
+
+
+def test_an_empty_model_name(capsys):
+    assert "argument --model: is empty" in refused(capsys, "inspect", "--model", "")
 
 
 def test_a_reference_config_is_read_by_every_plan_option_and_its_mapping_said(models, tmp_path, calib, capsys):
