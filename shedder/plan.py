@@ -36,11 +36,6 @@ def _too_large(name: str, size: int) -> ShedderError:
                         "give a shedder plan or a reference pruning_config.json.")
 
 
-def _too_large(name: str, size: int) -> ShedderError:
-    return ShedderError(f"{name} is {size:,} bytes, too large to be a plan (at most {MAX_PLAN_BYTES:,}); "
-                        "give a shedder plan or a reference pruning_config.json.")
-
-
 def plan_json(raw: bytes, name: str) -> object:
     """The JSON in a plan file's bytes; refuses files too large to be a plan and text that is not JSON."""
     if len(raw) > MAX_PLAN_BYTES:
@@ -63,12 +58,6 @@ def read_plan_json(path: str | Path) -> object:
     except OSError as exc:
         raise ShedderError(f"Cannot read plan file {path}: {exc.strerror or exc}.") from None
     return plan_json(raw, str(path))
-
-
-def not_plan_keys(data: dict) -> list[str]:
-    """The top-level keys of a plan file that are not part of a plan (reading drops them)."""
-    known = {"format", "version", "model", "channel_group_size", "channel_reorder", "removed", *EXTRA_KEYS}
-    return sorted(str(k) for k in data if k not in known)
 
 
 def not_plan_keys(data: dict) -> list[str]:
