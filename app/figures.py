@@ -1,35 +1,79 @@
 """Plotly figures; pure functions of library results."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import plotly.graph_objects as go
 
 from shedder.catalogue import SUB_BLOCK_KINDS
 
-ROLE_COLOURS = {
-    "SSM": "#2a9d8f",
-    "attention": "#e76f51",
-    "MLP": "#e9c46a",
-    "SSM + MLP": "#8ab17d",
-    "attention + MLP": "#f4a261",
-    "SSM + attention": "#9b5de5",
-    "SSM + attention + MLP": "#6a4c93",
-    "block": "#adb5bd",
-}
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """ "1 component", "3 components": a count with its noun in the right number."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
-def architecture_strip(roles: list[str]) -> go.Figure:
-    """One cell per layer, coloured by what the layer holds."""
+PART_COLOURS = {"SSM": "#2a9d8f", "attention": "#e76f51", "MLP": "#e9c46a", "block": "#adb5bd"}
+PART_OF_KIND = {"ssm": "SSM", "attn": "attention", "mlp": "MLP"}
+GROUPS_OF_PART = {"SSM": "ssm_heads", "attention": "attn_heads", "MLP": "mlp_channels"}
+REMOVED_COLOUR = "#dee2e6"
+
+
+def layer_parts(cat) -> list[list[str]]:
+    """What each layer of the catalogue holds, in strip order: "SSM", "attention", "MLP", or "block"
+    for a layer with no separately removable part."""
+    parts = [[] for _ in range(cat.n_layers)]
+    for entry in cat:
+        part = PART_OF_KIND.get(entry.component.kind)
+        if part is not None and part not in parts[entry.component.layer]:
+            parts[entry.component.layer].append(part)
+    order = list(PART_COLOURS)
+    return [sorted(p, key=order.index) or ["block"] for p in parts]
+
+
+def architecture_strip(cat, removed=()) -> go.Figure:
+    """One column per layer made of one cell per part it holds (SSM, attention, MLP), every cell drawn
+    once with an explicit width; parts the plan ``removed`` are grey and crossed, parts with some heads
+    or channel groups removed are hatched."""
+    parts = layer_parts(cat)
+    gone = {(c.kind, c.layer) for c in removed}
+    partly = {}
+    for c in removed:
+        if c.index is not None:
+            partly.setdefault((c.kind, c.layer), set()).add(c.index)
+    totals = {}
+    for entry in cat:
+        if entry.component.index is not None:
+            totals[(entry.component.kind, entry.component.layer)] = totals.get(
+                (entry.component.kind, entry.component.layer), 0) + 1
     fig = go.Figure()
-    for role in dict.fromkeys(roles):
-        layers = [i for i, r in enumerate(roles) if r == role]
+    for part, colour in PART_COLOURS.items():
+        layers = [i for i, p in enumerate(parts) if part in p]
+        if not layers:
+            continue
+        kind = next((k for k, v in PART_OF_KIND.items() if v == part), "block")
+        colours, patterns, notes = [], [], []
+        for layer in layers:
+            whole = ("block", layer) in gone or (kind, layer) in gone
+            some = partly.get((GROUPS_OF_PART.get(part), layer), set())
+            colours.append(REMOVED_COLOUR if whole else colour)
+            patterns.append("x" if whole else "/" if some else "")
+            notes.append("removed" if whole else
+                         f"{len(some)} of {totals[(GROUPS_OF_PART[part], layer)]} "
+                         f"{'channel groups' if part == 'MLP' else 'heads'} removed" if some else "kept")
         fig.add_trace(go.Bar(
-            x=layers, y=[1] * len(layers), name=role, marker_color=ROLE_COLOURS.get(role, "#577590"),
-            hovertemplate="layer %{x}: " + role + "<extra></extra>",
+            x=layers, y=[1] * len(layers), width=[0.9] * len(layers), name=part, customdata=notes,
+            marker=dict(color=colours, pattern=dict(shape=patterns, fgcolor="#495057", solidity=0.3),
+                        line=dict(color="white", width=1)),
+            hovertemplate="layer %{x}: " + part + " (%{customdata})<extra></extra>",
         ))
+    if gone or partly:
+        fig.add_trace(go.Bar(x=[None], y=[None], name="removed in the current plan",
+                             marker=dict(color=REMOVED_COLOUR, pattern=dict(shape="x", fgcolor="#495057"))))
     fig.update_layout(
-        barmode="overlay", bargap=0.08, height=170, margin=dict(l=10, r=10, t=10, b=30),
-        yaxis=dict(visible=False), xaxis=dict(title="layer", dtick=max(1, len(roles) // 16)),
-        legend=dict(orientation="h", y=1.25), showlegend=True,
+        barmode="stack", height=190, margin=dict(l=10, r=10, t=40, b=30),
+        yaxis=dict(visible=False), xaxis=dict(title="layer", dtick=max(1, cat.n_layers // 16), range=[-0.6, cat.n_layers - 0.4]),
+        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0), showlegend=True,
     )
     return fig
 
@@ -39,38 +83,112 @@ def parameter_breakdown(summary: dict[str, dict[str, int]], total: int) -> go.Fi
     fig = go.Figure(go.Bar(
         x=kinds, y=[summary[k]["params"] for k in kinds],
         text=[f"{summary[k]['params'] / total:.1%}" for k in kinds],
-        customdata=[summary[k]["count"] for k in kinds],
-        hovertemplate="%{x}: %{y:,} parameters in %{customdata} components<extra></extra>",
+        customdata=[counted(summary[k]["count"], "component") for k in kinds],
+        hovertemplate="%{x}: %{y:,} parameters in %{customdata}<extra></extra>",
     ))
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=30), yaxis_title="parameters")
     return fig
 
 
+# --- sensitivity heatmaps: one colour scale for every chart of a page ---------------------------------
+
+# white at no change, warmer = removal costs more, blue = removal lowers perplexity
+DIVERGING = [[0.0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.62, "#fee0b6"], [0.75, "#fdb863"],
+             [0.88, "#e66101"], [1.0, "#7f2704"]]
+SEQUENTIAL = [[0.0, "#fffbe6"], [0.5, "#fd8d3c"], [1.0, "#7f2704"]]
+PERCENT_FLOOR = 0.01  # percent: changes below this are drawn as nearly white
+
+
+@dataclass(frozen=True)
+class HeatScale:
+    """The one colour scale of a page's heatmaps: the value range, colours and colour bar ticks."""
+
+    zmin: float
+    zmax: float
+    colorscale: list
+    title: str
+    tickvals: tuple = ()
+    ticktext: tuple = ()
+
+    def colorbar(self) -> dict:
+        bar = dict(title=dict(text=self.title, side="right"), thickness=14, len=1.0, outlinewidth=0)
+        if self.tickvals:
+            bar.update(tickvals=list(self.tickvals), ticktext=list(self.ticktext))
+        return bar
+
+
+def signed_log_percent(percent: float) -> float:
+    """A relative change in percent on a symmetric log scale: 0 stays 0, the sign is kept."""
+    return math.copysign(math.log10(1 + abs(percent) / PERCENT_FLOOR), percent)
+
+
+def percent_scale(percents: list[float]) -> HeatScale:
+    """The scale for relative perplexity changes (in %) of every chart of a page, centred on no change."""
+    top = max([abs(signed_log_percent(p)) for p in percents] + [signed_log_percent(1.0)])
+    ticks = [p for p in (0.01, 0.1, 1, 10, 100, 1000, 10000) if signed_log_percent(p) <= top * 1.001]
+    values = [-signed_log_percent(p) for p in reversed(ticks)] + [0.0] + [signed_log_percent(p) for p in ticks]
+    text = [f"-{p:g}%" for p in reversed(ticks)] + ["0"] + [f"+{p:g}%" for p in ticks]
+    return HeatScale(-top, top, DIVERGING, "perplexity change (%, log scale)", tuple(values), tuple(text))
+
+
+def linear_scale(values: list[float], title: str) -> HeatScale:
+    """The scale for a proxy's values over every chart of a page."""
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    return HeatScale(low, high if high > low else low + 1e-12, SEQUENTIAL, title)
+
+
+def _removed_marks(fig: go.Figure, x: list, y: list) -> None:
+    if x:
+        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name="removed in the current plan",
+                                 marker=dict(symbol="x-thin", size=16, line=dict(width=3, color="#343a40")),
+                                 hovertemplate="removed in the current plan<extra></extra>"))
+
+
+def _heat_layout(fig: go.Figure, height: int) -> None:
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=36, b=30), legend=dict(orientation="h", y=1.0,
+                      yanchor="bottom", x=0), plot_bgcolor="white")
+
+
 def sensitivity_heatmap(layers: int, kinds: list[str], values: dict[tuple[str, int], float],
-                        hover: dict[tuple[str, int], str], title: str) -> go.Figure:
-    """Layers (x) by component kind (y); empty cells where a layer has no such component."""
+                        hover: dict[tuple[str, int], str], scale: HeatScale, removed=()) -> go.Figure:
+    """Layers (x) by component kind (y); empty cells where a layer has no such component; the plan's
+    ``removed`` components (and every part of a removed block) crossed out."""
     z = [[values.get((kind, layer)) for layer in range(layers)] for kind in kinds]
     text = [[hover.get((kind, layer), "not in this layer") for layer in range(layers)] for kind in kinds]
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(layers)), y=kinds, text=text, hovertemplate="%{text}<extra></extra>",
-        colorscale="YlOrRd", colorbar=dict(title=title), xgap=2, ygap=2,
+        z=z, x=list(range(layers)), y=kinds, text=text, hovertemplate="%{text}<extra></extra>", name="components",
+        colorscale=scale.colorscale, zmin=scale.zmin, zmax=scale.zmax, colorbar=scale.colorbar(), xgap=2, ygap=2,
     ))
-    fig.update_layout(height=120 + 45 * len(kinds), margin=dict(l=10, r=10, t=10, b=30),
-                      xaxis=dict(title="layer", dtick=max(1, layers // 16)))
+    blocks = {c.layer for c in removed if c.kind == "block"}
+    marks = [(layer, kind) for kind in kinds for layer in range(layers)
+             if (kind, layer) in values and (layer in blocks or any(c.kind == kind and c.layer == layer for c in removed))]
+    _removed_marks(fig, [m[0] for m in marks], [m[1] for m in marks])
+    _heat_layout(fig, 140 + 45 * len(kinds))
+    fig.update_layout(xaxis=dict(title="layer", dtick=max(1, layers // 16)), yaxis=dict(type="category"))
     return fig
 
 
-def group_heatmap(layers: list[int], groups: int, values: dict[tuple[int, int], float],
-                  hover: dict[tuple[int, int], str], title: str) -> go.Figure:
-    """Layers (y) by group index (x) for heads or channel groups."""
+GROUP_COLUMNS = {"ssm_heads": "head", "attn_heads": "head", "mlp_channels": "channel group"}
+
+
+def group_heatmap(kind: str, layers: list[int], groups: int, values: dict[tuple[int, int], float],
+                  hover: dict[tuple[int, int], str], scale: HeatScale, removed=()) -> go.Figure:
+    """Layers (rows, their real numbers) by head or channel group (columns) for one group kind."""
+    rows, columns = [f"layer {layer}" for layer in layers], [str(g) for g in range(groups)]
     z = [[values.get((layer, g)) for g in range(groups)] for layer in layers]
     text = [[hover.get((layer, g), "") for g in range(groups)] for layer in layers]
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(groups)), y=[str(layer) for layer in layers], text=text,
-        hovertemplate="%{text}<extra></extra>", colorscale="YlOrRd", colorbar=dict(title=title),
+        z=z, x=columns, y=rows, text=text, hovertemplate="%{text}<extra></extra>", xgap=1, ygap=1, name=kind,
+        colorscale=scale.colorscale, zmin=scale.zmin, zmax=scale.zmax, colorbar=scale.colorbar(),
     ))
-    fig.update_layout(height=120 + 22 * len(layers), margin=dict(l=10, r=10, t=10, b=30),
-                      xaxis_title="group", yaxis_title="layer")
+    parent = {"ssm_heads": "ssm", "attn_heads": "attn", "mlp_channels": "mlp"}[kind]
+    whole = {c.layer for c in removed if c.kind in ("block", parent)}
+    marks = [(str(g), f"layer {layer}") for layer in layers for g in range(groups) if (layer, g) in values and (
+        layer in whole or any(c.kind == kind and c.layer == layer and c.index == g for c in removed))]
+    _removed_marks(fig, [m[0] for m in marks], [m[1] for m in marks])
+    _heat_layout(fig, 150 + 26 * len(layers))
+    fig.update_layout(xaxis=dict(title=GROUP_COLUMNS[kind], type="category"),
+                      yaxis=dict(type="category", autorange="reversed"))
     return fig
 
 

@@ -13,10 +13,13 @@ from shedder.plan import Plan
 
 from .state import ModelChoice, catalogue, fingerprint, loaded
 
-# A subsample small enough for a CPU (the demo model scores about 1.5 documents per second on 2 cores).
-ACCURACY_DEFAULTS = {"tasks": ["arc_easy", "piqa"], "limit": 20, "seed": 0}
-# A short prompt and a few new tokens: quick enough to measure on demand on a CPU.
+# 100 documents per task: a paired difference against dense then has a standard error of about 0.03 (20 gave
+# about 0.10); still a few minutes on a CPU (the demo model scores about 1.5 documents per second on 2 cores).
+ACCURACY_DEFAULTS = {"tasks": ["arc_easy", "piqa"], "limit": 100, "seed": 0}
+# A short prompt and a few new tokens, dense and extracted timed in turns 21 times each: quick enough to
+# measure on demand on a CPU, and enough runs for a median with its interquartile range.
 LATENCY_DEFAULTS = {"prompt_len": 64, "new_tokens": 8}
+LATENCY_REPEATS, LATENCY_WARMUP = 21, 2
 
 
 def accuracy_settings() -> dict:
@@ -49,58 +52,94 @@ def plan_identity(choice: ModelChoice, plan: Plan) -> dict:
 
 def accuracy(choice: ModelChoice, plan: Plan, tasks: list[str], limit: int, seed: int = 0,
              compute: bool = False, progress=None) -> dict | None:
-    """Zero-shot accuracy of ``plan`` on ``limit`` documents per task (``AccuracyReport.to_dict``).
+    """Zero-shot accuracy of ``plan`` on ``limit`` documents per task (``AccuracyReport.to_dict`` with the
+    per-document scores, so that a comparison with dense is paired).
 
     Without ``compute``: the stored result or None. With it: measured now (lm-eval's per-document
     scores are cached too, so a dense run is scored once) and stored."""
     from shedder.evaluation import evaluate_accuracy
 
-    key = {**plan_identity(choice, plan), "tasks": sorted(tasks), "limit": limit, "seed": seed, "version": 1}
+    key = {**plan_identity(choice, plan), "tasks": sorted(tasks), "limit": limit, "seed": seed, "version": 2}
     if not compute:
         return result_cache.load("dashboard-accuracy", key)
     model, tokenizer = loaded(choice)
     with model_lock(model):  # it fingerprints the model outside its masks
         report = evaluate_accuracy(model, tokenizer, tasks, plan, limit=limit, seed=seed, progress=progress)
-    result = report.to_dict()
+    result = report.to_dict(with_docs=True)
     result_cache.save("dashboard-accuracy", key, result)
     return result
 
 
-def _timing(record: dict, new_tokens: int) -> dict:
-    """Time to first token plus the remaining tokens at the measured batch-1 decode rate."""
-    ttft = record["ttft_ms"]["median"]
-    rate = record["decode"]["1"]["generate"]["tokens_per_s"]["median"]
-    return {"total_ms": ttft + 1000 * (new_tokens - 1) / rate, "ttft_ms": ttft, "tokens_per_s": rate,
-            "params": record["params"]}
+def against_dense(result: dict, dense: dict) -> dict:
+    """Per task and for the average: ``result`` minus ``dense`` on the same documents (``PairedDifference``)."""
+    from shedder.evaluation import AccuracyReport
+
+    return AccuracyReport.from_dict(result).paired_against(AccuracyReport.from_dict(dense))
 
 
 def latency(choice: ModelChoice, plan: Plan, prompt_len: int, new_tokens: int, compute: bool = False,
             progress=None) -> dict | None:
-    """Time of a ``prompt_len``-token prefill plus ``new_tokens`` greedy tokens at batch 1 (time to first
-    token, then the rest at the measured decode rate) of the physically extracted model (the loaded
-    model itself for an empty plan), with the dense model timed alongside; measured by
-    `shedder.latency.benchmark` (medians of 5 runs after a warm-up).
+    """The newest latency measurement of ``plan`` (``shedder.latency.compare_latency``: dense and extracted
+    timed in turns, medians with their spread, the ideal speedup and notes), with ``history``: every
+    measurement of this plan so far, oldest first. ``total_ms`` is the extracted model's median.
 
-    Without ``compute``: the stored result or None. With it: measured now (the extractor's
-    ShedderError, e.g. for kinds it cannot extract yet, reaches the caller) and stored."""
-    from shedder.latency import BenchSettings, benchmark
+    Without ``compute``: the stored result or None. With it: measured now (the extractor's ShedderError,
+    e.g. for kinds it cannot extract yet, reaches the caller), added to the history and stored."""
+    import datetime
 
-    key = {**plan_identity(choice, plan), "prompt_len": prompt_len, "new_tokens": new_tokens, "version": 1}
+    from shedder.latency import compare_latency
+
+    key = {**plan_identity(choice, plan), "prompt_len": prompt_len, "new_tokens": new_tokens, "version": 2}
+    stored = result_cache.load("dashboard-latency", key)
     if not compute:
-        return result_cache.load("dashboard-latency", key)
-    model, tokenizer = loaded(choice)
-    settings = BenchSettings(prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=(1,), repeats=5, warmup=1,
-                             static_loop=False)
+        return stored
+    model, _ = loaded(choice)
     with model_lock(model):  # extraction copies weights: never while another session has them masked
-        report = benchmark(model, tokenizer, plan if plan.removed else None, settings,
-                           progress=progress or (lambda _: None))
-    dense = _timing(report["dense"], new_tokens)
-    result = {**_timing(report["extracted"], new_tokens), "dense": dense} if plan.removed else {**dense, "dense": dense}
-    result["speedup"] = dense["total_ms"] / result["total_ms"]
-    result["device"] = report["environment"]["device_name"]
+        measured = compare_latency(model, plan, prompt_len, new_tokens, LATENCY_REPEATS, LATENCY_WARMUP,
+                                   progress=progress)
+    measured["when"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    history = [*(stored or {}).get("history", []), {k: v for k, v in measured.items() if k != "history"}]
+    result = {**measured, "total_ms": measured["extracted_ms"]["median"], "history": history}
     result_cache.save("dashboard-latency", key, result)
-    if plan.removed:  # the dense run is a measurement of the empty plan too
-        dense_key = {**plan_identity(choice, Plan()), **{k: key[k] for k in ("prompt_len", "new_tokens", "version")}}
-        result_cache.save("dashboard-latency", dense_key, {**dense, "dense": dense, "speedup": 1.0,
-                                                           "device": result["device"]})
     return result
+
+
+def model_source(choice: ModelChoice) -> dict:
+    """Where the loaded model comes from, as a person would find it again: a zoo name, a folder or a hub id."""
+    from pathlib import Path
+
+    from shedder.loading import zoo_names
+
+    if choice.spec in zoo_names():
+        where = {"zoo": choice.spec}
+    elif Path(choice.spec).expanduser().exists():
+        where = {"path": str(Path(choice.spec).expanduser().resolve())}
+    else:
+        where = {"hub_id": choice.spec}
+    return {**where, "dtype": choice.dtype, "device": choice.device}
+
+
+def plan_file(choice: ModelChoice, plan: Plan, setting) -> str:
+    """The plan as a JSON file that says what it is (under "about"): the model (zoo name, path or hub id),
+    the evaluation setting and what was measured for it: perplexity, accuracy with standard errors and its
+    paired change against dense, latency with its spread (each where measured)."""
+    from .state import plan_perplexity
+
+    measured: dict = {"perplexity": {"value": round(plan_perplexity(choice, plan, setting), 4),
+                                     "dense": round(plan_perplexity(choice, Plan(), setting), 4),
+                                     "on": setting.to_dict(), "described": setting.describe()}}
+    acc_settings = accuracy_settings()
+    acc, dense_acc = accuracy(choice, plan, **acc_settings), accuracy(choice, Plan(), **acc_settings)
+    if acc is not None and dense_acc is not None:
+        paired = against_dense(acc, dense_acc)
+        measured["accuracy"] = {"documents_per_task": acc_settings["limit"], "seed": acc_settings["seed"],
+                                "tasks": {task: {**d.to_dict(), "value_stderr": acc["tasks"][task]["stderr"].get(
+                                    d.metric)} if task != "average" else d.to_dict() for task, d in paired.items()}}
+    timed = latency(choice, plan, **latency_settings())
+    if timed is not None:
+        measured["latency"] = {k: timed[k] for k in ("prompt_len", "new_tokens", "repeats", "speedup", "extracted_ms",
+                                                     "dense_ms", "ideal_speedup", "notes", "device", "when")}
+        measured["latency"]["measurements"] = len(timed["history"])
+    about = {"model": {**model_source(choice), "model_type": plan.model_type, "fingerprint": plan.fingerprint},
+             "evaluation": setting.to_dict(), "measured": measured}
+    return json.dumps({**plan.to_dict(), "about": about}, indent=1)

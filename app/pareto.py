@@ -3,30 +3,36 @@ has been measured for each (perplexity always; accuracy and latency where the Pl
 Export & compare page measured them)."""
 from __future__ import annotations
 
+from shedder.perplexity import PerplexitySetting
 from shedder.plan import Plan
 
 from . import measures
 from .state import ModelChoice, catalogue, params_freed, plan_perplexity
 
 X_AXES = {"parameters freed (%)": "high", "prefill + decode latency (ms, measured)": "low"}
-Y_AXES = {"calibration perplexity": "low", "average accuracy (measured)": "high"}
+Y_AXES = {"perplexity": "low", "average accuracy (measured)": "high"}
+MEASURE_HINT = {
+    "prefill + decode latency (ms, measured)": "Measure latency on the Playground (Use in Playground, then "
+                                               "Measure latency) for the plans you want here.",
+    "average accuracy (measured)": "Evaluate accuracy on the Playground or on Export & compare for the plans you "
+                                   "want here.",
+}
 
 
-def plan_points(choice: ModelChoice, named: dict[str, tuple[str, Plan, float]], calib: str, tokens: int,
-                seq_len: int, accuracy_settings: dict, latency_settings: dict) -> list[dict]:
-    """One record per plan: name, source, parameters freed (%), perplexity, accuracy, latency (or None).
-
-    ``named``: name -> (source, plan, perplexity or None: measured now on the given calibration)."""
+def plan_points(choice: ModelChoice, named: dict[str, tuple[str, Plan]], setting: PerplexitySetting,
+                accuracy_settings: dict, latency_settings: dict) -> list[dict]:
+    """One record per plan: name, source, parameters freed (%), perplexity under ``setting``, accuracy and
+    latency (None where not measured). ``named``: name -> (source, plan)."""
     total = catalogue(choice).total_params
     points = []
-    for name, (source, plan, ppl) in named.items():
+    for name, (source, plan) in named.items():
         freed = params_freed(choice, plan)
         acc = measures.accuracy(choice, plan, **accuracy_settings)
         lat = measures.latency(choice, plan, **latency_settings)
         points.append({
             "name": name, "source": source, "components": len(plan.removed),
             "parameters freed (%)": 100 * freed / total,
-            "calibration perplexity": ppl if ppl is not None else plan_perplexity(choice, plan, calib, tokens, seq_len),
+            "perplexity": plan_perplexity(choice, plan, setting),
             "average accuracy (measured)": acc["average"] if acc else None,
             "prefill + decode latency (ms, measured)": lat["total_ms"] if lat else None,
         })

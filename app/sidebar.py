@@ -9,8 +9,10 @@ import streamlit as st
 from shedder.errors import ShedderError
 from shedder.loading import zoo_names
 from shedder.model_folders import local_models
+from shedder.perplexity import PerplexitySetting
 
-from .state import ModelChoice, catalogue, current_choice, loaded
+from .state import (EVALUATION_TEXTS, EVALUATION_TOKENS, EVALUATION_WINDOWS, ModelChoice, catalogue, current_choice,
+                    evaluation_setting, loaded, set_evaluation_setting)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,26 @@ def model_sidebar() -> ModelChoice:
         new = ModelChoice(spec, dtype, device, trust)
         if new != choice:
             st.session_state.model_choice = new
+        evaluation_sidebar()
         return new
+
+
+def evaluation_sidebar() -> PerplexitySetting:
+    """The one evaluation setting every page's perplexity is measured with, changed here only."""
+    setting = evaluation_setting()
+    st.header("Perplexity measured on")
+    text = st.selectbox("Evaluation text", EVALUATION_TEXTS, index=EVALUATION_TEXTS.index(setting.text)
+                        if setting.text in EVALUATION_TEXTS else 0, key="evaluation-text",
+                        help="wiki-test: held-out Wikipedia lead sections; wiki: the calibration split searches use")
+    tokens = st.select_slider("Evaluation tokens", EVALUATION_TOKENS, value=setting.tokens, key="evaluation-tokens",
+                              help="More tokens: steadier numbers, slower toggles")
+    seq_len = st.select_slider("Evaluation window", EVALUATION_WINDOWS, value=setting.seq_len, key="evaluation-window",
+                               help="Tokens per window; every next-token prediction in a window counts")
+    new = PerplexitySetting(text, int(tokens), int(seq_len))
+    if new != setting:
+        set_evaluation_setting(new)
+    st.caption(f"Every page shows perplexity on {new.describe()}.")
+    return new
 
 
 def model_or_stop(choice: ModelChoice):

@@ -9,7 +9,7 @@ from shedder.calibration import calibration_windows
 from shedder.identity import model_fingerprint
 from shedder.loading import load_model, zoo_names
 from shedder.masks import catalogue_of, model_lock
-from shedder.perplexity import perplexity
+from shedder.perplexity import PerplexitySetting, perplexity
 from shedder.plan import Plan
 
 DEFAULT_MODEL = "demo-mamba2"
@@ -108,16 +108,6 @@ def update_removed(choice: ModelChoice, wanted: list) -> Plan:
     return plan
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def dense_perplexity(choice: ModelChoice, calib: str, tokens: int, seq_len: int) -> dict:
-    model, tokenizer = loaded(choice)
-    windows = calibration_windows(calib, tokenizer, seq_len, tokens)
-    bar = st.progress(0.0, text="Perplexity ...")
-    result = perplexity(model, windows, batch_size=4, progress=lambda d, t: bar.progress(d / t, text=f"Perplexity: {d}/{t} windows"))
-    bar.empty()
-    return result.to_dict()
-
-
 def sensitivity(choice: ModelChoice, kinds: tuple[str, ...], calib: str, tokens: int, seq_len: int,
                 progress=None, compute: bool = False) -> dict | None:
     """Leave-one-out scores and proxies, kept on disk by model fingerprint and settings.
@@ -159,9 +149,27 @@ def masked_perplexity(choice: ModelChoice, removed: tuple, calib: str, tokens: i
                       channel_reorder=channel_reorder).ppl
 
 
-def plan_perplexity(choice: ModelChoice, plan: Plan, calib: str, tokens: int, seq_len: int) -> float:
-    return masked_perplexity(choice, tuple(plan.removed), calib, tokens, seq_len, plan.channel_group_size,
-                             plan.channel_reorder)
+def plan_perplexity(choice: ModelChoice, plan: Plan, setting: PerplexitySetting | None = None) -> float:
+    """The plan's perplexity under ``setting`` (default: the session's one evaluation setting)."""
+    setting = setting or evaluation_setting()
+    return masked_perplexity(choice, tuple(plan.removed), setting.text, setting.tokens, setting.seq_len,
+                             plan.channel_group_size if plan.removed else None, plan.channel_reorder if plan.removed else None)
+
+
+# --- the one evaluation setting every page measures perplexity with (chosen in the sidebar) ---------
+EVALUATION_TEXTS = ("wiki-test", "wiki")
+EVALUATION_TOKENS = (1024, 2048, 4096, 8192, 32768)
+EVALUATION_WINDOWS = (128, 256, 512, 1024)
+
+
+def evaluation_setting() -> PerplexitySetting:
+    """The session's evaluation setting; 2,048 wiki-test tokens in windows of 256 by default, so that a
+    Playground toggle shows its perplexity within a second on a CPU (bench/toggle_latency.py)."""
+    return st.session_state.setdefault("evaluation_setting", PerplexitySetting())
+
+
+def set_evaluation_setting(setting: PerplexitySetting) -> None:
+    st.session_state["evaluation_setting"] = setting
 
 
 @st.cache_data(show_spinner="Generating ...", max_entries=64)

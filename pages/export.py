@@ -5,11 +5,12 @@ import pandas as pd
 import streamlit as st
 
 from app import plan_io, store
-from app.figures import accuracy_bars
-from app.measures import accuracy, accuracy_settings, use_accuracy_settings
+from app.figures import accuracy_bars, counted
+from app.measures import accuracy, accuracy_settings, against_dense, plan_file, use_accuracy_settings
 from app.sidebar import model_or_stop, model_sidebar
-from app.state import current_plan, fingerprint, new_plan, params_freed, plan_perplexity, set_plan
+from app.state import current_plan, evaluation_setting, fingerprint, new_plan, params_freed, plan_perplexity, set_plan
 from shedder.errors import ShedderError
+from shedder.evaluation import ROUGH_STDERR
 from shedder.extract import extract
 from shedder.masks import model_lock
 from shedder.model_folders import extracted_dir
@@ -36,12 +37,12 @@ def save_box(p: Plan, key: str, default: str) -> None:
 # --- the current plan ----------------------------------------------------------------------------
 st.subheader("The current plan")
 if plan.removed:
-    st.write(f"{len(plan.removed)} components removed, {freed(plan):,} parameters freed "
+    st.write(f"{counted(len(plan.removed), 'component')} removed, {freed(plan):,} parameters freed "
              f"({freed(plan) / cat.total_params:.1%}): " + ", ".join(map(str, plan.removed)))
 else:
     st.info("Nothing is removed yet: tick components in the Playground, or take a step's plan on the Search page.")
 c1, c2 = st.columns(2)
-c1.download_button("Download (shedder plan, JSON)", json.dumps(plan.to_dict(), indent=1), file_name="plan.json",
+c1.download_button("Download (shedder plan, JSON)", plan_file(choice, plan, evaluation_setting()), file_name="plan.json",
                    mime="application/json", disabled=not plan.removed)
 try:
     reference = json.dumps(to_reference(plan, model), indent=4)
@@ -122,10 +123,7 @@ if not saved:
     st.info("No saved plan for this model yet: save the current plan above, or a search step on the Search page.")
     st.stop()
 picked = st.multiselect("Plans", list(saved), default=list(saved)[:4])
-c1, c2, c3 = st.columns(3)
-calib = c1.selectbox("Perplexity on", ["wiki-test", "wiki"])
-tokens = c2.select_slider("Tokens", [1024, 2048, 4096, 8192, 16384], value=2048)
-seq_len = c3.select_slider("Window", [128, 256, 512, 1024], value=256)
+setting = evaluation_setting()
 settings = accuracy_settings()
 c1, c2, c3 = st.columns([3, 1, 1])
 tasks = c1.multiselect("Zero-shot tasks", PAPER_TASKS, default=settings["tasks"])
@@ -136,29 +134,36 @@ settings = use_accuracy_settings(tasks, limit) if tasks else settings
 
 plans = {"dense": new_plan(choice), **{name: saved[name] for name in picked}}
 bar = st.progress(0.0, text="Scoring ...") if evaluate else None
-rows, bars, dense_avg = [], [], None
+rows, bars, dense_acc = [], [], None
 try:
     for n, (name, p) in enumerate(plans.items()):
         if evaluate:
             bar.progress(n / len(plans), text=f"Scoring {name} ({n + 1} of {len(plans)}) ...")
         acc = accuracy(choice, p, **settings, compute=evaluate)
         row = {"plan": name, "removed": len(p.removed), "parameters freed": f"{freed(p) / cat.total_params:.1%}",
-               "perplexity": round(plan_perplexity(choice, p, calib, tokens, seq_len), 3)}
+               "perplexity": round(plan_perplexity(choice, p, setting), 3)}
         if acc is not None:
-            dense_avg = acc["average"] if name == "dense" else dense_avg
+            dense_acc = acc if name == "dense" else dense_acc
             row["average accuracy"] = round(acc["average"], 4)
-            row["relative"] = f"{acc['average'] / dense_avg:.1%}" if dense_avg else None
+            if dense_acc is not None:
+                change = against_dense(acc, dense_acc)["average"]
+                row["change vs dense"] = "-" if name == "dense" else change.describe()
             for task, result in acc["tasks"].items():
                 err = result["stderr"].get(result["paper_metric"])
                 row[task] = f"{result['paper_value']:.3f}" + (f" ± {err:.3f}" if err is not None else "")
                 bars.append({"plan": name, "task": task, "value": result["paper_value"], "stderr": err})
+        elif dense_acc is not None or name == "dense":
+            row["average accuracy"] = "not evaluated"
         rows.append(row)
 except ShedderError as exc:
     st.error(str(exc))
     st.stop()
 if bar is not None:
     bar.empty()
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(rows).fillna("not evaluated"), hide_index=True, width="stretch")
+st.caption(f"Perplexity on {setting.describe()} (the evaluation setting of every page, chosen in the sidebar). "
+           f"Change vs dense: the plan's average accuracy minus the dense model's on the same documents, with its "
+           "standard error; significant = beyond 1.96 standard errors, rough = standard error above {ROUGH_STDERR}.")
 if bars:
     st.plotly_chart(accuracy_bars(bars), width="stretch")
     st.caption(f"Accuracy on {settings['limit']} documents per task (seed {settings['seed']}); error bars: standard error. "

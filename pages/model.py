@@ -2,9 +2,9 @@
 import pandas as pd
 import streamlit as st
 
-from app.figures import architecture_strip, parameter_breakdown
+from app.figures import architecture_strip, counted, parameter_breakdown
 from app.sidebar import model_or_stop, model_sidebar
-from app.state import dense_perplexity
+from app.state import current_plan, evaluation_setting, new_plan, plan_perplexity
 from shedder.errors import ShedderError
 
 choice = model_sidebar()
@@ -20,8 +20,12 @@ c3.metric("parameters", f"{cat.total_params / 1e6:.2f} M")
 c4.metric("runs on", f"{device.type}, {str(dtype).removeprefix('torch.')}")
 
 st.subheader("Layers")
-st.caption("One cell per residual layer, coloured by what it holds. Every part is a candidate for removal.")
-st.plotly_chart(architecture_strip(cat.layer_roles()), width="stretch")
+plan = current_plan(choice)
+st.caption("One column per residual layer, one cell per part it holds (SSM, attention, MLP): every part is a "
+           "candidate for removal. Parts the current plan removes are grey and crossed out, parts with some heads "
+           "or channel groups removed hatched."
+           + (f" The current plan removes {counted(len(plan.removed), 'component')}." if plan.removed else ""))
+st.plotly_chart(architecture_strip(cat, plan.removed), width="stretch")
 
 st.subheader("Where the parameters are")
 summary = cat.summary()
@@ -37,13 +41,10 @@ right.caption("Parameters each kind would free if physically removed (group kind
               + groups_note)
 
 st.subheader("Dense perplexity")
-c1, c2, c3 = st.columns(3)
-calib = c1.selectbox("Text", ["wiki-test", "wiki"], help="wiki-test: held-out Wikipedia lead sections")
-tokens = c2.select_slider("Tokens", [2048, 8192, 32768, 131072], value=8192)
-seq_len = c3.select_slider("Window (tokens)", [128, 256, 512, 1024, 2048], value=512)
+setting = evaluation_setting()
 try:
-    result = dense_perplexity(choice, calib, tokens, seq_len)
-    st.metric("perplexity", f"{result['ppl']:.3f}",
-              help=f"{result['n_windows']} windows of {result['seq_len']} tokens, {result['n_predictions']:,} predictions")
+    ppl = plan_perplexity(choice, new_plan(choice), setting)
+    st.metric("perplexity", f"{ppl:.3f}", help="Nothing removed. Change what it is measured on in the sidebar.")
+    st.caption(f"On {setting.describe()}: the setting every page measures perplexity with.")
 except ShedderError as exc:
     st.error(str(exc))

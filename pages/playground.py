@@ -1,15 +1,15 @@
 """Playground: remove components by hand and watch perplexity, size, latency, accuracy and generations."""
-import json
-
 import pandas as pd
 import streamlit as st
 
-from app.measures import accuracy, accuracy_settings, latency, latency_settings, use_accuracy_settings
+from app.measures import (LATENCY_REPEATS, LATENCY_WARMUP, accuracy, accuracy_settings, against_dense, latency,
+                          latency_settings, plan_file, use_accuracy_settings)
 from app.sidebar import model_or_stop, model_sidebar
-from app.state import (catalogue, continuation, current_plan, masked_perplexity, moot, params_freed, plan_version,
-                       update_removed)
+from app.state import (catalogue, continuation, current_plan, evaluation_setting, moot, params_freed, plan_perplexity,
+                       plan_version, update_removed)
 from shedder.catalogue import GROUP_KINDS, SUB_BLOCK_KINDS
 from shedder.errors import ShedderError
+from shedder.evaluation import ROUGH_STDERR
 from shedder.plan import Plan
 from shedder.tasks import PAPER_TASKS
 
@@ -29,12 +29,7 @@ plan = current_plan(choice)
 cat = catalogue(choice, plan.channel_group_size)
 version = plan_version(choice)
 
-c1, c2, c3 = st.columns(3)
-calib = c1.selectbox("Text", ["wiki-test", "wiki"], help="wiki-test: held-out Wikipedia lead sections")
-tokens = c2.select_slider("Tokens", [1024, 2048, 4096, 8192, 32768], value=2048)
-seq_len = c3.select_slider("Window", [128, 256, 512, 1024], value=256)
-st.caption("2,048 tokens by default so that a change shows its perplexity within a second on a CPU "
-           "(measured by bench/toggle_latency.py); more tokens give steadier numbers.")
+setting = evaluation_setting()
 
 wanted = []
 for kind in SUB_BLOCK_KINDS:
@@ -56,40 +51,64 @@ plan = update_removed(choice, wanted)
 removed = tuple(plan.removed)
 
 try:
-    dense = masked_perplexity(choice, (), calib, tokens, seq_len)
-    pruned = masked_perplexity(choice, removed, calib, tokens, seq_len, plan.channel_group_size,
-                               plan.channel_reorder) if removed else dense
+    dense = plan_perplexity(choice, Plan(), setting)
+    pruned = plan_perplexity(choice, plan, setting)
 except ShedderError as exc:
     st.error(str(exc))
     st.stop()
 freed = params_freed(choice, plan)
 m1, m2, m3 = st.columns(3)
-m1.metric("perplexity", f"{pruned:.3f}", delta=f"{pruned - dense:+.3f}" if removed else None, delta_color="inverse")
+m1.metric("perplexity", f"{pruned:.3f}", delta=f"{pruned - dense:+.3f} vs dense" if removed else None,
+          delta_color="inverse", help=f"On {setting.describe()}; dense: {dense:.3f}")
 m2.metric("components removed", len(removed))
 m3.metric("parameters freed", f"{freed:,} ({freed / cat.total_params:.1%})",
           help=f"Of {cat.total_params:,}: what physical removal would delete (masks alone make nothing smaller or faster)")
+st.caption(f"Perplexity on {setting.describe()} (change it in the sidebar, for every page). The default 2,048 "
+           "tokens let a change show its perplexity within a second on a CPU (bench/toggle_latency.py).")
 if moot(plan):
     st.caption(f"No effect: {', '.join(map(str, moot(plan)))} (inside a removed block, attention or MLP).")
-st.download_button("Download this plan (JSON)", json.dumps(plan.to_dict(), indent=1), file_name="plan.json",
+st.download_button("Download this plan (JSON)", plan_file(choice, plan, evaluation_setting()), file_name="plan.json",
                    mime="application/json", disabled=not removed)
 
 # --- latency of the physically extracted model ---------------------------------------------------
 st.subheader("Latency")
 lat_settings = latency_settings()
-st.caption(f"The extracted model (removed parts deleted, not masked) generating {lat_settings['new_tokens']} tokens "
-           f"after a {lat_settings['prompt_len']}-token prompt, batch 1, median of 5; the dense model timed alongside.")
+st.caption(f"The extracted model (removed parts deleted, not masked) and the dense one generating "
+           f"{lat_settings['new_tokens']} tokens after a {lat_settings['prompt_len']}-token prompt, batch 1, timed in "
+           f"turns {LATENCY_REPEATS} times each after {LATENCY_WARMUP} warm-ups; median with its interquartile range.")
 if st.button("Measure latency"):
-    with st.spinner("Extracting and timing ..."):
-        try:
-            latency(choice, plan, **lat_settings, compute=True)
-        except ShedderError as exc:
-            st.error(str(exc))
+    bar = st.progress(0.0, text="Extracting and timing ...")
+    try:
+        latency(choice, plan, **lat_settings, compute=True,
+                progress=lambda d, t: bar.progress(d / t, text=f"Timed {d} of {t} pairs"))
+    except ShedderError as exc:
+        st.error(str(exc))
+    bar.empty()
 timed = latency(choice, plan, **lat_settings)
 if timed is not None:
+    sp, ext, den = timed["speedup"], timed["extracted_ms"], timed["dense_ms"]
     l1, l2, l3 = st.columns(3)
-    l1.metric("prefill + decode", f"{timed['total_ms']:.1f} ms", help=f"dense: {timed['dense']['total_ms']:.1f} ms; {timed['device']}")
-    l2.metric("speedup", f"{timed['speedup']:.2f}x", help="dense time / extracted time")
-    l3.metric("decode", f"{timed['tokens_per_s']:.1f} tokens/s", help=f"dense: {timed['dense']['tokens_per_s']:.1f} tokens/s")
+    l1.metric("prefill + decode", f"{ext['median']:.1f} ms", help=f"Extracted model, median of {ext['runs']} runs; "
+              f"middle half {ext['q1']:.1f} to {ext['q3']:.1f} ms, all within {ext['min']:.1f} to {ext['max']:.1f} ms")
+    l2.metric("speedup", f"{sp['median']:.2f}x", help="dense time / extracted time, per pair of runs; "
+              f"{timed['device']}")
+    l3.metric("dense", f"{den['median']:.1f} ms", help=f"median of {den['runs']} runs; middle half {den['q1']:.1f} "
+              f"to {den['q3']:.1f} ms")
+    ideal = f"; the cost model's ideal: {timed['ideal_speedup']:.2f}x" if timed["ideal_speedup"] else ""
+    st.caption(f"Speedup {sp['median']:.2f}x, middle half of the {sp['runs']} pairs {sp['q1']:.2f}x to {sp['q3']:.2f}x "
+               f"(all {sp['min']:.2f}x to {sp['max']:.2f}x){ideal}. Measured {timed['when']} on {timed['device']}.")
+    for note in timed["notes"]:
+        st.warning(f"Read with care: {note}.")
+    if len(timed["history"]) > 1:
+        with st.expander(f"Every measurement of this plan ({len(timed['history'])})"):
+            st.dataframe(pd.DataFrame([{
+                "when": h["when"], "speedup (median)": f"{h['speedup']['median']:.2f}x",
+                "middle half": f"{h['speedup']['q1']:.2f}x to {h['speedup']['q3']:.2f}x",
+                "extracted (ms)": round(h["extracted_ms"]["median"], 1), "dense (ms)": round(h["dense_ms"]["median"], 1),
+                "pairs": h["speedup"]["runs"], "device": h["device"],
+            } for h in reversed(timed["history"])]), hide_index=True)
+elif removed:
+    st.caption("Press Measure latency to time the extracted model against the dense one.")
 
 # --- zero-shot accuracy on a subsample -------------------------------------------------------------
 st.subheader("Accuracy")
@@ -111,17 +130,25 @@ if c3.button("Evaluate accuracy", disabled=not tasks):
     bar.empty()
 scored = {name: accuracy(choice, p, **settings) for name, p in (("dense", Plan()), ("pruned", plan))}
 if all(scored.values()):
-    dense_acc, pruned_acc = scored["dense"], scored["pruned"]
-    st.metric("average accuracy", f"{pruned_acc['average']:.3f}",
-              delta=f"{pruned_acc['average'] / dense_acc['average']:.1%} of dense" if dense_acc["average"] else None,
-              delta_color="off")
+    paired = against_dense(scored["pruned"], scored["dense"])
+    average = paired["average"]
+    st.metric("average accuracy", f"{average.value:.3f}",
+              delta=average.describe() if removed else None, delta_color="normal",
+              help=f"dense: {average.dense:.3f}. The change is paired: the pruned minus the dense score on the same "
+                   "documents, with its standard error; significant = beyond 1.96 standard errors.")
     st.dataframe(pd.DataFrame([{
-        "task": task, "metric": result["paper_metric"], "pruned": result["paper_value"],
-        "± stderr": result["stderr"].get(result["paper_metric"]), "dense": dense_acc["tasks"][task]["paper_value"],
-        "documents": result["n_docs"],
-    } for task, result in pruned_acc["tasks"].items()]), hide_index=True)
+        "task": task, "metric": d.metric, "pruned": d.value,
+        "± stderr": scored["pruned"]["tasks"][task]["stderr"].get(d.metric), "dense": d.dense,
+        "change vs dense": f"{d.difference:+.3f}" + ("" if d.stderr is None else f" ± {d.stderr:.3f}"),
+        "significant": "yes" if d.significant else "no", "documents": d.n_docs,
+    } for task, d in paired.items() if task != "average"]), hide_index=True)
+    st.caption("± stderr: of the pruned score alone. Change vs dense: paired, the mean per-document difference on "
+               "the same documents with its standard error (much smaller than the scores' own).")
+    if average.rough:
+        st.caption(f"Rough: the change's standard error is above {ROUGH_STDERR}; evaluate more documents per task "
+                   "to narrow it.")
 else:
-    st.caption("Press Evaluate accuracy to score the dense and the pruned model on these documents.")
+    st.caption("Press Evaluate accuracy to score the dense and the pruned model on the same documents.")
 
 # --- generations ---------------------------------------------------------------------------------
 st.subheader("Generations")

@@ -1,20 +1,20 @@
 """Search: the Mamba-Shedder greedy search, live and resumable; any step's plan; a Pareto chart."""
-import json
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from app import cluster_jobs, plan_io, store
-from app.figures import pareto_chart, search_trajectory, trajectory_point
-from app.pareto import X_AXES, Y_AXES, axes_points, plan_points
-from app.measures import accuracy_settings, latency_settings
+from app.figures import counted, pareto_chart, search_trajectory, trajectory_point
+from app.pareto import MEASURE_HINT, X_AXES, Y_AXES, axes_points, plan_points
+from app.measures import accuracy_settings, latency_settings, plan_file
 from app.sidebar import model_or_stop, model_sidebar
-from app.state import fingerprint, masked_perplexity, new_plan, set_plan
+from app.state import evaluation_setting, fingerprint, masked_perplexity, new_plan, plan_perplexity, set_plan
 from shedder.calibration import calibration_windows
 from shedder.catalogue import KINDS, Component
 from shedder.errors import ShedderError
 from shedder.masks import model_lock
+from shedder.perplexity import PerplexitySetting
 from shedder.search import Stage, parse_stages, search
 
 choice = model_sidebar()
@@ -262,17 +262,28 @@ chosen = st.slider("Plan after step", 0, len(trajectory) - 1, len(trajectory) - 
 st.plotly_chart(search_trajectory(trajectory, chosen), width="stretch")
 plan = store.step_plan(run_dir, chosen - 1) if chosen else new_plan(choice, base, used["channel_group_size"],
                                                                     used["channel_reorder"])
-m1, m2, m3 = st.columns(3)
-m1.metric("perplexity", f"{trajectory[chosen]['ppl']:.3f}", delta=f"{trajectory[chosen]['ppl'] - start_ppl:+.3f}",
-          delta_color="inverse")
-m2.metric("components removed", len(plan.removed))
-m3.metric("parameters freed", f"{trajectory[chosen]['params'] / cat.total_params:.1%}",
+setting = evaluation_setting()
+searched_on = PerplexitySetting(calib_run, tokens_run, used["seq_len"])
+try:
+    shown_ppl, shown_start = plan_perplexity(choice, plan, setting), plan_perplexity(choice, new_plan(choice, base), setting)
+except ShedderError as exc:
+    st.error(str(exc))
+    st.stop()
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("perplexity", f"{shown_ppl:.3f}", delta=f"{shown_ppl - shown_start:+.3f} vs step 0", delta_color="inverse",
+          help=f"On {setting.describe()}: the evaluation setting every page shows (sidebar)")
+m2.metric("search perplexity", f"{trajectory[chosen]['ppl']:.3f}", delta=f"{trajectory[chosen]['ppl'] - start_ppl:+.3f}",
+          delta_color="inverse", help=f"On the search's own calibration text: {searched_on.describe()}")
+m3.metric("components removed", len(plan.removed))
+m4.metric("parameters freed", f"{trajectory[chosen]['params'] / cat.total_params:.1%}",
           help=f"{trajectory[chosen]['params']:,} of {cat.total_params:,}")
+st.caption(f"Searched on {searched_on.describe()}; shown on {setting.describe()} (the setting of every page). "
+           "The chart above is the search's own perplexity.")
 c1, c2, c3, c4 = st.columns([1, 1, 2, 1])
 if c1.button("Use in Playground", help="Make this the current plan (Playground, Export & compare)"):
     set_plan(choice, plan)
-    st.success(f"The Playground now removes the {len(plan.removed)} components of step {chosen}.")
-c2.download_button("Download plan", json.dumps(plan.to_dict(), indent=1), file_name=f"plan_step{chosen:03d}.json",
+    st.success(f"The Playground now removes the {counted(len(plan.removed), 'component')} of step {chosen}.")
+c2.download_button("Download plan", plan_file(choice, plan, evaluation_setting()), file_name=f"plan_step{chosen:03d}.json",
                    mime="application/json")
 plan_io.save_box(fp, plan, "search-step", f"{run_dir.name.rsplit('-', 1)[0]}-step{chosen}", "Save plan", (c3, c4))
 
@@ -284,24 +295,26 @@ with st.expander("Every step"):
     } for step in log["steps"]]), hide_index=True, width="stretch")
 
 st.subheader("Trade-offs")
-st.caption("Every step of this search and every saved plan of this model; perplexity on this search's calibration "
-           "text. Accuracy and latency appear for plans measured in the Playground or on Export & compare "
-           "(with the settings used there).")
+st.caption(f"Every step of this search and every saved plan of this model; perplexity on {setting.describe()} "
+           "(the evaluation setting of every page). Accuracy and latency appear for plans measured in the Playground "
+           "or on Export & compare (with the settings used there).")
 c1, c2 = st.columns(2)
 x_axis = c1.radio("Across", list(X_AXES), horizontal=True)
 y_axis = c2.radio("Up", list(Y_AXES), horizontal=True)
 named = {f"step {p['step']}": ("search step" if p["step"] else "dense",
-                               store.step_plan(run_dir, p["step"] - 1) if p["step"] else new_plan(choice, base),
-                               p["ppl"]) for p in trajectory}
-named.update({name: ("saved plan", saved, None) for name, saved in store.saved_plans(fp).items()})
+                               store.step_plan(run_dir, p["step"] - 1) if p["step"] else new_plan(choice, base))
+         for p in trajectory}
+named.update({name: ("saved plan", saved) for name, saved in store.saved_plans(fp).items()})
 try:
-    points = plan_points(choice, named, calib_run, tokens_run, used["seq_len"], accuracy_settings(), latency_settings())
+    points = plan_points(choice, named, setting, accuracy_settings(), latency_settings())
 except ShedderError as exc:
     st.error(str(exc))
     st.stop()
 shown = axes_points(points, x_axis, y_axis)
 if len(shown) < 2:
-    st.info(f"{len(shown)} of {len(points)} plans have both values measured.")
+    st.info(f"{len(shown)} of {counted(len(points), 'plan')} {'has' if len(shown) == 1 else 'have'} both values "
+            "measured; a chart needs two. "
+            + MEASURE_HINT.get(x_axis, MEASURE_HINT.get(y_axis, "")))
 else:
     st.plotly_chart(pareto_chart(shown, x_axis, y_axis, X_AXES[x_axis], Y_AXES[y_axis]), width="stretch")
     st.caption(f"{len(shown)} of {len(points)} plans measured on both axes; the dotted line joins those no other plan beats on both.")

@@ -105,6 +105,23 @@ class AccuracyReport:
         average = _ratio(statistics.fmean(mine), statistics.fmean(theirs)) if common else None
         return {"tasks": per_task, "average": average}
 
+    def paired_against(self, dense: "AccuracyReport") -> dict[str, PairedDifference]:
+        """Per task both ran, and for their average: this report minus ``dense`` on the same documents."""
+        per_task = {name: paired_difference(t, dense.tasks[name]) for name, t in self.tasks.items() if name in dense.tasks}
+        if per_task:
+            per_task["average"] = average_difference(list(per_task.values()))
+        return per_task
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AccuracyReport":
+        """A report read back from :meth:`to_dict` (``with_docs=True`` keeps what :meth:`paired_against` needs)."""
+        tasks = {name: TaskResult(t["task"], t["split"], t["source"], t["n_docs"], t["n_split"], t["metrics"],
+                                  t["stderr"], t["paper_metric"],
+                                  {int(k): v for k, v in t.get("per_doc", {}).items()})
+                 for name, t in data["tasks"].items()}
+        return cls(tasks, data["mode"], data["limit"], data["seed"],
+                   [Component.from_dict(c) for c in data.get("removed", [])], data.get("seconds", 0.0))
+
     def to_dict(self, with_docs: bool = False) -> dict:
         return {
             "mode": self.mode, "limit": self.limit, "seed": self.seed,
@@ -113,6 +130,73 @@ class AccuracyReport:
             "lambada_perplexity": self.lambada_perplexity(),
             "tasks": {name: t.to_dict(with_docs) for name, t in self.tasks.items()},
         }
+
+
+SIGNIFICANT_Z = 1.96  # two-sided 5 %
+ROUGH_STDERR = 0.03  # a paired difference with a larger standard error is labelled rough
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """A model's score minus the dense model's on the same documents: the mean of the per-document
+    differences, with their standard error (stdev / sqrt(n)); far more precise than comparing two means
+    with their own errors, because most documents are scored alike by both."""
+
+    task: str  # a task name, or "average"
+    metric: str
+    value: float  # the model's score
+    dense: float
+    difference: float  # value - dense
+    stderr: float | None  # None: fewer than two documents
+    n_docs: int
+
+    @property
+    def significant(self) -> bool:
+        """Whether the difference is unlikely to be chance (|difference| > 1.96 standard errors)."""
+        if self.stderr is None:
+            return False
+        return abs(self.difference) > SIGNIFICANT_Z * self.stderr if self.stderr > 0 else self.difference != 0
+
+    @property
+    def rough(self) -> bool:
+        return self.stderr is None or self.stderr > ROUGH_STDERR
+
+    def describe(self) -> str:
+        """E.g. "-0.050 ± 0.021 vs dense, significant" or "+0.010 ± 0.040 vs dense, not significant (rough)"."""
+        err = "" if self.stderr is None else f" ± {self.stderr:.3f}"
+        verdict = "significant" if self.significant else "not significant"
+        return f"{self.difference:+.3f}{err} vs dense, {verdict}" + (" (rough)" if self.rough else "")
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "metric": self.metric, "value": self.value, "dense": self.dense,
+                "difference": self.difference, "stderr": self.stderr, "n_docs": self.n_docs,
+                "significant": self.significant, "rough": self.rough}
+
+
+def paired_difference(result: TaskResult, dense: TaskResult) -> PairedDifference:
+    """``result``'s paper metric minus ``dense``'s, document by document (both must hold their per-document
+    scores on the same documents)."""
+    if not result.per_doc or sorted(result.per_doc) != sorted(dense.per_doc):
+        raise ShedderError(f"{result.task}: the two runs scored different documents (or kept no per-document "
+                           "scores); use the same documents per task and seed.")
+    metric = result.paper_metric
+    diffs = [result.per_doc[i][metric] - dense.per_doc[i][metric] for i in sorted(result.per_doc)]
+    return PairedDifference(result.task, metric, result.paper_value, dense.paper_value, statistics.fmean(diffs),
+                            _stderr(diffs), len(diffs))
+
+
+def average_difference(differences: list[PairedDifference]) -> PairedDifference:
+    """The difference of the paper's averages: the mean of the tasks' differences, with the standard error
+    of a mean of independent tasks (sqrt of the summed variances, over the number of tasks)."""
+    if not differences:
+        raise ShedderError("No task to average.")
+    k = len(differences)
+    errors = [d.stderr for d in differences]
+    stderr = None if any(e is None for e in errors) else math.sqrt(sum(e * e for e in errors)) / k
+    return PairedDifference("average", "paper average", statistics.fmean(d.value for d in differences),
+                            statistics.fmean(d.dense for d in differences),
+                            statistics.fmean(d.difference for d in differences), stderr,
+                            sum(d.n_docs for d in differences))
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -429,3 +429,95 @@ def save_report(report: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(report, indent=1) + "\n")
     return path
+
+
+# --- dense and extracted timed in turns, with their spread (the dashboard's latency) -----------------
+
+WIDE_SPREAD = 0.10  # interquartile range over median of the speedup above this: too noisy to read closely
+BEYOND_IDEAL = 1.2  # measured speedup above this many times the cost model's ideal: suspect
+
+
+def spread(values: list[float], digits: int = 4) -> dict:
+    """Median, quartiles (inclusive method), min, max and the number of runs of ``values``."""
+    if not values:
+        raise ShedderError("No timed runs to summarise.")
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (values[0],) * 3
+    return {"median": round(statistics.median(values), digits), "q1": round(q1, digits), "q3": round(q3, digits),
+            "min": round(min(values), digits), "max": round(max(values), digits), "runs": len(values)}
+
+
+def _one_run(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """(seconds to the first token, seconds in all) of one greedy ``generate``."""
+    device = prompt.device
+    clock = _FirstTokenClock(device)
+    _sync(device)
+    start = time.perf_counter()
+    _generate(model, prompt, new_tokens, clock)
+    _sync(device)
+    return clock.first - start, time.perf_counter() - start
+
+
+def latency_verdict(speedup: dict, ideal: float | None) -> list[str]:
+    """Why a measured speedup (a :func:`spread` of per-pair ratios) should not be read closely, if it should not."""
+    notes = []
+    if speedup["median"] > 0 and (speedup["q3"] - speedup["q1"]) / speedup["median"] > WIDE_SPREAD:
+        notes.append(f"wide spread: the middle half of the {speedup['runs']} pairs lies between "
+                     f"{speedup['q1']:.2f}x and {speedup['q3']:.2f}x; the machine was busy, or the model is too small "
+                     "to time well; measure again or with more tokens")
+    if ideal is not None and speedup["median"] > BEYOND_IDEAL * ideal:
+        notes.append(f"{speedup['median']:.2f}x is far beyond the cost model's ideal {ideal:.2f}x: the cost model counts "
+                     "weights and FLOPs only, so per-layer overhead (which dominates a small model, e.g. on a CPU) or "
+                     "noise made up the rest")
+    return notes
+
+
+def compare_latency(model: nn.Module, plan: Plan, prompt_len: int, new_tokens: int, repeats: int = 21,
+                    warmup: int = 2, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Batch-1 time of ``generate`` (a ``prompt_len``-token random prompt, then exactly ``new_tokens`` greedy
+    tokens) of the dense model and of the extracted one, timed in turns (dense, extracted, dense ...) so that
+    both see the same machine load. Each model's times and the per-pair speedup (dense / extracted) are given
+    as :func:`spread`; the ideal speedup of :mod:`shedder.cost_model` for the whole run (prefill at its ideal
+    FLOP ratio, decode at its ideal byte ratio, weighted by the dense model's measured times) and
+    :func:`latency_verdict`'s notes come with them. An empty plan times the model against itself."""
+    if repeats < 3:
+        raise ShedderError("Latency needs at least 3 timed runs per model to show its spread.")
+    settings = BenchSettings(prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=(1,), repeats=repeats,
+                             warmup=warmup, static_loop=False, seed=seed)
+    settings.check()
+    device = next(model.parameters()).device
+    small = extracted_model(model, plan).to(device) if plan.removed else model
+    prompt = random_prompt(model, 1, prompt_len, seed)
+    runs = {"dense": {"first": [], "total": []}, "extracted": {"first": [], "total": []}}
+    try:
+        for _ in range(warmup):
+            for m in (model, small):
+                _generate(m, prompt, new_tokens)
+        for n in range(repeats):
+            for name, m in (("dense", model), ("extracted", small)):
+                first, total = _one_run(m, prompt, new_tokens)
+                runs[name]["first"].append(1000 * first)
+                runs[name]["total"].append(1000 * total)
+            if progress is not None:
+                progress(n + 1, repeats)
+        params = sum(p.numel() for p in {id(p): p for p in small.parameters()}.values())
+    finally:
+        if small is not model:
+            del small
+    ratios = [d / e for d, e in zip(runs["dense"]["total"], runs["extracted"]["total"])]
+    ideal = None
+    if plan.removed:
+        group = plan.channel_group_size
+        costs = ideal_speedups(model_cost(model, [], group), model_cost(model, plan.removed, group), prompt_len, [1],
+                               settings.mean_decode_context)
+        first = statistics.median(runs["dense"]["first"])
+        rest = statistics.median(runs["dense"]["total"]) - first
+        ideal = round((first + rest) / (first / costs["prefill_flops"] + rest / costs["decode_bytes"]["1"]), 4)
+    speedup = spread(ratios)
+    return {
+        "prompt_len": prompt_len, "new_tokens": new_tokens, "repeats": repeats, "warmup": warmup,
+        "dense_ms": spread(runs["dense"]["total"], 3), "extracted_ms": spread(runs["extracted"]["total"], 3),
+        "dense_first_token_ms": spread(runs["dense"]["first"], 3),
+        "extracted_first_token_ms": spread(runs["extracted"]["first"], 3),
+        "speedup": speedup, "ideal_speedup": ideal, "notes": latency_verdict(speedup, ideal),
+        "params": params, "device": environment(model)["device_name"],
+    }

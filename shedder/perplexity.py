@@ -38,6 +38,23 @@ class PerplexityResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PerplexitySetting:
+    """What a perplexity is measured on: a text source, how many of its tokens, in windows of ``seq_len``.
+    One object, so that every place that shows a perplexity can say what it was measured on."""
+
+    text: str = "wiki-test"
+    tokens: int = 2048
+    seq_len: int = 256
+
+    def describe(self) -> str:
+        """E.g. "wiki-test, 2,048 tokens, windows of 256"."""
+        return f"{self.text}, {self.tokens:,} tokens, windows of {self.seq_len}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def require_finite(result: PerplexityResult, what: str) -> PerplexityResult:
     """``result``, or a ShedderError when its loss is NaN: the weights (or this dtype) produce NaN, and every
     number after that would be meaningless."""

@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "shedder-plan", 1
 MAX_PLAN_BYTES = 4 * 2**20  # a plan of every component of a 100-layer model, with every search step, is < 1 MiB
-# what a plan keeps besides its own fields: the search steps it came from, and the model a plan applied
-# with --allow-other-weights was made for; anything else in a file is dropped on reading
-EXTRA_KEYS = ("steps", "made_for")
+# what a plan keeps besides its own fields: the search steps it came from, the model a plan applied
+# with --allow-other-weights was made for, and "about" (what a downloaded plan says of itself: the model's
+# name, path or hub id, the evaluation setting, the metrics measured for it); anything else in a file is
+# dropped on reading
+EXTRA_KEYS = ("steps", "made_for", "about")
 
 
 def _too_large(name: str, size: int) -> ShedderError:

@@ -57,7 +57,7 @@ def test_sensitivity_page_computes_caches_and_switches_to_a_proxy(bamba_dir, tmp
     assert float(at.metric[0].value) > 1
     table = at.dataframe[-1].value
     assert set(table["kind"]) == {"block", "ssm", "attn", "mlp"} and len(table) == 3 + 2 + 1 + 3
-    assert list(table["ppl"]) == sorted(table["ppl"])
+    assert list(table["perplexity"]) == sorted(table["perplexity"])
     colour = next(r for r in at.main.radio if r.label == "Colour by")
     colour.set_value("block influence (1 - cos)").run()
     assert not at.exception, at.exception

@@ -90,7 +90,7 @@ def test_search_runs_shows_steps_and_hands_a_step_to_the_playground(bamba_dir):
     log = json.loads((Path(run_dir) / "log.json").read_text())
     assert len(log["steps"]) == 2
     step2 = log["steps"][1]
-    assert float(metrics(at)["perplexity"]) == pytest.approx(step2["ppl"], abs=6e-4)
+    assert float(metrics(at)["search perplexity"]) == pytest.approx(step2["ppl"], abs=6e-4)
     assert metrics(at)["components removed"] == "2"
     assert at.slider[0].value == 2 and at.slider[0].max == 2
     assert button(at, "Finished").disabled  # the same settings now name the finished run
@@ -100,9 +100,9 @@ def test_search_runs_shows_steps_and_hands_a_step_to_the_playground(bamba_dir):
     at.switch_page("pages/playground.py").run()
     assert not at.exception, at.exception
     assert metrics(at)["components removed"] == "2"
-    next(s for s in at.selectbox if s.label == "Text").set_value("wiki")
-    next(s for s in at.select_slider if s.label == "Tokens").set_value(1024)
-    next(s for s in at.select_slider if s.label == "Window").set_value(128)
+    next(s for s in at.selectbox if s.label == "Evaluation text").set_value("wiki")
+    next(s for s in at.select_slider if s.label == "Evaluation tokens").set_value(1024)
+    next(s for s in at.select_slider if s.label == "Evaluation window").set_value(128)
     at.run()
     # the Playground measures the step's plan on the search's calibration windows: the same number
     assert float(metrics(at)["perplexity"]) == pytest.approx(step2["ppl"], abs=6e-4)
@@ -111,7 +111,7 @@ def test_search_runs_shows_steps_and_hands_a_step_to_the_playground(bamba_dir):
     assert metrics(again)["components removed"] == "2"
     again.slider[0].set_value(1).run()
     assert metrics(again)["components removed"] == "1"
-    assert float(metrics(again)["perplexity"]) == pytest.approx(log["steps"][0]["ppl"], abs=6e-4)
+    assert float(metrics(again)["search perplexity"]) == pytest.approx(log["steps"][0]["ppl"], abs=6e-4)
 
 
 def test_export_uploads_extracts_saves_and_compares(bamba_dir, tmp_path, monkeypatch):
@@ -166,7 +166,7 @@ def test_export_uploads_extracts_saves_and_compares(bamba_dir, tmp_path, monkeyp
     assert not at.exception, at.exception
     table = at.dataframe[-1].value
     assert "piqa" in table.columns and table["average accuracy"].notna().all()
-    assert table["relative"][0] == "100.0%"
+    assert table["change vs dense"][0] == "-" and "vs dense" in table["change vs dense"][1]
 
 
 def test_pareto_front_keeps_only_plans_no_other_beats_on_both_axes():
