@@ -32,7 +32,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .adapters import LayerParts, describe_model
+from .families import LayerParts, describe_model
 from .errors import ShedderError
 from .pruned_modeling.pruned_layers import _has_gated_norm, attention_head_slots
 from .ssm_layout import mamba2_layout
@@ -288,7 +288,7 @@ def channel_groups(parts: LayerParts, group_size: int, reorder: str | None = Non
 
 
 def build_catalogue(model: nn.Module, channel_group_size: int | None = None) -> Catalogue:
-    adapter, layers = describe_model(model)
+    _, layers = describe_model(model)
     if channel_group_size is None:
         widths = [p.mlp_down.in_features for p in layers if p.mlp_dense]
         channel_group_size = default_channel_group_size(max(widths)) if widths else 1
@@ -321,7 +321,7 @@ def build_catalogue(model: nn.Module, channel_group_size: int | None = None) -> 
             entries += [Entry(Component("mlp_channels", i, g), channel_group_params(parts, len(r)))
                         for g, r in enumerate(channel_groups(parts, channel_group_size))]
     return Catalogue(
-        model_type=adapter.model_type,
+        model_type=model.config.model_type,
         n_layers=len(layers),
         total_params=sum(p.numel() for p in model.parameters()),
         channel_group_size=channel_group_size,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .adapters import LayerParts, describe_model
+from .families import LayerParts, describe_model
 from .catalogue import Component
 from .masks import catalogue_of
 from .pruned_modeling.pruned_layers import attention_head_slots

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .adapters import describe_model
+from .families import describe_model
 from .calibration import Windows
 from .catalogue import Component
 from .errors import ShedderError
@@ -56,12 +56,12 @@ class CandidateResult:
 @contextmanager
 def start_at_layer(model: nn.Module, start: int, holder: dict):
     """Skip layers before ``start`` and feed layer ``start`` the tensor in ``holder["hidden"]``."""
-    adapter, layers = describe_model(model)
+    family, layers = describe_model(model)
     edits = _Edits()
     handle = None
     try:
         for parts in layers[:start]:
-            edits.override_forward(parts.layer, _passthrough(parts.layer, adapter.block_output))
+            edits.override_forward(parts.layer, _passthrough(parts.layer, family.block_output))
 
         def inject(module, args, kwargs):
             if "hidden_states" in kwargs:

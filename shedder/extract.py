@@ -44,7 +44,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .adapters import layers_of
+from .families import layers_of
 from .catalogue import Component
 from .errors import ShedderError
 from .extract_layers import Layers, build_smaller

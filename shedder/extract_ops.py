@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from torch import nn
 
-from .adapters import LayerParts, describe_model
+from .families import LayerParts, describe_model, family_for
 from .catalogue import Component, channel_groups
 from .errors import ShedderError
 from .extract_layers import Layers
@@ -29,7 +29,7 @@ def by_layer(removed: list[Component]) -> dict[int, list[Component]]:
 
 def plan_layers(model: nn.Module, removed: list[Component]) -> Layers:
     """The layers that stay, and the Zamba2 hybrid layers that become Mamba layers."""
-    _, parts_list = describe_model(model)
+    family, parts_list = describe_model(model)
     per_layer = by_layer(removed)
     dropped, to_mamba = set(), set()
     for parts in parts_list:
@@ -37,7 +37,7 @@ def plan_layers(model: nn.Module, removed: list[Component]) -> Layers:
         sub_blocks = {k for k, present in (("attn", parts.attn), ("mlp", parts.mlp)) if present is not None}
         if "block" in kinds or (parts.ssm is None and sub_blocks and sub_blocks <= kinds):
             dropped.add(parts.index)
-        elif model.config.model_type == "zamba2" and "attn" in kinds:
+        elif family.attn_removal_leaves_mamba_layer and "attn" in kinds:
             to_mamba.add(parts.index)
     kept = tuple(i for i in range(len(parts_list)) if i not in dropped)
     if not kept:
@@ -67,7 +67,7 @@ def _path(layer: nn.Module, module: nn.Module) -> str:
 
 
 def _sub_modules(layer: nn.Module, module: nn.Module) -> list[nn.Module]:
-    """``module`` itself if it sits in ``layer``, else its parts (an adapter's ad-hoc ModuleList)."""
+    """``module`` itself if it sits in ``layer``, else its parts (a family's ad-hoc ModuleList, e.g. Granite's MoE and shared MLP)."""
     if any(candidate is module for _, candidate in layer.named_modules()):
         return [module]
     return list(module.children())
@@ -140,15 +140,10 @@ def plan_ops(small: nn.Module, layers: Layers, removed: list[Component], group_s
     return out
 
 
-# config fields that set the width of every dense MLP of a family, and nothing else
-MLP_WIDTH_FIELDS = {"llama": "intermediate_size", "bamba": "intermediate_size", "falcon_h1": "intermediate_size",
-                    "nemotron_h": "intermediate_size"}
-
-
 def uniform_mlp_width(small: nn.Module, ops: dict[int, list[dict]]) -> dict[str, int]:
     """When the only change to the kept layers is every dense MLP narrowed to one width, the config
     field that says so (then the stock config describes the model); else nothing."""
-    field = MLP_WIDTH_FIELDS.get(small.config.model_type)
+    field = family_for(small.config.model_type).mlp_width_field
     if field is None or not ops or any(op["op"] != "mlp_channels" for layer_ops in ops.values() for op in layer_ops):
         return {}
     dense = {parts.index for parts in describe_model(small)[1] if parts.mlp_dense}

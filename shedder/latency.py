@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .adapters import describe_model
+from .families import describe_model
 from .cost_model import ideal_speedups, model_cost
 from .errors import ShedderError
 from .paths import write_text_atomic

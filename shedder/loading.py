@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from .adapters import adapter_for, supported_model_types
+from .families import family_for, supported_model_types
 from .errors import ShedderError
 from .paths import REPO_ROOT
 from .sharding import SPREAD, spread_over_gpus
@@ -68,7 +68,7 @@ def load_config(spec: str, trust_remote_code: bool = False):
     foreign = _foreign_source(spec)
     if foreign is not None:
         config = foreign.config()
-        adapter_for(config.model_type)
+        family_for(config.model_type)
         return config
     source = resolve_source(spec)
     path = Path(source).expanduser()
@@ -89,7 +89,7 @@ def load_config(spec: str, trust_remote_code: bool = False):
             f"Model {spec!r} is not a zoo name or a local directory, and {where}. "
             "Pass a local folder with config.json, a zoo name, or a hub id while online."
         ) from exc
-    adapter_for(config.model_type)  # fail early, before loading weights, for unsupported families
+    family_for(config.model_type)  # fail early, before loading weights, for unsupported families
     return config
 
 
@@ -102,7 +102,7 @@ def _needs_code(spec: str, source: str) -> str:
 
 def load_model(spec: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
                ) -> tuple[nn.Module, object]:
-    """Load ``(model, tokenizer)`` in eval mode; the architecture must be one with an adapter."""
+    """Load ``(model, tokenizer)`` in eval mode; the architecture must be one of a known family (``shedder.families``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     foreign = _foreign_source(spec)
@@ -189,7 +189,7 @@ def _foreign_source(spec: str):
 
 def _load_foreign(spec: str, foreign, dtype: str, device: str) -> tuple[nn.Module, object]:
     if foreign.kind != "gguf":  # a GGUF config costs a parse of the whole file: check after loading
-        adapter_for(foreign.config().model_type)
+        family_for(foreign.config().model_type)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     try:
@@ -198,7 +198,7 @@ def _load_foreign(spec: str, foreign, dtype: str, device: str) -> tuple[nn.Modul
         raise ShedderError(f"Out of memory loading {spec!r} on {target}; try a smaller dtype or the CPU.") from exc
     except (OSError, ValueError) as exc:
         raise ShedderError(f"Could not load {spec!r} ({foreign.kind}): {exc}") from exc
-    adapter_for(model.config.model_type)
+    family_for(model.config.model_type)
     _place(model, target, device)
     log.info("Loaded %s (%s, converted from %s, %s, %s)", spec, model.config.model_type, foreign.kind,
              torch_dtype, target)

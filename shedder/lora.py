@@ -19,21 +19,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from .errors import ShedderError
+from .families import PRUNED_PREFIX, family_for
 
 log = logging.getLogger(__name__)
-
-SSM_TARGETS = ("in_proj", "out_proj")
-ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_TARGETS = ("gate_proj", "up_proj", "down_proj", "gate_up_proj", "input_linear", "output_linear")
-DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "mamba": SSM_TARGETS,
-    "falcon_mamba": SSM_TARGETS,
-    "mamba2": SSM_TARGETS,
-    "llama": ATTENTION_TARGETS + MLP_TARGETS,
-    **{family: SSM_TARGETS + ATTENTION_TARGETS + MLP_TARGETS
-       for family in ("bamba", "jamba", "nemotron_h", "falcon_h1", "zamba2", "granitemoehybrid")},
-}
-
 
 @dataclass(frozen=True)
 class LoraSettings:
@@ -51,7 +39,7 @@ def _shared_weights(model: nn.Module) -> set[int]:
 
 def family(model: nn.Module) -> str:
     """The model's family; an extracted pruned layout (``shedder_pruned_<family>``) counts as its family."""
-    return model.config.model_type.removeprefix("shedder_pruned_")
+    return model.config.model_type.removeprefix(PRUNED_PREFIX)
 
 
 def target_module_names(model: nn.Module, names: tuple[str, ...] | None = None) -> list[str]:
@@ -60,7 +48,7 @@ def target_module_names(model: nn.Module, names: tuple[str, ...] | None = None) 
     # their weight, which an adapter built from the weight's shape would not fit
     linear = {name: module for name, module in model.named_modules() if type(module) is nn.Linear}
     short_names = {name.rsplit(".", 1)[-1] for name in linear}
-    wanted = names if names else DEFAULT_TARGETS.get(family(model), SSM_TARGETS)
+    wanted = names if names else family_for(model.config.model_type).lora_targets
     if names:
         unknown = sorted(set(names) - short_names)
         if unknown:

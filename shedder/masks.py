@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache
 
-from .adapters import LayerParts, describe_model
+from .families import LayerParts, describe_model
 from .catalogue import Catalogue, Component, build_catalogue, channel_groups
 from .errors import ShedderError
 from .ssm_layout import mamba1_layout, mamba2_layout
@@ -193,12 +193,12 @@ def masked(model: nn.Module, removed: Iterable[Component] = (), channel_group_si
                                                          removed.channel_reorder)
     components = validate(model, removed, channel_group_size)
     group_size = catalogue_of(model, channel_group_size).channel_group_size
-    adapter, layers = describe_model(model)
+    family, layers = describe_model(model)
     with model_lock(model):
         edits = _Edits()
         try:
             for component in components:
-                _apply(edits, component, layers[component.layer], adapter.block_output, group_size,
+                _apply(edits, component, layers[component.layer], family.block_output, group_size,
                        channel_reorder)
             yield model
         finally:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .adapters import describe_model
+from .families import describe_model
 from .catalogue import Catalogue, Component, channel_groups
 from .errors import ShedderError
 from .identity import model_fingerprint

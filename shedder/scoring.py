@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .adapters import describe_model
+from .families import describe_model
 from .calibration import Windows
 from .catalogue import Component, channel_groups
 from .executor import Executor, RayOptions, open_executor

@@ -35,7 +35,7 @@ def balanced_device_map(model: nn.Module, free_bytes: list[int]) -> dict:
     a small model on one GPU). Uses at most 90 % of each GPU's free memory."""
     from accelerate import infer_auto_device_map
 
-    from .adapters import describe_model
+    from .families import describe_model
 
     def size(module: nn.Module) -> int:
         return sum(p.numel() * p.element_size() for p in module.parameters())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .adapters import supported_model_types
+from .families import supported_model_types
 
 def may_run_code(source: str | Path, opted_in: bool) -> bool:
     """Whether loading ``source`` may run code from it: the user opted in, or it is our own extraction."""

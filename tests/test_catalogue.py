@@ -1,7 +1,7 @@
 import pytest
 import transformers as T
 
-from shedder.adapters import supported_model_types
+from shedder.families import supported_model_types
 from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
 from tiny_models import FAMILIES, build

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reference import mamba1_without_scan, mamba2_without_scan
-from shedder.adapters import describe_model
+from shedder.families import describe_model
 from shedder.calibration import cut_windows
 from shedder.catalogue import Component, build_catalogue
 from shedder.masks import masked

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from reference import mamba1_without_scan, mamba2_without_scan
 
-from shedder.adapters import describe_model
+from shedder.families import describe_model
 from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
 from shedder.masks import masked

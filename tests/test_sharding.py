@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from shedder.adapters import describe_model
+from shedder.families import describe_model
 from shedder.catalogue import Component
 from shedder.errors import ShedderError
 from shedder.executor import RayOptions
