@@ -1,6 +1,6 @@
 """The component catalogue: every removable component of a model, and what removing it frees.
 
-Kinds (DESIGN.md): ``block`` (a residual layer), ``ssm`` (the scan inside a Mamba mixer), ``attn``,
+Kinds (the README's "Supported models" table): ``block`` (a residual layer), ``ssm`` (the scan inside a Mamba mixer), ``attn``,
 ``mlp`` (sub-blocks), and groups: ``attn_heads`` (one attention head), ``ssm_heads`` (one Mamba-2
 head) and ``mlp_channels`` (``channel_group_size`` consecutive intermediate channels of a dense MLP).
 

@@ -19,7 +19,7 @@ Two budgets, counted per layer from the dense model's shapes and the plan's remo
 
   Ideal prefill speedup = dense FLOPs / pruned FLOPs.
 
-Removal semantics (DESIGN.md), as extraction realises them: a removed block costs nothing; a removed
+Removal semantics (the README's "Supported models" table), as extraction realises them: a removed block costs nothing; a removed
 SSM keeps its gate, gated norm, conv on ``x`` and ``out_proj`` but loses its state, its scan term and
 the weights only the scan used; removed Mamba-2 heads shrink the state and scan terms only where
 extraction drops them whole (not behind a gated norm, which still runs them); removed attention heads

@@ -1,6 +1,6 @@
 """Exact, cheap calibration NLL of "the base plan plus one more component".
 
-Two exact savings over recomputing the whole model for every candidate (DESIGN.md):
+Two exact savings over recomputing the whole model for every candidate (see the README, "Sensitivity and the search"):
 
 - **Prefix reuse.** Removing a component in layer i leaves layers < i untouched, so the hidden states
   entering each layer under the base plan are computed once per step (``set_base``) and a candidate

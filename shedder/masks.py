@@ -1,6 +1,6 @@
 """Reversible removal of components, through one context manager: ``with masked(model, removed): ...``.
 
-Semantics (Mamba-Shedder, DESIGN.md), and how each is realised on this model instance only:
+Semantics (Mamba-Shedder; the README's "Supported models" table), and how each is realised on this model instance only:
 
 - ``block``: the layer returns its input. The layer's ``forward`` is overridden on the instance, so
   nothing is computed; when a cache object is passed (``generate``), the original forward still

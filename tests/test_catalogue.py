@@ -153,3 +153,12 @@ def test_attention_heads_without_grouping_free_their_key_value_heads():
 def test_params_of_an_unknown_component_is_a_clear_error():
     with pytest.raises(ShedderError, match="not a component"):
         build_catalogue(build("mamba")).params_of([Component("attn", 0)])
+
+
+def test_the_public_api_resolves():
+    import shedder
+
+    for name in shedder.__all__:
+        assert getattr(shedder, name) is not None, name
+    with pytest.raises(AttributeError):
+        shedder.no_such_name  # noqa: B018
