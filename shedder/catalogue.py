@@ -40,6 +40,17 @@ from .ssm_layout import mamba2_layout
 KINDS = ("block", "ssm", "attn", "mlp", "ssm_heads", "attn_heads", "mlp_channels")
 GROUP_KINDS = ("ssm_heads", "attn_heads", "mlp_channels")
 SUB_BLOCK_KINDS = ("block", "ssm", "attn", "mlp")
+# what removing one component of each kind computes (Mamba-Shedder's semantics), in words for people
+KIND_HELP = {
+    "block": "the whole residual layer: it returns its input",
+    "ssm": "the scan inside the Mamba mixer: y = x (Mamba-2: gate, gated norm and output projection still run; "
+           "Mamba-1: y = x * silu(z))",
+    "attn": "the attention sub-block: it adds nothing to the residual stream",
+    "mlp": "the MLP sub-block: it adds nothing to the residual stream",
+    "attn_heads": "one attention head: its slice of the output projection's input is zero",
+    "ssm_heads": "one Mamba-2 head: its slice of out_proj's input is zero",
+    "mlp_channels": "a group of the MLP's intermediate channels: they contribute zero",
+}
 
 
 @dataclass(frozen=True)
