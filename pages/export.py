@@ -74,10 +74,10 @@ if upload is not None:
             st.warning(f"A reference config names no model: its indices count the layers that hold each kind, so a "
                        "config made for another layout (e.g. a Mamba-2's on a hybrid) means other layers here. "
                        f"Check how it reads on this model: {uploaded.mapping}")
-            confirmed = st.checkbox("The mapping is what I meant", key=f"confirm-{uploaded.digest}")
+            confirmed = st.checkbox("The mapping is what I meant", key=f"confirm-{uploaded.digest}-{fp}")
         elif uploaded.other_weights:
             st.warning(uploaded.other_weights)
-            confirmed = st.checkbox("Use it on these weights anyway", key=f"confirm-{uploaded.digest}")
+            confirmed = st.checkbox("Use it on these weights anyway", key=f"confirm-{uploaded.digest}-{fp}")
         if confirmed:
             adopted = uploaded.adopted(fp)  # from now on a plan for these weights
             if st.button("Make it the current plan"):

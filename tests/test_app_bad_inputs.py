@@ -150,7 +150,7 @@ def test_named_plans_are_never_overwritten_silently_and_keep_to_a_length(bamba_d
 
 # --- uploads -----------------------------------------------------------------------------------------
 
-def test_a_reference_config_is_applied_only_after_its_mapping_is_shown_and_confirmed(bamba_dir):
+def test_a_reference_config_is_applied_only_after_its_mapping_is_shown_and_confirmed(bamba_dir, mamba2_dir):
     at = open_page(bamba_dir, "pages/export.py")
     # a Mamba-2's config: index 1 meant its layer 1; on this Bamba (attention at layer 1) SSM 1 is layer 2
     upload(at, "pruning_config.json", {"pruned_ssm_idx": [1], "pruned_mlp_idx": [0]})
@@ -165,9 +165,15 @@ def test_a_reference_config_is_applied_only_after_its_mapping_is_shown_and_confi
     assert not at.exception, at.exception
     assert current(at, bamba_dir).removed == [Component("mlp", 0), Component("ssm", 2)]
 
-    upload(at, "other.json", {"pruned_ssm_idx": [0]})  # another file asks again
+    upload(at, "other.json", {"pruned_ssm_idx": [1]})  # another file asks again
     assert "Make it the current plan" not in labels(at, "button")
-    assert not widget(at, "checkbox", "The mapping is what I meant").value
+    widget(at, "checkbox", "The mapping is what I meant").check().run()
+    assert "Make it the current plan" in labels(at, "button")
+    widget(at, "text_input", "Folder or hub id").set_value(str(mamba2_dir)).run()  # the same file, another model
+    assert not at.exception, at.exception
+    assert any("pruned_ssm_idx 1 -> ssm@1 (on this mamba2" in w.value for w in at.warning)
+    assert not widget(at, "checkbox", "The mapping is what I meant").value  # asked again
+    assert "Make it the current plan" not in labels(at, "button")
 
 
 def test_a_plan_of_other_weights_says_so_and_needs_confirmation(bamba_dir, tmp_path):
