@@ -37,10 +37,10 @@ st.plotly_chart(anatomy_figure(anatomy), width="stretch")
 
 st.subheader("What each removal computes")
 summary = cat.summary()
-st.dataframe(pd.DataFrame([
-    {"kind": kind, "removing one": KIND_HELP[kind], "in this model": summary.get(kind, {}).get("count", 0),
-     "parameters freed by all of them": summary.get(kind, {}).get("params", 0)}
-    for kind in KINDS]), hide_index=True, width="stretch")
+st.table(pd.DataFrame([
+    {"kind": kind, "removing one": KIND_HELP[kind], "in this model": f"{summary.get(kind, {}).get('count', 0):,}",
+     "parameters freed (each alone, summed)": f"{summary.get(kind, {}).get('params', 0):,}"}
+    for kind in KINDS]).set_index("kind"))
 st.caption("Removal is exact and reversible: the dashboard edits the loaded model in place and restores it bit for "
            "bit after every measurement. Extraction (Export & compare) then deletes the weights for real, so the "
            "smaller model loads anywhere and runs faster; a removed SSM also frees the projections that only fed "

@@ -59,6 +59,6 @@ def test_the_how_it_works_page_draws_the_loaded_models_layers(bamba_dir):
     at.switch_page("pages/method.py").run()
     assert not at.exception, at.exception
     assert list(at.radio(key="anatomy_layer").options) == ["layer 0: Mamba-2 mixer + MLP", "layer 1: attention + MLP"]
-    table = at.dataframe[0].value
-    assert list(table["kind"]) == ["block", "ssm", "attn", "mlp", "ssm_heads", "attn_heads", "mlp_channels"]
-    assert table.set_index("kind").loc["attn", "in this model"] == 1
+    table = at.table[0].value
+    assert list(table.index) == ["block", "ssm", "attn", "mlp", "ssm_heads", "attn_heads", "mlp_channels"]
+    assert table.loc["attn", "in this model"] == "1" and table.loc["ssm", "in this model"] == "2"
