@@ -14,6 +14,7 @@ from shedder.calibration import calibration_windows
 from shedder.catalogue import KINDS, Component
 from shedder.errors import ShedderError
 from shedder.masks import model_lock
+from shedder.paths import data_root, inside_data_root
 from shedder.perplexity import PerplexitySetting
 from shedder.search import Stage, parse_stages, search
 
@@ -61,7 +62,15 @@ except ShedderError as exc:
 c1, c2, c3, c4 = st.columns(4)
 source = c1.selectbox("Calibration text", ["wiki", "wiki-test", "a .txt file"],
                       help="wiki: Wikipedia lead sections (calibration split); wiki-test: the held-out tenth")
-calib = c1.text_input("Path of the .txt file") if source == "a .txt file" else source
+calib = source
+if source == "a .txt file":
+    calib = c1.text_input("Path of the .txt file", help=f"Inside {data_root()} (relative paths start there) or the "
+                          "cache; SHEDDER_DATA_ROOT sets that folder").strip()
+    try:
+        calib = str(inside_data_root(calib, "The calibration text")) if calib else ""
+    except ShedderError as exc:
+        st.error(str(exc))
+        calib = ""
 tokens = c2.select_slider("Tokens", [1024, 2048, 4096, 8192, 16384, 65536], value=4096)
 seq_len = c3.select_slider("Window", [128, 256, 512, 1024, 2048], value=256)
 batch_size = int(c4.number_input("Batch size", min_value=1, max_value=64, value=4))

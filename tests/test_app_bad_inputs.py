@@ -346,3 +346,19 @@ def test_damaged_saved_plans_do_not_hide_the_others(bamba_dir):
     assert list(at.dataframe[-1].value["plan"]) == ["dense", "good"]
     with pytest.raises(ShedderError):
         store.delete_plan(fingerprint, "../../elsewhere/x")
+
+
+def test_the_search_page_refuses_a_calibration_text_outside_the_data_folder(bamba_dir, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "mine.txt").write_text("inside " * 200)
+    (tmp_path / "theirs.txt").write_text("outside " * 200)
+    monkeypatch.setenv("SHEDDER_DATA_ROOT", str(root))
+    at = open_page(bamba_dir, "pages/search.py")
+    widget(at, "selectbox", "Calibration text").set_value("a .txt file").run()
+    widget(at, "text_input", "Path of the .txt file").set_value(str(tmp_path / "theirs.txt")).run()
+    assert not at.exception, at.exception
+    assert "outside the data folder" in at.error[0].value
+    assert widget(at, "button", "Run search").disabled
+    widget(at, "text_input", "Path of the .txt file").set_value("mine.txt").run()  # relative: inside
+    assert not at.error and not widget(at, "button", "Run search").disabled
