@@ -33,8 +33,8 @@ present = [k for k in KINDS if cat.components([k])]
 
 def default_stages() -> str:
     first = [k for k in ("block", "attn", "mlp") if k in present]
-    rest = [f"{k}:4" for k in ("mlp_channels", "ssm") if k in present]
-    return ";".join([f"{','.join(first)}:2"] * bool(first) + rest)
+    rest = [f"{k}:{min(4, len(cat.components([k])))}" for k in ("mlp_channels", "ssm") if k in present]
+    return ";".join([f"{','.join(first)}:{min(2, len(cat.components(first)))}"] * bool(first) + rest)
 
 
 st.subheader("Settings")
@@ -54,6 +54,11 @@ try:
         missing = sorted({t for s in stages for t in s.targets} - set(present))
         if missing:
             raise ShedderError(f"This {cat.model_type} model has no {', '.join(missing)} components; it has {', '.join(present)}.")
+        for stage in stages:  # as the one-stage Steps box: at least one step, at most one per candidate
+            most = len(cat.components(list(stage.targets)))
+            if not 1 <= stage.steps <= most:
+                raise ShedderError(f"Stage {','.join(stage.targets)}:{stage.steps}: steps go from 1 to {most}, the "
+                                   "number of its candidates in this model.")
         st.dataframe(pd.DataFrame([{"stage": i + 1, "candidates": ", ".join(s.targets), "steps": s.steps}
                                    for i, s in enumerate(stages)]), hide_index=True)
 except ShedderError as exc:

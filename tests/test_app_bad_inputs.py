@@ -362,3 +362,14 @@ def test_the_search_page_refuses_a_calibration_text_outside_the_data_folder(bamb
     assert widget(at, "button", "Run search").disabled
     widget(at, "text_input", "Path of the .txt file").set_value("mine.txt").run()  # relative: inside
     assert not at.error and not widget(at, "button", "Run search").disabled
+
+
+@pytest.mark.parametrize("stages", ["ssm:99999999999999999999", "block:0", "attn,mlp:4;ssm:3"])
+def test_the_search_page_refuses_stages_with_impossible_step_counts(bamba_dir, stages):
+    at = open_page(bamba_dir, "pages/search.py")
+    widget(at, "radio", "What to search").set_value("several stages").run()
+    assert not at.error, at.error[0].value  # the default stages fit even a 3-layer model
+    widget(at, "text_input", "Stages").set_value(stages).run()
+    assert not at.exception, at.exception
+    assert "steps go from 1 to" in at.error[0].value
+    assert widget(at, "button", "Run search").disabled
