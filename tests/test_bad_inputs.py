@@ -493,6 +493,30 @@ def test_ctrl_c_during_a_search_keeps_the_finished_steps(models, tmp_path, calib
     assert len(json.loads((out / "log.json").read_text())["steps"]) == 2
 
 
+def test_a_real_ctrl_c_ends_a_search_process_in_one_line(models, tmp_path, text_file):
+    import signal
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "shedder", "search", "--model", str(models["mamba2"]), "--targets", "ssm_heads",
+               "--steps", "20", "--calib", str(text_file), "--tokens", "512", "--seq-len", "32", "--no-early-stop",
+               "--out", str(out)]
+    env = {**os.environ, "SHEDDER_CACHE": str(tmp_path / "cache")}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not (out / "log.json").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    steps = len(json.loads((out / "log.json").read_text())["steps"])
+    assert f"stopped after step {steps} of 20 (Ctrl-C)" in err and 1 <= steps < 20
+
+
 def test_recover_dense_must_be_the_model_it_was_pruned_from(models, tmp_path, capsys):
     path = tmp_path / "plan.json"
     model, _ = load_model(str(models["mamba2"]))
