@@ -71,6 +71,7 @@ def load_with_executor(args: argparse.Namespace, split: str = "windows"):
 
 
 def _score(args: argparse.Namespace) -> int:
+    from .perplexity import require_finite
     from .scoring import block_influence, proxy_agreement, score, weight_magnitude
 
     kinds = _kinds(DEFAULT_SCORE_KINDS if args.kinds is None else args.kinds)
@@ -87,6 +88,7 @@ def _score(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
         base_ppl, scores, work = score(model, windows, kinds, base.removed, args.batch_size, group_size, reorder, tick,
                                        executor=executor)
+    require_finite(base_ppl, args.model)
     proxies = {}
     if "block" in kinds:
         proxies["block_influence"] = block_influence(model, windows, base.removed, args.batch_size)

@@ -55,10 +55,10 @@ class PerplexitySetting:
         return asdict(self)
 
 
-def require_finite(result: PerplexityResult, what: str) -> PerplexityResult:
-    """``result``, or a ShedderError when its loss is NaN: the weights (or this dtype) produce NaN, and every
-    number after that would be meaningless."""
-    if math.isnan(result.nll_sum):
+def require_finite(result: PerplexityResult | float, what: str) -> PerplexityResult | float:
+    """``result`` (a perplexity, or its value), or a ShedderError when it is NaN: the weights (or this dtype)
+    produce NaN, and every number after that would be meaningless."""
+    if math.isnan(result if isinstance(result, float) else result.nll_sum):
         raise ShedderError(f"The perplexity of {what} is NaN: the weights produce NaN (a damaged checkpoint, or "
                            "values that overflow in this dtype); check the checkpoint or try --dtype float32.")
     return result

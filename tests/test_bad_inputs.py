@@ -310,6 +310,9 @@ def test_nan_perplexity_says_the_weights_produce_nan(models, tmp_path, calib, ca
     weights[name][:] = float("nan")
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     assert "is NaN: the weights produce NaN" in refused(capsys, "ppl", "--model", folder, *calib)
+    assert "is NaN: the weights produce NaN" in refused(capsys, "score", "--model", folder, "--kinds", "block", *calib,
+                                                        "--out", tmp_path / "scores.json")
+    assert not (tmp_path / "scores.json").exists()
 
 
 # --- damaged files -------------------------------------------------------------------------------
