@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .cli import add_calibration_args, add_plan_args, load_plan_for, progress_bar, windows_from_args
-from .cli_types import POSITIVE
+from .cli_types import POSITIVE, nonempty
 from .paths import check_output_dir, check_output_file
 from .errors import ShedderError
 
@@ -191,7 +191,7 @@ def register(sub, add_model_args) -> None:
     search.add_argument("--no-early-stop", action="store_true", help="score every candidate fully (same plan, more work)")
     add_calibration_args(search, default_tokens=65536)
     add_executor_args(search)
-    search.add_argument("--out", required=True, help="output directory (re-run the same command to resume)")
+    search.add_argument("--out", required=True, type=nonempty, help="output directory (re-run the same command to resume)")
     search.set_defaults(run=_search)
 
     convert = sub.add_parser("plan-convert", help="convert between our plan format and the reference's config")
