@@ -268,6 +268,10 @@ def test_an_empty_model_name(capsys):
     assert "argument --model: is empty" in refused(capsys, "inspect", "--model", "")
 
 
+def test_an_empty_search_folder(models, capsys):
+    assert "argument --out: is empty" in refused(capsys, "search", "--model", models["mamba2"], "--out", "")
+
+
 def test_a_reference_config_is_read_by_every_plan_option_and_its_mapping_said(models, tmp_path, calib, capsys):
     path = write_json(tmp_path / "pruning_config.json", {"pruned_ssm_idx": [1]})  # a Mamba-2 config: layer 1
     code, out, err = run(capsys, "ppl", "--model", models["bamba"], "--plan", path, *calib)
