@@ -31,6 +31,13 @@ def layer_parts(cat) -> list[list[str]]:
     return [sorted(p, key=order.index) or ["block"] for p in parts]
 
 
+def _legend_entry(fig: go.Figure, name: str, colour: str, pattern: str = "") -> None:
+    """A legend item only (it draws nothing)."""
+    fig.add_trace(go.Bar(x=[None], y=[None], name=name, hoverinfo="skip",
+                         marker=dict(color=colour, pattern=dict(shape=pattern, fgcolor="#495057", solidity=0.3),
+                                     line=dict(color="#adb5bd", width=1))))
+
+
 def architecture_strip(cat, removed=()) -> go.Figure:
     """One column per layer made of one cell per part it holds (SSM, attention, MLP), every cell drawn
     once with an explicit width; parts the plan ``removed`` are grey and crossed, parts with some heads
@@ -58,18 +65,20 @@ def architecture_strip(cat, removed=()) -> go.Figure:
             some = partly.get((GROUPS_OF_PART.get(part), layer), set())
             colours.append(REMOVED_COLOUR if whole else colour)
             patterns.append("x" if whole else "/" if some else "")
-            notes.append("removed" if whole else
+            notes.append(("removed with its block" if ("block", layer) in gone else "removed") if whole else
                          f"{len(some)} of {totals[(GROUPS_OF_PART[part], layer)]} "
                          f"{'channel groups' if part == 'MLP' else 'heads'} removed" if some else "kept")
         fig.add_trace(go.Bar(
-            x=layers, y=[1] * len(layers), width=[0.9] * len(layers), name=part, customdata=notes,
+            x=layers, y=[1] * len(layers), width=[0.9] * len(layers), name=part, customdata=notes, showlegend=False,
             marker=dict(color=colours, pattern=dict(shape=patterns, fgcolor="#495057", solidity=0.3),
                         line=dict(color="white", width=1)),
             hovertemplate="layer %{x}: " + part + " (%{customdata})<extra></extra>",
         ))
-    if gone or partly:
-        fig.add_trace(go.Bar(x=[None], y=[None], name="removed in the current plan",
-                             marker=dict(color=REMOVED_COLOUR, pattern=dict(shape="x", fgcolor="#495057"))))
+        _legend_entry(fig, part, colour)  # the legend shows the part's colour, whatever its first cell shows
+    if gone:
+        _legend_entry(fig, "removed in the current plan", REMOVED_COLOUR, "x")
+    if partly:
+        _legend_entry(fig, "some heads or channel groups removed", "#ffffff", "/")
     fig.update_layout(
         barmode="stack", height=190, margin=dict(l=10, r=10, t=40, b=30),
         yaxis=dict(visible=False), xaxis=dict(title="layer", dtick=max(1, cat.n_layers // 16), range=[-0.6, cat.n_layers - 0.4]),
@@ -96,6 +105,7 @@ def parameter_breakdown(summary: dict[str, dict[str, int]], total: int) -> go.Fi
 DIVERGING = [[0.0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.62, "#fee0b6"], [0.75, "#fdb863"],
              [0.88, "#e66101"], [1.0, "#7f2704"]]
 SEQUENTIAL = [[0.0, "#fffbe6"], [0.5, "#fd8d3c"], [1.0, "#7f2704"]]
+EMPTY_CELL = "#dfe3e8"  # where a layer has no such component (white means no change)
 PERCENT_FLOOR = 0.01  # percent: changes below this are drawn as nearly white
 
 
@@ -111,7 +121,9 @@ class HeatScale:
     ticktext: tuple = ()
 
     def colorbar(self) -> dict:
-        bar = dict(title=dict(text=self.title, side="right"), thickness=14, len=1.0, outlinewidth=0)
+        """A horizontal colour bar under the chart: room for every tick label, and clear of the toolbar."""
+        bar = dict(title=dict(text=self.title, side="right"), orientation="h", thickness=12, len=0.75, x=0.5,
+                   xanchor="center", y=0.02, yanchor="bottom", yref="container", outlinewidth=0)
         if self.tickvals:
             bar.update(tickvals=list(self.tickvals), ticktext=list(self.ticktext))
         return bar
@@ -125,7 +137,7 @@ def signed_log_percent(percent: float) -> float:
 def percent_scale(percents: list[float]) -> HeatScale:
     """The scale for relative perplexity changes (in %) of every chart of a page, centred on no change."""
     top = max([abs(signed_log_percent(p)) for p in percents] + [signed_log_percent(1.0)])
-    ticks = [p for p in (0.01, 0.1, 1, 10, 100, 1000, 10000) if signed_log_percent(p) <= top * 1.001]
+    ticks = [p for p in (0.01, 0.1, 1, 10, 100, 1000, 10000) if signed_log_percent(p) <= top * 1.001][-4:]
     values = [-signed_log_percent(p) for p in reversed(ticks)] + [0.0] + [signed_log_percent(p) for p in ticks]
     text = [f"-{p:g}%" for p in reversed(ticks)] + ["0"] + [f"+{p:g}%" for p in ticks]
     return HeatScale(-top, top, DIVERGING, "perplexity change (%, log scale)", tuple(values), tuple(text))
@@ -145,8 +157,8 @@ def _removed_marks(fig: go.Figure, x: list, y: list) -> None:
 
 
 def _heat_layout(fig: go.Figure, height: int) -> None:
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=36, b=30), legend=dict(orientation="h", y=1.0,
-                      yanchor="bottom", x=0), plot_bgcolor="white")
+    fig.update_layout(height=height + 90, margin=dict(l=10, r=10, t=36, b=110), legend=dict(orientation="h", y=1.0,
+                      yanchor="bottom", x=0), plot_bgcolor=EMPTY_CELL)
 
 
 def sensitivity_heatmap(layers: int, kinds: list[str], values: dict[tuple[str, int], float],
@@ -214,7 +226,7 @@ def search_trajectory(points: list[dict], selected: int | None = None) -> go.Fig
                                  hoverinfo="skip", showlegend=False))
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=30), showlegend=False,
                       xaxis=dict(title="components removed (search step)", dtick=max(1, len(points) // 16)),
-                      yaxis_title="calibration perplexity")
+                      yaxis_title="search perplexity (its calibration text)")
     return fig
 
 

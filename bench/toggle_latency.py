@@ -2,8 +2,8 @@
 
     python bench/toggle_latency.py --model demo-mamba2 [--toggles 12] [--out bench/results/toggle_latency_cpu_demo-mamba2.json]
 
-Drives the real Playground page through streamlit's AppTest with the page's default calibration
-(wiki-test, 2,048 tokens in windows of 256): every toggle adds or removes one component, so each
+Drives the real Playground page through streamlit's AppTest with the default evaluation setting
+(wiki-test, 2,048 tokens in windows of 256; chosen in the sidebar): every toggle adds or removes one component, so each
 gives a plan not measured before (no cache hit), and the whole page rerun is timed, from the
 changed widget to the finished script with the new perplexity. The library's perplexity call alone
 is timed for the same plans. A browser adds the websocket round trip and rendering on top.
@@ -33,9 +33,10 @@ from app.state import ModelChoice  # noqa: E402
 from shedder.calibration import calibration_windows  # noqa: E402
 from shedder.catalogue import Component  # noqa: E402
 from shedder.loading import load_model  # noqa: E402
-from shedder.perplexity import perplexity  # noqa: E402
+from shedder.perplexity import PerplexitySetting, perplexity  # noqa: E402
 
-TOKENS, SEQ_LEN, CALIB = 2048, 256, "wiki-test"  # the Playground's defaults
+DEFAULT = PerplexitySetting()  # the evaluation setting every page starts with
+TOKENS, SEQ_LEN, CALIB = DEFAULT.tokens, DEFAULT.seq_len, DEFAULT.text
 
 
 def toggle_sequence(kinds: dict[str, list[int]], count: int) -> list[tuple[str, int]]:

@@ -163,7 +163,7 @@ if bar is not None:
 st.dataframe(pd.DataFrame(rows).fillna("not evaluated"), hide_index=True, width="stretch")
 st.caption(f"Perplexity on {setting.describe()} (the evaluation setting of every page, chosen in the sidebar). "
            f"Change vs dense: the plan's average accuracy minus the dense model's on the same documents, with its "
-           "standard error; significant = beyond 1.96 standard errors, rough = standard error above {ROUGH_STDERR}.")
+           f"standard error; significant = beyond 1.96 standard errors, rough = standard error above {ROUGH_STDERR}.")
 if bars:
     st.plotly_chart(accuracy_bars(bars), width="stretch")
     st.caption(f"Accuracy on {settings['limit']} documents per task (seed {settings['seed']}); error bars: standard error. "

@@ -2,6 +2,7 @@
 import pandas as pd
 import streamlit as st
 
+from app.figures import architecture_strip
 from app.measures import (LATENCY_REPEATS, LATENCY_WARMUP, accuracy, accuracy_settings, against_dense, latency,
                           latency_settings, plan_file, use_accuracy_settings)
 from app.sidebar import model_or_stop, model_sidebar
@@ -65,9 +66,11 @@ m3.metric("parameters freed", f"{freed:,} ({freed / cat.total_params:.1%})",
           help=f"Of {cat.total_params:,}: what physical removal would delete (masks alone make nothing smaller or faster)")
 st.caption(f"Perplexity on {setting.describe()} (change it in the sidebar, for every page). The default 2,048 "
            "tokens let a change show its perplexity within a second on a CPU (bench/toggle_latency.py).")
+if removed:
+    st.plotly_chart(architecture_strip(cat, plan.removed), width="stretch", key="playground-strip")
 if moot(plan):
     st.caption(f"No effect: {', '.join(map(str, moot(plan)))} (inside a removed block, attention or MLP).")
-st.download_button("Download this plan (JSON)", plan_file(choice, plan, evaluation_setting()), file_name="plan.json",
+st.download_button("Download this plan (JSON)", plan_file(choice, plan, setting), file_name="plan.json",
                    mime="application/json", disabled=not removed)
 
 # --- latency of the physically extracted model ---------------------------------------------------

@@ -5,7 +5,7 @@ import streamlit as st
 
 from app.recover_state import extract_plan, loss_curve, metrics_table, plan_folder, run_folder
 from app.sidebar import model_or_stop, model_sidebar, set_choice
-from app.state import ModelChoice, current_plan
+from app.state import ModelChoice, current_plan, evaluation_setting
 from shedder.calibration import HUB_SOURCES
 from shedder.errors import ShedderError
 from shedder.loading import zoo_names
@@ -82,6 +82,9 @@ dense = dense or dense_text.strip() or None
 settings = RecoverySettings(method=method, data=data, steps=steps, lr=lr, batch_size=batch_size, seq_len=seq_len,
                             seed=seed, rank=rank, alpha=alpha, checkpoint_every=every)
 evaluation = Evaluation(tokens=None if eval_tokens == "all" else int(eval_tokens), seq_len=seq_len)
+held_out = "all of wiki-test" if eval_tokens == "all" else f"wiki-test, {int(eval_tokens):,} tokens"
+st.caption(f"This page measures on its own setting: {held_out}, windows of {seq_len} (the training window); the "
+           f"other pages show perplexity on {evaluation_setting().describe()}.")
 
 try:
     folder = run_folder(source, settings, evaluation, dense)

@@ -286,7 +286,7 @@ except ShedderError as exc:
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("perplexity", f"{shown_ppl:.3f}", delta=f"{shown_ppl - shown_start:+.3f} vs step 0", delta_color="inverse",
           help=f"On {setting.describe()}: the evaluation setting every page shows (sidebar)")
-m2.metric("search perplexity", f"{trajectory[chosen]['ppl']:.3f}", delta=f"{trajectory[chosen]['ppl'] - start_ppl:+.3f}",
+m2.metric("search perplexity", f"{trajectory[chosen]['ppl']:.3f}", delta=f"{trajectory[chosen]['ppl'] - start_ppl:+.3f} vs step 0",
           delta_color="inverse", help=f"On the search's own calibration text: {searched_on.describe()}")
 m3.metric("components removed", len(plan.removed))
 m4.metric("parameters freed", f"{trajectory[chosen]['params'] / cat.total_params:.1%}",

@@ -63,7 +63,8 @@ if metric.startswith("perplexity"):
     scale = percent_scale(list(percents.values()))
     st.caption("Colour: the perplexity with that component alone removed, as a change relative to nothing removed "
                "(%, on a log scale). White = no change; lighter = cheaper to remove; blue = removal lowers "
-               "perplexity. One scale for every chart on this page. Crossed cells: removed by the current plan.")
+               "perplexity. One scale for every chart on this page. Crossed cells: removed by the current plan; grey: "
+               "no such component in that layer.")
 else:
     rows = result["proxies"][metric]
     cells = {(r["kind"], r["layer"], r.get("index")): (r["value"], f"{label(r)}<br>{metric}: {r['value']:.5f}")

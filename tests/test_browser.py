@@ -184,6 +184,11 @@ class Page:
         self.driver.execute_script("arguments[0].focus()", thumb)
         ActionChains(self.driver).send_keys(*[Keys.ARROW_LEFT] * steps).perform()
 
+    def add_option(self, label: str, option: str) -> None:
+        """Add ``option`` to the multiselect labelled ``label``."""
+        self.find('[data-testid="stMultiSelect"]', label).find_element("css selector", "input").click()
+        self.find('[role="option"]', option).click()
+
     def choose(self, label: str, option: str) -> None:
         """Pick ``option`` in the select box labelled ``label``."""
         self.find('[data-testid="stSelectbox"]', label).find_element("css selector", '[role="combobox"], input').click()
@@ -224,13 +229,10 @@ def test_every_page_in_the_browser(page, demo, shots):
     page.idle()
     page.screenshot(shots / "model.png")
 
-    page.go("Sensitivity")
-    page.choose("Text", "wiki-test")  # the text the Model page already tokenised, and fewer tokens: quick
-    page.idle()
-    page.slider_down("Tokens", 1)
+    page.go("Sensitivity")  # on the evaluation setting of every page: the Model page's windows, already cut
     page.idle()
     page.click_button("Compute")
-    page.find("h3", "Least important first", timeout=180)
+    page.find("h3", "Least important first", timeout=600)
     page.idle()
     page.screenshot(shots / "sensitivity.png")
 
@@ -280,6 +282,82 @@ def test_every_page_in_the_browser(page, demo, shots):
     page.screenshot(shots / "recover.png")
     assert {p.name for p in shots.glob("*.png")} >= {"model.png", "sensitivity.png", "playground.png", "search.png",
                                                      "export.png", "recover.png"}
+
+
+def test_every_page_on_the_hybrid(page, shots):
+    """demo-hybrid (Mamba-2 layers with attention at 2 and 5) through every page, with a plan that removes
+    parts, so that the strip and the heatmaps show it; screenshots under hybrid/."""
+    folder = shots / "hybrid"
+    folder.mkdir(exist_ok=True)
+    page.find("h1", "Model")
+    page.metric("perplexity", timeout=120)
+    page.idle()
+    page.choose("Zoo model", "demo-hybrid")
+    page.find('[data-testid="stMetricValue"]', "bamba", timeout=180)
+    page.idle()
+    page.slider_down("Evaluation tokens", 1)  # 1,024 tokens for every page: a quicker sensitivity of 144 parts
+    page.find('[data-testid="stCaptionContainer"]', "On wiki-test, 1,024 tokens, windows of 256", timeout=120)
+    page.idle()
+
+    page.go("Playground")
+    page.metric("perplexity", timeout=120)
+    page.pill("attn:", "2")
+    page.wait_metric("components removed", "1")
+    page.idle()
+    page.pill("mlp:", "6")
+    page.wait_metric("components removed", "2")
+    page.idle()
+    page.add_option("Heads and MLP channel groups", "ssm_heads@0[3]")
+    page.wait_metric("components removed", "3")
+    page.idle()
+    page.click_button("Measure latency")
+    page.metric("speedup", timeout=180)
+    page.idle()
+    page.type_number("Documents per task", 10)  # a quick look, labelled rough
+    page.idle()
+    page.click_button("Evaluate accuracy")
+    page.metric("average accuracy", timeout=300)
+    page.idle()
+    page.screenshot(folder / "playground.png")
+
+    page.go("Model")
+    page.metric("perplexity", timeout=120)
+    page.idle()
+    page.screenshot(folder / "model.png")
+
+    page.go("Sensitivity")
+    page.idle()
+    for kind in ("ssm_heads", "attn_heads", "mlp_channels"):
+        page.add_option("Components", kind)
+        page.idle()
+    page.click_button("Compute")
+    page.find("h3", "Least important first", timeout=600)
+    page.idle()
+    page.screenshot(folder / "sensitivity.png")
+
+    page.go("Search")
+    page.type_number("Steps", 2)
+    page.idle()
+    page.slider_down("Tokens", 2)
+    page.idle()
+    page.click_button("Run search")
+    page.find("h3", "Results", timeout=300)
+    page.idle()
+    page.click_button("Save plan")
+    page.find('[data-testid="stAlert"]', "Saved as")
+    page.idle()
+    page.screenshot(folder / "search.png")
+
+    page.go("Export & compare")
+    page.find('[data-testid="stDataFrame"]', timeout=60)
+    page.idle()
+    page.screenshot(folder / "export.png")
+
+    page.go("Recovery")
+    page.idle()
+    page.screenshot(folder / "recover.png")
+    assert {p.name for p in folder.glob("*.png")} >= {"model.png", "sensitivity.png", "playground.png", "search.png",
+                                                      "export.png", "recover.png"}
 
 
 def test_two_sessions_never_see_each_others_masks(app_url, demo):

@@ -128,6 +128,21 @@ def metrics(at: AppTest) -> dict:
     return {m.label: m.value for m in at.metric}
 
 
+def assert_nothing_raw(at: AppTest) -> None:
+    """No table cell left empty as None or NaN, no "None" / "nan" / "1 components" in any text shown."""
+    import re
+
+    for frame in at.dataframe:
+        table = frame.value
+        assert not table.isna().any().any(), table
+        assert not table.astype(str).isin(["None", "nan", "NaN"]).any().any(), table
+    texts = [e.value for kind in ("markdown", "caption", "info", "success", "warning") for e in getattr(at, kind)]
+    for metric in at.metric:  # a metric's label is a heading over its value ("components removed" over "1")
+        assert not re.search(r"\bNone\b|\bnan\b", f"{metric.value} {metric.label} {metric.proto.delta}"), metric
+    for text in texts:
+        assert not re.search(r"\bNone\b|\bnan\b|\b1 (components|plans|removals)\b", str(text)), text
+
+
 def test_sensitivity_heatmaps_share_one_colour_scale_that_says_what_it_means(bamba_dir):
     plan = Plan([Component("block", 0), Component("attn_heads", 1, 2)], "bamba", 3)
     at = open_page(bamba_dir, "pages/sensitivity.py", plan)
@@ -144,6 +159,7 @@ def test_sensitivity_heatmaps_share_one_colour_scale_that_says_what_it_means(bam
     assert all("%" in t["colorbar"]["title"]["text"] for _, t in heatmaps)
     assert any("lighter = cheaper to remove" in c.value and "blue = removal lowers" in c.value for c in at.caption)
 
+    assert_nothing_raw(at)
     # every coloured cell is that component's measured relative change, on the stated log scale
     by_fig = {t["name"]: (fig, t) for fig, t in heatmaps}
     assert set(by_fig) == {"components", "ssm_heads", "attn_heads", "mlp_channels"}
@@ -218,6 +234,7 @@ def test_same_plan_same_setting_same_number_on_every_page(bamba_dir):
     next(b for b in at.button if b.label == "Save as a named plan").click().run()
     assert not at.exception, at.exception
     table = at.dataframe[-1].value
+    assert_nothing_raw(at)
     shown = dict(zip(table["plan"], table["perplexity"]))
     assert f"{shown['dense']:.3f}" == dense_model_page and f"{shown['plan-1']:.3f}" == pruned
 
@@ -240,6 +257,7 @@ def test_same_plan_same_setting_same_number_on_every_page(bamba_dir):
     next(b for b in at.button if b.label == "Use in Playground").click().run()
     at.switch_page("pages/playground.py").run()
     assert metrics(at)["perplexity"] == searched["perplexity"]  # the step's plan: the same number there
+    assert_nothing_raw(at)
 
 
 # --- noise: paired accuracy differences, latency spread ---------------------------------------------
