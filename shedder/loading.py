@@ -84,6 +84,9 @@ def load_config(spec: str, trust_remote_code: bool = False):
             raise ShedderError(_needs_code(spec, source)) from exc
         raise ShedderError(f"Could not read the config of {spec!r}: {exc}") from exc
     except OSError as exc:
+        if (path / "config.json").is_file():
+            raise ShedderError(f"{path / 'config.json'} cannot be read ({_first_line(exc)}); it may be damaged: "
+                               "copy or download it again.") from exc
         where = "the hub is offline (HF_HUB_OFFLINE=1)" if _offline() else "the hub did not answer"
         raise ShedderError(
             f"Model {spec!r} is not a zoo name or a local directory, and {where}. "
@@ -136,7 +139,8 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", trust_remot
         raise ShedderError(f"The model.safetensors of {spec!r} is damaged or truncated ({_first_line(exc)}); copy or "
                            "download it again.") from exc
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ShedderError(f"Could not load the weights of {spec!r}: {_first_line(exc)}") from exc
+        raise ShedderError(f"Could not load the weights of {spec!r} ({_first_line(exc)}); the weight files may be "
+                           "damaged or truncated: copy or download them again.") from exc
     _place(model, target, device)
     log.info("Loaded %s (%s, %s, %s)", spec, config.model_type, torch_dtype, target)
     return model, tokenizer

@@ -334,6 +334,23 @@ def test_corrupt_safetensors(models, tmp_path, capsys):
     assert "damaged or truncated" in refused(capsys, "inspect", "--model", folder)
 
 
+def test_truncated_pytorch_model_bin(models, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    folder = copy_model(models, tmp_path)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    assert "the weight files may be damaged or truncated" in refused(capsys, "inspect", "--model", folder)
+
+
+def test_corrupt_config_json(models, tmp_path, capsys):
+    folder = copy_model(models, tmp_path)
+    (folder / "config.json").write_text("{not json")
+    assert "config.json cannot be read" in refused(capsys, "inspect", "--model", folder)
+
+
 def test_a_pickled_checkpoint_with_code_is_refused_and_runs_nothing(models, tmp_path, capsys):
     folder = copy_model(models, tmp_path)
     marker = tmp_path / "marker"
