@@ -26,6 +26,7 @@ RECIPES = {
     "demo-mamba2": ["--targets", "ssm", "--steps", "3"],
     "demo-hybrid": ["--stages", "block,attn,mlp:2;ssm:2"],
     "smollm2-135m": ["--targets", "block,attn,mlp", "--steps", "3"],
+    "smollm2-hybrid": ["--stages", "block,attn,mlp:2;ssm:2"],
 }
 TASK_ORDER = ["lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa"]
 

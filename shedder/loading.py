@@ -185,8 +185,11 @@ def zoo_names() -> list[str]:
 
 def _foreign_source(spec: str):
     from .convert import foreign_source
-    from .zoo import packaged_file
+    from .zoo import built_source, packaged_file
 
+    built = built_source(spec)  # a model made at load time from a packaged one plus a delta file
+    if built is not None:
+        return built
     packaged = packaged_file(spec)
     return foreign_source(packaged if packaged is not None else resolve_source(spec))
 

