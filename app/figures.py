@@ -82,7 +82,7 @@ def architecture_strip(cat, removed=()) -> go.Figure:
     fig.update_layout(
         barmode="stack", height=190, margin=dict(l=10, r=10, t=40, b=30),
         yaxis=dict(visible=False), xaxis=dict(title="layer", dtick=max(1, cat.n_layers // 16), range=[-0.6, cat.n_layers - 0.4]),
-        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0), showlegend=True,
+        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0, traceorder="normal"), showlegend=True,
     )
     return fig
 
