@@ -7,8 +7,8 @@ st.set_page_config(page_title="shedder", layout="wide")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 pages = [
-    st.Page("pages/method.py", title="How it works"),
-    st.Page("pages/model.py", title="Model", default=True),
+    st.Page("pages/method.py", title="How it works", default=True),
+    st.Page("pages/model.py", title="Model"),
     st.Page("pages/sensitivity.py", title="Sensitivity"),
     st.Page("pages/playground.py", title="Playground"),
     st.Page("pages/search.py", title="Search"),

@@ -8,18 +8,11 @@ from app.measures import (LATENCY_REPEATS, LATENCY_WARMUP, accuracy, accuracy_se
 from app.sidebar import model_or_stop, model_sidebar
 from app.state import (catalogue, continuation, current_plan, evaluation_setting, moot, params_freed, plan_perplexity,
                        plan_version, update_removed)
-from shedder.catalogue import GROUP_KINDS, SUB_BLOCK_KINDS
+from shedder.catalogue import GROUP_KINDS, KIND_HELP, SUB_BLOCK_KINDS
 from shedder.errors import ShedderError
 from shedder.evaluation import ROUGH_STDERR
 from shedder.plan import Plan
 from shedder.tasks import PAPER_TASKS
-
-KIND_HELP = {
-    "block": "the whole residual layer: it returns its input",
-    "ssm": "the scan inside the Mamba mixer: y = x (gate, norm and output projection still run)",
-    "attn": "the attention sub-block: it adds nothing to the residual stream",
-    "mlp": "the MLP sub-block: it adds nothing to the residual stream",
-}
 
 choice = model_sidebar()
 st.title("Playground")

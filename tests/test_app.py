@@ -20,7 +20,7 @@ def bamba_dir(tmp_path_factory):
 def test_model_page_shows_architecture_parameters_and_perplexity(bamba_dir):
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["model_choice"] = ModelChoice(str(bamba_dir))
-    at.run()
+    at.switch_page("pages/model.py").run()
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["architecture"] == "bamba" and metrics["layers"] == "3"
@@ -37,10 +37,13 @@ def test_bad_model_folder_shows_an_error_not_a_traceback(tmp_path):
     assert "no config.json" in at.error[0].value
 
 
-def test_opens_on_the_embedded_demo_model_by_default():
+def test_opens_on_the_method_and_the_embedded_demo_model_by_default():
     at = AppTest.from_file(APP, default_timeout=240)
     at.run()
     assert not at.exception, at.exception
+    assert at.title[0].value == "Mamba-Shedder in a minute"
+    assert any(s.value == "One layer of demo-mamba2" for s in at.subheader)
+    at.switch_page("pages/model.py").run()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["architecture"] == "mamba2" and metrics["layers"] == "12"
     assert 5 < float(metrics["perplexity"]) < 500

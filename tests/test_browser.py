@@ -256,7 +256,8 @@ def page(app_url):
 
 
 def test_every_page_in_the_browser(page, demo, shots):
-    page.find("h1", "Model")
+    page.find("h1", "Mamba-Shedder in a minute", timeout=120)  # the dashboard opens on the method
+    page.go("Model")
     page.metric("perplexity", timeout=120)
     assert page.metric("architecture") == "mamba2" and page.metric("layers") == "12"
     page.idle()
@@ -307,7 +308,8 @@ def test_every_page_on_the_hybrid(page, shots):
     parts, so that the strip and the heatmaps show it; screenshots under hybrid/."""
     folder = shots / "hybrid"
     folder.mkdir(exist_ok=True)
-    page.find("h1", "Model")
+    page.find("h1", "Mamba-Shedder in a minute", timeout=120)
+    page.go("Model")
     page.metric("perplexity", timeout=120)
     page.idle()
     page.choose("Zoo model", "demo-hybrid")
