@@ -102,10 +102,8 @@ def _nearest_existing(path: Path) -> Path:
 def _probe(folder: Path, option: str) -> None:
     """Create and delete a file in ``folder``: the only test of writability that holds for every user,
     root included (permission bits alone do not stop root; a read-only mount or an immutable folder does)."""
-    from tempfile import TemporaryFile
-
     try:
-        with TemporaryFile(dir=folder, prefix=".shedder-write-test-"):
+        with tempfile.TemporaryFile(dir=folder, prefix=".shedder-write-test-"):
             pass
     except OSError as exc:
         raise ShedderError(f"{option} {folder}: cannot write there ({exc.strerror or exc}); "
