@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .families import supported_model_types
 
+
 def may_run_code(source: str | Path, opted_in: bool) -> bool:
     """Whether loading ``source`` may run code from it: the user opted in, or it is our own extraction."""
     return opted_in or not_own_extraction(source) is None
@@ -29,9 +30,10 @@ def not_own_extraction(source: str | Path) -> str | None:
     """None when ``source`` is a folder written by ``shedder extract`` (or ``recover``) whose code is exactly
     this shedder's template; otherwise the reason it is not.
 
-    Its ``config.json`` must hold a ``pruned_layout``; every ``.py`` file anywhere in the folder must be one of
-    the template's files, byte for byte, for the family its ``model_type`` names; ``config.json``'s ``auto_map`` must be exactly the template's; no other
-    JSON file (the tokenizer's included) may carry an ``auto_map`` or ``custom_pipelines``."""
+    Its ``config.json`` must hold a ``pruned_layout`` and exactly the template's ``auto_map``; every ``.py``
+    file anywhere in the folder must be one of the template's files, byte for byte, for the family its
+    ``model_type`` names; no other JSON file (the tokenizer's included) may carry an ``auto_map`` or
+    ``custom_pipelines``."""
     from .pruned_modeling import AUTO_MAP, FILES, model_file_text
 
     folder = Path(source).expanduser()
