@@ -17,7 +17,7 @@ SCAN_ONLY = {"A_log", "D", "dt_bias", "x_proj", "dt_proj", "dt_layernorm", "b_la
 
 
 @dataclass(frozen=True)
-class Module:
+class ModuleRow:
     name: str  # inside the layer, e.g. "mixer.in_proj"
     params: int
     scan_only: bool = False  # removed with the ssm (Mamba-2's in_proj and conv1d lose only some rows)
@@ -29,7 +29,7 @@ class Part:
 
     kind: str  # "ssm", "attn", "mlp", or "rest" (norms and modules no kind removes alone)
     title: str
-    modules: tuple[Module, ...]
+    modules: tuple[ModuleRow, ...]
     params: int  # all parameters of its modules
     freed: int | None  # what removing this kind here frees (catalogue); None for "rest"
     groups: tuple[str, int] | None = None  # ("heads", 8) or ("channel groups", 6): finer removals inside
@@ -45,11 +45,11 @@ class LayerAnatomy:
     block_freed: int | None  # what removing the whole block frees (None where blocks are not offered)
 
 
-def _modules_of(inside: list[nn.Module], layer: nn.Module, seen: set[int]) -> list[Module]:
+def _modules_of(inside: list[nn.Module], layer: nn.Module, seen: set[int]) -> list[ModuleRow]:
     """One row per module inside ``inside`` (weight and bias together; a bare parameter such as ``A_log``
     is its own row), named from the layer; parameters already listed under another part are skipped."""
     names = {id(m): n for n, m in layer.named_modules()}
-    rows: list[Module] = []
+    rows: list[ModuleRow] = []
     for module in inside:
         prefix = names.get(id(module), type(module).__name__)
         for name, param in module.named_parameters():
@@ -58,16 +58,16 @@ def _modules_of(inside: list[nn.Module], layer: nn.Module, seen: set[int]) -> li
             seen.add(id(param))
             owner, _, attr = name.rpartition(".")
             row = ".".join(p for p in (prefix, owner if attr in ("weight", "bias") else name) if p)
-            rows.append(Module(row, param.numel(), bool(set(row.split(".")) & SCAN_ONLY)))
+            rows.append(ModuleRow(row, param.numel(), bool(set(row.split(".")) & SCAN_ONLY)))
     return _merged(rows)
 
 
-def _merged(modules: list[Module]) -> list[Module]:
+def _merged(modules: list[ModuleRow]) -> list[ModuleRow]:
     """One row per module (weight and bias together)."""
-    rows: dict[str, Module] = {}
+    rows: dict[str, ModuleRow] = {}
     for m in modules:
         old = rows.get(m.name)
-        rows[m.name] = m if old is None else Module(m.name, old.params + m.params, old.scan_only or m.scan_only)
+        rows[m.name] = m if old is None else ModuleRow(m.name, old.params + m.params, old.scan_only or m.scan_only)
     return list(rows.values())
 
 
@@ -76,10 +76,10 @@ def _count(cat: Catalogue, kind: str, layer: int) -> int:
 
 
 def _freed(cat: Catalogue, kind: str, layer: int) -> int | None:
-    try:
-        return cat.params_of(Component(kind, layer))
-    except Exception:  # noqa: BLE001  (not offered here, e.g. a NemotronH attention layer as a block)
-        return None
+    """What removing ``kind`` at ``layer`` frees; None where it is not offered (a NemotronH attention layer
+    as a block)."""
+    component = Component(kind, layer)
+    return cat.params_of(component) if component in cat else None
 
 
 def structure_of(parts: LayerParts) -> str:
