@@ -145,8 +145,8 @@ def masked_perplexity(choice: ModelChoice, removed: tuple, calib: str, tokens: i
     """Perplexity with ``removed`` masked (a tuple of Components), cached per setting."""
     model, tokenizer = loaded(choice)
     windows = calibration_windows(calib, tokenizer, seq_len, tokens)
-    return perplexity(model, windows, list(removed), batch_size=4, channel_group_size=channel_group_size,
-                      channel_reorder=channel_reorder).ppl
+    plan = Plan(list(removed), channel_group_size=channel_group_size, channel_reorder=channel_reorder)
+    return perplexity(model, windows, plan, batch_size=4).ppl
 
 
 def plan_perplexity(choice: ModelChoice, plan: Plan, setting: PerplexitySetting | None = None) -> float:
@@ -180,6 +180,7 @@ def continuation(choice: ModelChoice, removed: tuple, channel_group_size: int | 
 
     model, tokenizer = loaded(choice)
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
-    with masked(model, list(removed), channel_group_size, channel_reorder):
+    plan = Plan(list(removed), channel_group_size=channel_group_size, channel_reorder=channel_reorder)
+    with masked(model, plan):
         out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=new_tokens, do_sample=False)
     return tokenizer.decode(out[0], skip_special_tokens=True)

@@ -16,6 +16,7 @@ from shedder.errors import ShedderError
 from shedder.masks import model_lock
 from shedder.paths import data_root, inside_data_root
 from shedder.perplexity import PerplexitySetting
+from shedder.plan import Plan
 from shedder.search import Stage, parse_stages, search
 
 choice = model_sidebar()
@@ -225,8 +226,8 @@ if run:
     try:
         windows = calibration_windows(calib, tokenizer, seq_len, tokens)
         with model_lock(model):  # the search hooks layers outside its masks: keep other sessions off meanwhile
-            search(model, windows, stages, out_dir, batch_size, channel_group_size=group_size,
-                   channel_reorder=reorder, on_step=on_step, on_candidate=on_candidate)
+            search(model, windows, stages, out_dir, batch_size, Plan(channel_group_size=group_size, channel_reorder=reorder),
+                   on_step=on_step, on_candidate=on_candidate)
     except ShedderError as exc:
         st.error(str(exc))
     else:  # the same settings now name a finished search

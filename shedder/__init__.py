@@ -3,7 +3,8 @@
 The public API, by layer (each name is imported on first use, so ``import shedder`` stays light):
 
 - model: ``load_model``, ``family_for``, ``supported_model_types``, ``may_run_code`` (consent for a folder's code)
-- removal: ``Component``, ``Catalogue``, ``build_catalogue``, ``masked``, ``Plan``
+- removal: ``KINDS`` (what each component kind is), ``Component``, ``Catalogue``, ``build_catalogue``, ``masked``,
+  ``Plan``
 - measurement: ``calibration_windows``, ``perplexity``, ``evaluate_accuracy``, ``score``
 - search: ``Stage``, ``parse_stages``, ``search``
 - extraction and speed: ``extract``, ``build_extracted``, ``benchmark``
@@ -19,7 +20,7 @@ from .masks import masked
 
 _LAZY = {
     "load_model": "loading", "family_for": "families", "supported_model_types": "families",
-    "may_run_code": "trust", "Plan": "plan", "calibration_windows": "calibration", "perplexity": "perplexity",
+    "may_run_code": "trust", "KINDS": "kinds", "Plan": "plan", "calibration_windows": "calibration", "perplexity": "perplexity",
     "evaluate_accuracy": "evaluation", "score": "scoring", "Stage": "search", "parse_stages": "search",
     "search": "search", "extract": "extract", "build_extracted": "extract", "benchmark": "latency",
     "recover": "recover", "RecoverySettings": "recover",

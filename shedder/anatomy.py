@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .catalogue import KIND_HELP, Catalogue, Component
+from .catalogue import Catalogue, Component
 from .families import LayerParts, describe_model
+from .kinds import KIND_HELP
 
 SCAN_ONLY = {"A_log", "D", "dt_bias", "x_proj", "dt_proj", "dt_layernorm", "b_layernorm", "c_layernorm"}
 

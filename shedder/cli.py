@@ -22,7 +22,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def _inspect(args: argparse.Namespace) -> int:
     from .loading import load_model
-    from .masks import catalogue_of
+    from .catalogue import catalogue_of
 
     model, _ = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
     catalogue = catalogue_of(model, args.channel_group_size)
@@ -81,10 +81,10 @@ def load_plan_for(model, args: argparse.Namespace):
     from .plan import Plan, read_plan_json
     from .reference_format import plan_from_data
 
+    grouping = Plan(channel_group_size=args.channel_group_size, channel_reorder=getattr(args, "channel_reorder", None))
     if not args.plan:
-        return Plan()
-    plan, mapping = plan_from_data(read_plan_json(args.plan), model, args.channel_group_size,
-                                   getattr(args, "channel_reorder", None), args.allow_other_weights)
+        return grouping
+    plan, mapping = plan_from_data(read_plan_json(args.plan), model, grouping, args.allow_other_weights)
     if mapping is not None:
         print(f"warning: {args.plan} is a reference pruning config; that format records no model, so check that it "
               f"was made for this layout. Read as: {mapping}", file=sys.stderr)

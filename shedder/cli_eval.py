@@ -73,19 +73,19 @@ def _bar(desc: str, unit: str):
 def _measure(model, tokenizer, args: argparse.Namespace, tasks: list[str], plan, windows, label: str) -> dict:
     from .evaluation import evaluate_accuracy
     from .perplexity import perplexity, require_finite
+    from .plan import Plan
 
-    removed = plan if plan is not None else []
-    group_size = None if plan is not None else args.channel_group_size
+    if plan is None:
+        plan = Plan(channel_group_size=args.channel_group_size)
     out: dict = {"perplexity": None}
     if windows is not None:
         bar, update = _bar(f"{label}: perplexity", "win")
         with bar:
-            result = perplexity(model, windows, removed, args.batch_size, progress=update,
-                                channel_group_size=group_size)
+            result = perplexity(model, windows, plan, args.batch_size, progress=update)
             out["perplexity"] = require_finite(result, f"the {label} model").to_dict()
     bar, update = _bar(f"{label}: accuracy", "req")
     with bar:
-        report = evaluate_accuracy(model, tokenizer, tasks, removed, group_size, args.limit, args.seed,
+        report = evaluate_accuracy(model, tokenizer, tasks, plan, args.limit, args.seed,
                                    args.batch_size, args.online, progress=update)
     out["accuracy"] = report
     return out

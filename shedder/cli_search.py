@@ -14,7 +14,7 @@ from .errors import ShedderError
 
 
 def _kinds(text: str) -> list[str]:
-    from .catalogue import KINDS
+    from .kinds import KINDS
 
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
@@ -27,7 +27,7 @@ def _kinds(text: str) -> list[str]:
 
 def _kinds_of_model(model, kinds: list[str], channel_group_size: int | None, warn: bool = True) -> list[str]:
     """Those of ``kinds`` the model has (a warning names the others); refused when it has none of them."""
-    from .masks import catalogue_of
+    from .catalogue import catalogue_of
 
     found = catalogue_of(model, channel_group_size).present(kinds)
     missing = [k for k in kinds if k not in found]
@@ -71,6 +71,7 @@ def load_with_executor(args: argparse.Namespace, split: str = "windows"):
 
 
 def _score(args: argparse.Namespace) -> int:
+    from .kinds import GROUP_KINDS
     from .perplexity import require_finite
     from .scoring import block_influence, proxy_agreement, score, weight_magnitude
 
@@ -78,22 +79,19 @@ def _score(args: argparse.Namespace) -> int:
     check_output_file(args.out)
     model, tokenizer, executor = load_with_executor(args, args.ray_split)
     base = load_plan_for(model, args)
-    group_size = base.channel_group_size if args.plan else args.channel_group_size
-    reorder = base.channel_reorder if args.plan else args.channel_reorder
-    kinds = _kinds_of_model(model, kinds, group_size, warn=args.kinds is not None)
+    kinds = _kinds_of_model(model, kinds, base.channel_group_size, warn=args.kinds is not None)
     windows = windows_from_args(args, tokenizer)
     with progress_bar(0, "score") as bar:
         def tick(done, total):
             bar.total = total
             bar.update(done - bar.n)
-        base_ppl, scores, work = score(model, windows, kinds, base.removed, args.batch_size, group_size, reorder, tick,
-                                       executor=executor)
+        base_ppl, scores, work = score(model, windows, kinds, base, args.batch_size, tick, executor=executor)
     require_finite(base_ppl, args.model)
     proxies = {}
     if "block" in kinds:
-        proxies["block_influence"] = block_influence(model, windows, base.removed, args.batch_size)
-    if {"attn_heads", "ssm_heads", "mlp_channels"} & set(kinds):
-        proxies["weight_magnitude"] = weight_magnitude(model, group_size, reorder)
+        proxies["block_influence"] = block_influence(model, windows, base, args.batch_size)
+    if set(GROUP_KINDS) & set(kinds):
+        proxies["weight_magnitude"] = weight_magnitude(model, base)
     result = {
         "model": args.model, "calib": args.calib, "n_windows": len(windows), "seq_len": windows.seq_len,
         "base": [c.to_dict() for c in base.removed], "base_ppl": base_ppl, "work": work,
@@ -111,6 +109,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from .plan import Plan
     from .search import Stage, parse_stages, search
 
     if args.stages and args.targets:
@@ -127,8 +126,8 @@ def _search(args: argparse.Namespace) -> int:
             bar.update(1)
             bar.set_postfix_str(f"removed {step['removed']['kind']}@{step['removed']['layer']} ppl {step['ppl']:.3f}")
         try:
-            record = search(model, windows, stages, args.out, args.batch_size,
-                            channel_group_size=args.channel_group_size, channel_reorder=args.channel_reorder,
+            grouping = Plan(channel_group_size=args.channel_group_size, channel_reorder=args.channel_reorder)
+            record = search(model, windows, stages, args.out, args.batch_size, grouping,
                             early_stop=not args.no_early_stop, on_step=on_step, executor=executor)
         except KeyboardInterrupt:
             bar.close()
@@ -149,13 +148,14 @@ def _finished_steps(out: str) -> int:
 
 def _plan_convert(args: argparse.Namespace) -> int:
     from .loading import load_model
-    from .plan import read_plan_json
+    from .plan import Plan, read_plan_json
     from .reference_format import is_reference_config, plan_from_data, to_reference
 
     out = check_output_file(args.out)
     data = read_plan_json(args.input)
     model, _ = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
-    plan, mapping = plan_from_data(data, model, args.channel_group_size, args.channel_reorder, args.allow_other_weights)
+    grouping = Plan(channel_group_size=args.channel_group_size, channel_reorder=args.channel_reorder)
+    plan, mapping = plan_from_data(data, model, grouping, args.allow_other_weights)
     out.parent.mkdir(parents=True, exist_ok=True)
     if is_reference_config(data):
         plan.save(out)

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .catalogue import Component, catalogue_of
 from .families import LayerParts, describe_model
-from .catalogue import Component
-from .masks import catalogue_of
+from .plan import Plan, as_plan
 from .pruned_modeling.pruned_layers import attention_head_slots
 from .ssm_layout import mamba2_layout
 
@@ -134,18 +134,19 @@ def _ssm_cost(parts: LayerParts, ssm_removed: bool, heads_dropped: int, dtype_by
     return conv_bytes + d_inner * state * RECURRENT_STATE_BYTES, scan
 
 
-def _ssm_heads_dropped(catalogue, layer: int, heads: set[int], ssm_removed: bool) -> int:
+def _ssm_heads_dropped(catalogue, layer: int, heads: set[int], kinds_here: set[str]) -> int:
     """How many of the removed Mamba-2 heads extraction drops whole (the rest still run)."""
     counts = catalogue.heads.get(("ssm_heads", layer)) if heads else None
-    if counts is None or counts.gated_norm or counts.freed(heads, ssm_removed) == 0:
+    if counts is None or counts.gated_norm or counts.freed(heads, frozenset(kinds_here)) == 0:
         return 0
     return len(heads)
 
 
-def model_cost(model: nn.Module, removed: list[Component] = (), channel_group_size: int | None = None) -> ModelCost:
-    """The analytic cost of ``model`` with ``removed`` physically taken out (see the module docstring)."""
-    removed = list(removed)
-    catalogue = catalogue_of(model, channel_group_size)
+def model_cost(model: nn.Module, plan: Plan | list[Component] = ()) -> ModelCost:
+    """The analytic cost of ``model`` with the plan's components physically taken out (see the module docstring)."""
+    plan = as_plan(plan)
+    removed = list(plan.removed)
+    catalogue = catalogue_of(model, plan.channel_group_size)
     freed = catalogue.params_of(removed) if removed else 0
     params = list({id(p): p for p in model.parameters()}.values())
     dtype_bytes = params[0].element_size()
@@ -172,7 +173,7 @@ def model_cost(model: nn.Module, removed: list[Component] = (), channel_group_si
         state_bytes, scan = 0, None
         if parts.ssm is not None:
             heads = {c.index for c in here if c.kind == "ssm_heads"}
-            dropped = _ssm_heads_dropped(catalogue, parts.index, heads, "ssm" in kinds)
+            dropped = _ssm_heads_dropped(catalogue, parts.index, heads, kinds)
             state_bytes, scan = _ssm_cost(parts, "ssm" in kinds, dropped, dtype_bytes)
         kv_bytes, attn_width = 0, 0
         if parts.attn is not None and "attn" not in kinds:

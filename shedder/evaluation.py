@@ -35,6 +35,7 @@ from . import result_cache
 from .catalogue import Component
 from .errors import ShedderError
 from .masks import masked
+from .plan import Plan, as_plan
 from .tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -277,36 +278,34 @@ def _online(lm, specs: list[TaskSpec], limit: int | None, seed: int, progress: P
     return out
 
 
-def _cache_key(model: nn.Module, tokenizer, removed, channel_group_size: int | None, limit: int | None,
-               seed: int, online: bool) -> dict:
+def _cache_key(model: nn.Module, tokenizer, plan: Plan, limit: int | None, seed: int, online: bool) -> dict:
     """Everything a task's scores depend on, except the task's name (added per task)."""
     from importlib.metadata import version
 
     from .calibration import tokenizer_fingerprint
     from .identity import model_fingerprint
-    from .masks import catalogue_of
+    from .catalogue import catalogue_of
 
-    components = sorted((c.to_dict() for c in getattr(removed, "removed", removed)), key=lambda d: json.dumps(d))
-    group_size = getattr(removed, "channel_group_size", channel_group_size)
-    uses_groups = any(c["kind"] == "mlp_channels" for c in components)
+    components = sorted((c.to_dict() for c in plan.removed), key=lambda d: json.dumps(d))
+    uses_groups = plan.uses_grouping
     parameter = next(model.parameters())
     return {
         "format": CACHE_FORMAT, "mode": "online" if online else "offline", "limit": limit, "seed": seed,
         "model": model_fingerprint(model), "tokenizer": tokenizer_fingerprint(tokenizer),
         "dtype": str(parameter.dtype), "device": parameter.device.type, "removed": components,
-        "channel_group_size": catalogue_of(model, group_size).channel_group_size if uses_groups else None,
-        "channel_reorder": getattr(removed, "channel_reorder", None) if uses_groups else None,
+        "channel_group_size": catalogue_of(model, plan.channel_group_size).channel_group_size if uses_groups else None,
+        "channel_reorder": plan.channel_reorder if uses_groups else None,
         "lm_eval": version("lm-eval"),
     }
 
 
-def evaluate_accuracy(model: nn.Module, tokenizer, tasks: Iterable[str], removed: Iterable[Component] | object = (),
-                      channel_group_size: int | None = None, limit: int | None = None, seed: int = 0,
+def evaluate_accuracy(model: nn.Module, tokenizer, tasks: Iterable[str], plan: Plan | Iterable[Component] = (),
+                      limit: int | None = None, seed: int = 0,
                       batch_size: int = 8, online: bool = False, progress: Progress | None = None,
                       use_cache: bool = True) -> AccuracyReport:
-    """Zero-shot accuracy of ``model`` with ``removed`` masked, on ``tasks`` (lm-eval task names).
+    """Zero-shot accuracy of ``model`` with the plan masked, on ``tasks`` (lm-eval task names).
 
-    ``removed`` is a list of components, or a plan, as ``shedder.masks.masked`` takes them. Each
+    ``plan`` is a plan, or a list of components, as ``shedder.masks.masked`` takes them. Each
     task's per-document scores are cached under ``cache/results/accuracy``, keyed by the model's
     fingerprint, tokenizer, dtype, device, the removals, the documents and the lm-eval version.
     """
@@ -315,10 +314,9 @@ def evaluate_accuracy(model: nn.Module, tokenizer, tasks: Iterable[str], removed
     specs = [get_task(name) for name in tasks]
     if not specs:
         raise ShedderError("No task to evaluate.")
-    if not hasattr(removed, "removed"):
-        removed = list(removed)
+    plan = as_plan(plan)
     start = time.perf_counter()
-    base_key = _cache_key(model, tokenizer, removed, channel_group_size, limit, seed, online) if use_cache else None
+    base_key = _cache_key(model, tokenizer, plan, limit, seed, online) if use_cache else None
     scored: Scored = {}
     if base_key is not None:
         for spec in specs:
@@ -330,7 +328,7 @@ def evaluate_accuracy(model: nn.Module, tokenizer, tasks: Iterable[str], removed
     todo = [spec for spec in specs if spec.name not in scored]
     if todo:
         lm = wrap_model(model, tokenizer, batch_size)
-        with masked(model, removed, channel_group_size):
+        with masked(model, plan):
             fresh = (_online if online else _offline)(lm, todo, limit, seed, progress)
         for name, (per_doc, n_split, source) in fresh.items():
             if base_key is not None:
@@ -341,4 +339,4 @@ def evaluate_accuracy(model: nn.Module, tokenizer, tasks: Iterable[str], removed
         progress(1, 1)
     results = {spec.name: aggregate(spec, *scored[spec.name]) for spec in specs}
     return AccuracyReport(results, "online" if online else "offline", limit, seed,
-                          list(getattr(removed, "removed", removed)), time.perf_counter() - start)
+                          list(plan.removed), time.perf_counter() - start)

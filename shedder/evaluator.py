@@ -29,8 +29,10 @@ from .families import describe_model
 from .calibration import Windows
 from .catalogue import Component
 from .errors import ShedderError
-from .masks import _Edits, _passthrough, masked
+from .kinds.edits import Edits, passthrough
+from .masks import masked
 from .perplexity import model_device, window_nll
+from .plan import Plan
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,11 @@ class CandidateResult:
 def start_at_layer(model: nn.Module, start: int, holder: dict):
     """Skip layers before ``start`` and feed layer ``start`` the tensor in ``holder["hidden"]``."""
     family, layers = describe_model(model)
-    edits = _Edits()
+    edits = Edits()
     handle = None
     try:
         for parts in layers[:start]:
-            edits.override_forward(parts.layer, _passthrough(parts.layer, family.block_output))
+            edits.override_forward(parts.layer, passthrough(parts.layer, family.block_output))
 
         def inject(module, args, kwargs):
             if "hidden_states" in kwargs:
@@ -79,15 +81,14 @@ def start_at_layer(model: nn.Module, start: int, holder: dict):
 class Evaluator:
     """NLL sums of candidate removals on top of a base plan, over fixed calibration batches."""
 
-    def __init__(self, model: nn.Module, windows: Windows, batch_size: int = 8,
-                 channel_group_size: int | None = None, channel_reorder: str | None = None,
+    def __init__(self, model: nn.Module, windows: Windows, batch_size: int = 8, grouping: Plan | None = None,
                  state_budget_bytes: int | None = None, prefix_reuse: bool = True):
         if len(windows) == 0:
             raise ShedderError("No calibration windows.")
         self.model = model
         self.windows = windows
         self.batches = [windows.ids[i:i + batch_size] for i in range(0, len(windows), batch_size)]
-        self.grouping = dict(channel_group_size=channel_group_size, channel_reorder=channel_reorder)
+        self.grouping = (grouping or Plan()).with_removed([])  # the channel grouping every evaluated plan uses
         self.n_layers = len(describe_model(model)[1])
         self.state_budget_bytes = state_budget_bytes
         self.prefix_reuse = prefix_reuse
@@ -136,7 +137,7 @@ class Evaluator:
         try:
             for layer in keep:
                 handles.append(layers[layer].layer.register_forward_pre_hook(capture(layer), with_kwargs=True))
-            with masked(self.model, self.base, **self.grouping), torch.no_grad():
+            with masked(self.model, self.grouping.with_removed(self.base)), torch.no_grad():
                 for batch in self.batches:
                     self.model(input_ids=batch.to(model_device(self.model)), use_cache=False)
                     self._count(self.base, 0, batch)
@@ -167,7 +168,7 @@ class Evaluator:
             done = resume.windows_done
         first_batch = math.ceil(done / self.batches[0].shape[0])
         holder: dict = {}
-        with masked(self.model, removed, **self.grouping):
+        with masked(self.model, self.grouping.with_removed(removed)):
             context = start_at_layer(self.model, start, holder) if start > 0 else _nothing()
             with context:
                 for b, batch in enumerate(self.batches[first_batch:], start=first_batch):

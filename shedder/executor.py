@@ -21,6 +21,7 @@ from .calibration import Windows
 from .catalogue import Component
 from .errors import ShedderError
 from .evaluator import CandidateResult, Evaluator
+from .plan import Plan
 
 CandidateProgress = Callable[[int, int], None]  # (candidates done, candidates in this step)
 ShouldStop = Callable[[], bool] | None
@@ -122,7 +123,8 @@ class LocalExecutor:
         evaluator = self.evaluator
         same = (model is evaluator.model and windows is evaluator.windows and evaluator.prefix_reuse == prefix_reuse
                 and evaluator.state_budget_bytes == state_budget_bytes
-                and evaluator.grouping == dict(channel_group_size=channel_group_size, channel_reorder=channel_reorder)
+                and (evaluator.grouping.channel_group_size, evaluator.grouping.channel_reorder)
+                == (channel_group_size, channel_reorder)
                 and evaluator.batches[0].shape[0] == min(batch_size, len(windows)))
         if not same:
             raise ShedderError("This executor was opened for another model, windows or settings; open a new one.")
@@ -151,13 +153,14 @@ class open_executor:
     open; it checks that it was opened with these settings)."""
 
     def __init__(self, executor: "RayOptions | Executor | None", model: nn.Module, windows: Windows, batch_size: int,
-                 channel_group_size: int | None, channel_reorder: str | None, state_budget_bytes: int | None = None,
-                 prefix_reuse: bool = True):
-        settings = dict(batch_size=batch_size, channel_group_size=channel_group_size, channel_reorder=channel_reorder,
-                        state_budget_bytes=state_budget_bytes, prefix_reuse=prefix_reuse)
+                 grouping: Plan, state_budget_bytes: int | None = None, prefix_reuse: bool = True):
+        settings = dict(batch_size=batch_size, channel_group_size=grouping.channel_group_size,
+                        channel_reorder=grouping.channel_reorder, state_budget_bytes=state_budget_bytes,
+                        prefix_reuse=prefix_reuse)
         self.owned = executor is None or isinstance(executor, RayOptions)
         if executor is None:
-            self.executor = LocalExecutor(Evaluator(model, windows, **settings))
+            self.executor = LocalExecutor(Evaluator(model, windows, batch_size, grouping, state_budget_bytes,
+                                                    prefix_reuse))
         elif isinstance(executor, RayOptions):
             from .ray_executor import RayExecutor  # imports ray only when asked for
 

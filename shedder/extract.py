@@ -44,14 +44,14 @@ from pathlib import Path
 
 from torch import nn
 
-from .families import layers_of
-from .catalogue import Component
+from .catalogue import Component, catalogue_of
 from .errors import ShedderError
 from .extract_layers import Layers, build_smaller
 from .extract_ops import plan_layers, plan_ops, uniform_mlp_width
+from .families import layers_of
 from .folder_lock import output_lock
 from .identity import model_fingerprint
-from .masks import catalogue_of
+from .kinds import Grouping
 from .paths import UMASK
 from .plan import Plan
 from .pruned_modeling import AUTO_MAP, FILES as MODEL_FILES, WEIGHTS_VARIANT, model_file_text
@@ -99,8 +99,8 @@ def extraction(model: nn.Module, plan: Plan) -> Extraction:
     removed = list(plan.removed)
     layers = plan_layers(model, removed)
     small = build_smaller(model, layers)
-    group_size = catalogue_of(model, plan.channel_group_size).channel_group_size
-    ops = plan_ops(small, layers, removed, group_size, plan.channel_reorder)
+    grouping = Grouping(catalogue_of(model, plan.channel_group_size).channel_group_size, plan.channel_reorder)
+    ops = plan_ops(small, layers, removed, grouping)
     decoder = layers_of(small)
     for index, layer_ops in ops.items():
         for op in layer_ops:

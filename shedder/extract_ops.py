@@ -13,11 +13,11 @@ from collections import defaultdict
 
 from torch import nn
 
-from .families import LayerParts, describe_model, family_for
-from .catalogue import Component, channel_groups
+from .catalogue import Component
 from .errors import ShedderError
 from .extract_layers import Layers
-from .ssm_layout import mamba2_layout
+from .families import LayerParts, describe_model, family_for
+from .kinds import EXTRACTION_ORDER, KINDS, Grouping
 
 
 def by_layer(removed: list[Component]) -> dict[int, list[Component]]:
@@ -59,68 +59,9 @@ def _check_attention_kept(model: nn.Module, parts_list: list[LayerParts], layers
         )
 
 
-def _path(layer: nn.Module, module: nn.Module) -> str:
-    for name, candidate in layer.named_modules():
-        if candidate is module and name:
-            return name
-    raise RuntimeError(f"{type(module).__name__} is not inside {type(layer).__name__}.")
-
-
-def _sub_modules(layer: nn.Module, module: nn.Module) -> list[nn.Module]:
-    """``module`` itself if it sits in ``layer``, else its parts (a family's ad-hoc ModuleList, e.g. Granite's MoE and shared MLP)."""
-    if any(candidate is module for _, candidate in layer.named_modules()):
-        return [module]
-    return list(module.children())
-
-
-def _kept(count: int, removed: set[int], what: str, layer: int, instead: str) -> list[int]:
-    kept = [i for i in range(count) if i not in removed]
-    if not kept:
-        raise ShedderError(f"The plan removes every {what} of layer {layer}; remove its {instead} instead "
-                           "(the same function, and extractable).")
-    return kept
-
-
-def _ssm_ops(parts: LayerParts, kinds: dict[str, list[Component]]) -> list[dict]:
-    ops = []
-    mixer = _path(parts.layer, parts.ssm)
-    if "ssm" in kinds:
-        ops.append({"op": "remove_ssm", "module": mixer})
-    if "ssm_heads" in kinds:
-        heads = mamba2_layout(parts.ssm).heads
-        kept = _kept(heads, {c.index for c in kinds["ssm_heads"]}, "SSM head", parts.index, "block")
-        ops.append({"op": "ssm_heads", "module": mixer, "kept": kept})
-    return ops
-
-
-def _attn_ops(parts: LayerParts, kinds: dict[str, list[Component]]) -> list[dict]:
-    if "attn" in kinds:
-        return ([{"op": "zero_attention", "module": _path(parts.layer, parts.attn)}]
-                + [{"op": "identity", "module": _path(parts.layer, norm)} for norm in parts.attn_exclusive])
-    if "attn_heads" in kinds:
-        n_heads = parts.attn.o_proj.in_features // parts.attn_head_dim
-        kept = _kept(n_heads, {c.index for c in kinds["attn_heads"]}, "attention head", parts.index, "attn")
-        return [{"op": "attn_heads", "module": _path(parts.layer, parts.attn), "kept": kept}]
-    return []
-
-
-def _mlp_ops(parts: LayerParts, kinds: dict[str, list[Component]], group_size: int, reorder: str | None) -> list[dict]:
-    if "mlp" in kinds:
-        return ([{"op": "zero", "module": _path(parts.layer, m)} for m in _sub_modules(parts.layer, parts.mlp)]
-                + [{"op": "identity", "module": _path(parts.layer, norm)} for norm in parts.mlp_exclusive])
-    if "mlp_channels" in kinds:
-        groups = channel_groups(parts, group_size, reorder)
-        removed = {int(ch) for c in kinds["mlp_channels"] for ch in groups[c.index]}
-        kept = _kept(parts.mlp_down.in_features, removed, "MLP channel", parts.index, "mlp")
-        return [{"op": "mlp_channels", "module": _path(parts.layer, parts.mlp),
-                 "inputs": [_path(parts.mlp, lin) for lin in parts.mlp_in], "output": _path(parts.mlp, parts.mlp_down),
-                 "kept": kept}]
-    return []
-
-
-def plan_ops(small: nn.Module, layers: Layers, removed: list[Component], group_size: int,
-             reorder: str | None) -> dict[int, list[dict]]:
-    """Per layer of ``small`` (the stock model of the kept layers): the operations that finish the job."""
+def plan_ops(small: nn.Module, layers: Layers, removed: list[Component], grouping: Grouping) -> dict[int, list[dict]]:
+    """Per layer of ``small`` (the stock model of the kept layers): the operations that finish the job, each
+    kind's own (``Kind.ops``), skipping kinds that a removed part of the same layer contains."""
     _, small_parts = describe_model(small)
     new_index = layers.new_index
     out: dict[int, list[dict]] = {}
@@ -128,13 +69,14 @@ def plan_ops(small: nn.Module, layers: Layers, removed: list[Component], group_s
         if old not in new_index:
             continue
         parts = small_parts[new_index[old]]
-        kinds: dict[str, list[Component]] = defaultdict(list)
+        indices: dict[str, list[int | None]] = defaultdict(list)
         for c in components:
-            kinds[c.kind].append(c)
-        if old in layers.to_mamba:
-            kinds.pop("attn")
-        ops = _ssm_ops(parts, kinds) if parts.ssm is not None else []
-        ops += _attn_ops(parts, kinds) + _mlp_ops(parts, kinds, group_size, reorder)
+            indices[c.kind].append(c.index)
+        if old in layers.to_mamba:  # the attention went with the layer's hybrid half
+            indices.pop("attn")
+        moot = {inner for name in indices for inner in KINDS[name].contains}
+        ops = [op for name in EXTRACTION_ORDER if name in indices and name not in moot
+               for op in KINDS[name].ops(parts, indices[name], grouping)]
         if ops:
             out[new_index[old]] = ops
     return out

@@ -396,8 +396,7 @@ def benchmark(model: nn.Module, tokenizer=None, plan: Plan | None = None, settin
     report["dense"] = dense_record
     if small is None:
         return report
-    group_size = plan.channel_group_size
-    dense_cost, pruned_cost = model_cost(model, [], group_size), model_cost(model, removed, group_size)
+    dense_cost, pruned_cost = model_cost(model, plan.with_removed([])), model_cost(model, plan)
     model.to("cpu")
     try:
         if device.type == "cuda":
@@ -506,8 +505,7 @@ def compare_latency(model: nn.Module, plan: Plan, prompt_len: int, new_tokens: i
     ratios = [d / e for d, e in zip(runs["dense"]["total"], runs["extracted"]["total"])]
     ideal = None
     if plan.removed:
-        group = plan.channel_group_size
-        costs = ideal_speedups(model_cost(model, [], group), model_cost(model, plan.removed, group), prompt_len, [1],
+        costs = ideal_speedups(model_cost(model, plan.with_removed([])), model_cost(model, plan), prompt_len, [1],
                                settings.mean_decode_context)
         first = statistics.median(runs["dense"]["first"])
         rest = statistics.median(runs["dense"]["total"]) - first

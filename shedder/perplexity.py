@@ -18,6 +18,7 @@ from .calibration import Windows
 from .catalogue import Component
 from .errors import ShedderError
 from .masks import masked
+from .plan import Plan
 
 Progress = Callable[[int, int], None]  # (windows done, windows in all)
 
@@ -80,16 +81,15 @@ def window_nll(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return torch.stack(sums).cpu()
 
 
-def perplexity(model: nn.Module, windows: Windows, removed: Iterable[Component] = (), batch_size: int = 8,
-               progress: Progress | None = None, channel_group_size: int | None = None,
-               channel_reorder: str | None = None) -> PerplexityResult:
-    """Perplexity of ``model`` with ``removed`` (components or a plan) masked, over all ``windows``."""
+def perplexity(model: nn.Module, windows: Windows, plan: Plan | Iterable[Component] = (), batch_size: int = 8,
+               progress: Progress | None = None) -> PerplexityResult:
+    """Perplexity of ``model`` with ``plan`` (a plan, or a list of components) masked, over all ``windows``."""
     if len(windows) == 0:
         raise ShedderError("No calibration windows to evaluate.")
     if batch_size < 1:
         raise ShedderError("batch_size must be at least 1.")
     total = torch.zeros((), dtype=torch.float64)
-    with masked(model, removed, channel_group_size, channel_reorder):
+    with masked(model, plan):
         for start in range(0, len(windows), batch_size):
             total += window_nll(model, windows.ids[start:start + batch_size]).sum()
             if progress is not None:

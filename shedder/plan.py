@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterable
 
 from torch import nn
 
-from .catalogue import Component
+from .catalogue import Component, catalogue_of, validate
 from .errors import ShedderError
+from .kinds import KINDS
 from .identity import model_fingerprint, same_weights
-from .masks import catalogue_of, validate
 from .paths import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ def _optional(data: dict, key: str, kind: type, where: str = ""):
 
 @dataclass
 class Plan:
+    """Removed components, in removal order, and how MLP channels are grouped (size and order); also the model
+    it is for, when known. Everything that evaluates, masks, scores, searches or extracts takes one."""
+
     removed: list[Component] = field(default_factory=list)
     model_type: str | None = None
     n_layers: int | None = None
@@ -93,6 +97,15 @@ class Plan:
         catalogue = catalogue_of(model, channel_group_size)
         return cls(list(removed), catalogue.model_type, catalogue.n_layers, model_fingerprint(model),
                    catalogue.channel_group_size, channel_reorder)
+
+    @property
+    def uses_grouping(self) -> bool:
+        """Whether the channel grouping changes what this plan removes (it removes grouped components)."""
+        return any(KINDS[c.kind].grouped for c in self.removed if c.kind in KINDS)
+
+    def with_removed(self, removed: Iterable[Component]) -> "Plan":
+        """This plan (model, grouping) with other components removed."""
+        return replace(self, removed=list(removed), extra={})
 
     def to_dict(self) -> dict:
         return {
@@ -160,3 +173,8 @@ class Plan:
                 f"model's ({model_fingerprint(model)[:12]}). Use the plan with the model it was made for; to apply a "
                 "plan searched on a base model to its fine-tune, pass --allow-other-weights.")
         validate(model, self.removed, self.channel_group_size)
+
+
+def as_plan(plan: "Plan | Iterable[Component]") -> Plan:
+    """``plan`` itself, or a plan of the components listed (the model's default channel grouping)."""
+    return plan if isinstance(plan, Plan) else Plan(list(plan))

@@ -46,7 +46,8 @@ from .evaluator import CandidateResult, Evaluator
 from .executor import RayOptions, ScoreOutcome, StepOutcome, better
 from .identity import model_fingerprint
 from .loading import DTYPES, load_model, resolve_dtype
-from .masks import catalogue_of
+from .catalogue import catalogue_of
+from .plan import Plan
 from .paths import REPO_ROOT
 from .sharding import SPREAD, synchronize
 
@@ -157,7 +158,10 @@ class Replica:
                 windows = Windows(windows.ids[first * self.batch_size:last * self.batch_size], windows.source,
                                   windows.seed)
             self.evaluator = None  # drop the old one's stored states first
-            self.evaluator = Evaluator(self.model, windows, self.batch_size, **self.grouping)
+            grouping = Plan(channel_group_size=self.grouping["channel_group_size"],
+                            channel_reorder=self.grouping["channel_reorder"])
+            self.evaluator = Evaluator(self.model, windows, self.batch_size, grouping,
+                                       self.grouping["state_budget_bytes"], self.grouping["prefix_reuse"])
             self.batch_range, self.base = batch_range, None
         return self.evaluator
 

@@ -69,6 +69,7 @@ class SearchRunner:
     def run(self) -> None:
         from .calibration import calibration_windows
         from .loading import load_model
+        from .plan import Plan
         from .search import parse_stages, search
 
         job, out = self.job, Path(self.job.out_dir)
@@ -82,8 +83,8 @@ class SearchRunner:
             options = RayOptions(model=job.model, device=job.device, trust_remote_code=job.trust_remote_code,
                                  workers=job.workers, cpus_per_worker=job.cpus_per_worker,
                                  gpus_per_worker=job.gpus_per_worker)
-            record = search(model, windows, stages, out, job.batch_size, channel_group_size=job.channel_group_size,
-                            channel_reorder=job.channel_reorder, early_stop=job.early_stop,
+            grouping = Plan(channel_group_size=job.channel_group_size, channel_reorder=job.channel_reorder)
+            record = search(model, windows, stages, out, job.batch_size, grouping, early_stop=job.early_stop,
                             should_stop=lambda: self.stopping, executor=options)
             _write_state(out, state="finished" if "removed" in record else "stopped", ended=time.time())
         except Exception as exc:  # the reader learns why from job.json

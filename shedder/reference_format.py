@@ -13,40 +13,48 @@ from __future__ import annotations
 
 from torch import nn
 
-from .families import describe_model
-from .catalogue import Catalogue, Component, channel_groups
+from .catalogue import Catalogue, Component, catalogue_of
 from .errors import ShedderError
+from .families import describe_model
 from .identity import model_fingerprint
-from .masks import catalogue_of
+from .kinds import KINDS
+from .kinds.mlp_channels import channel_groups
 from .plan import Plan
 
-KEY_TO_KIND = {
-    "pruned_mamba_block_idx": "block",
-    "pruned_hymba_block_idx": "block",
-    "pruned_mha_idx": "attn",
-    "pruned_self_attn_idx": "attn",
-    "pruned_mlp_idx": "mlp",
-    "pruned_moe_idx": "mlp",
-    "pruned_ssm_idx": "ssm",
-}
-EXPORT_KEYS = {"block": "pruned_mamba_block_idx", "attn": "pruned_mha_idx", "mlp": "pruned_mlp_idx",
-               "ssm": "pruned_ssm_idx"}
+# the names other families' reference scripts use for the same kinds, read on any model
+IMPORT_ALIASES = {"pruned_hymba_block_idx": ("block",), "pruned_self_attn_idx": ("attn",), "pruned_moe_idx": ("mlp",)}
 CHANNELS_KEY = "pruned_mlp_channels"
+# the order imports list their components in (the paper's hybrid stage order)
+IMPORT_ORDER = ("block", "attn", "mlp", "mlp_channels", "ssm")
+
+
+def import_keys(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Each reference key this model's family reads, and the kinds (at one layer) an entry of it stands for."""
+    own = {KINDS[name].reference_key: (name,) for name in IMPORT_ORDER if KINDS[name].reference_key}
+    return {**own, **{k: v for k, v in IMPORT_ALIASES.items() if k not in own}}
+
+
+def export_keys(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Per kind, the reference keys a removed component of it is written under."""
+    return {name: (KINDS[name].reference_key,) for name in IMPORT_ORDER if KINDS[name].reference_key}
 
 
 def is_reference_config(data: object) -> bool:
-    return isinstance(data, dict) and any(k in data for k in (*KEY_TO_KIND, CHANNELS_KEY))
+    keys = {*(k.reference_key for k in KINDS.values() if k.reference_key), *IMPORT_ALIASES, CHANNELS_KEY}
+    return isinstance(data, dict) and any(k in data for k in keys)
 
 
-def _layers_holding(catalogue: Catalogue, kind: str) -> list[int]:
-    return sorted({c.layer for c in catalogue.components([kind])})
+def _layers_holding(catalogue: Catalogue, kinds: tuple[str, ...]) -> list[int]:
+    """Layers that hold every one of ``kinds`` (the n-th of them is entry n of a key)."""
+    held = [{c.layer for c in catalogue.components([kind])} for kind in kinds]
+    return sorted(set.intersection(*held))
 
 
 def _dense_mlp_groups(model: nn.Module, catalogue: Catalogue, channel_reorder: str | None) -> dict[int, list[int]]:
     """Layer of each dense MLP -> channel count of each of its groups."""
     _, layers = describe_model(model)
     return {layer: [len(g) for g in channel_groups(layers[layer], catalogue.channel_group_size, channel_reorder)]
-            for layer in _layers_holding(catalogue, "mlp_channels")}
+            for layer in _layers_holding(catalogue, ("mlp_channels",))}
 
 
 def _indices(data: dict, key: str) -> list[int]:
@@ -71,26 +79,27 @@ def _kept_widths(data: dict) -> dict[str, int]:
     return value or {}
 
 
-def _mapped(data: dict, model: nn.Module, channel_group_size: int | None,
-            channel_reorder: str | None) -> tuple[Catalogue, list[tuple[str, str, list[Component]]]]:
+def _mapped(data: dict, model: nn.Module, grouping: Plan) -> tuple[Catalogue, list[tuple[str, str, list[Component]]]]:
     """Each entry of a reference config and the components of ``model`` it stands for: (key, entry, components)."""
     if not isinstance(data, dict):
         raise ShedderError("A reference pruning config is a JSON object such as {\"pruned_ssm_idx\": [3, 7]}.")
-    catalogue = catalogue_of(model, channel_group_size)
-    unknown = [k for k in data if k not in KEY_TO_KIND and k != CHANNELS_KEY]
+    catalogue = catalogue_of(model, grouping.channel_group_size)
+    keys = import_keys(model)
+    unknown = [k for k in data if k not in keys and k != CHANNELS_KEY]
     if unknown:
         raise ShedderError(f"Unknown key(s) in the reference config: {', '.join(map(str, unknown))[:200]}.")
     mapped: list[tuple[str, str, list[Component]]] = []
-    for key, kind in KEY_TO_KIND.items():
-        holders = _layers_holding(catalogue, kind)
+    for key, kinds in keys.items():
+        holders = _layers_holding(catalogue, kinds)
+        kind = "+".join(kinds)
         for ordinal in _indices(data, key):
             if not holders:
                 raise ShedderError(f"{key}: this {catalogue.model_type} model has no '{kind}' components.")
             if not 0 <= ordinal < len(holders):
                 raise ShedderError(f"{key}: {ordinal!r} is not one of the model's {len(holders)} '{kind}' "
                                    f"components (0..{len(holders) - 1}).")
-            mapped.append((key, str(ordinal), [Component(kind, holders[ordinal])]))
-    groups = _dense_mlp_groups(model, catalogue, channel_reorder)
+            mapped.append((key, str(ordinal), [Component(k, holders[ordinal]) for k in kinds]))
+    groups = _dense_mlp_groups(model, catalogue, grouping.channel_reorder)
     mlp_layers = list(groups)
     for ordinal, kept in _kept_widths(data).items():
         if not str(ordinal).isdigit() or int(ordinal) >= len(mlp_layers):
@@ -120,41 +129,39 @@ def _mapped(data: dict, model: nn.Module, channel_group_size: int | None,
     return catalogue, mapped
 
 
-def from_reference(data: dict, model: nn.Module, channel_group_size: int | None = None,
-                   channel_reorder: str | None = None) -> Plan:
-    """A plan for ``model`` from a reference pruning config."""
-    catalogue, mapped = _mapped(data, model, channel_group_size, channel_reorder)
-    order = ("block", "attn", "mlp", "mlp_channels", "ssm")
-    removed = [c for kind in order for _, _, components in mapped for c in components if c.kind == kind]
+def from_reference(data: dict, model: nn.Module, grouping: Plan | None = None) -> Plan:
+    """A plan for ``model`` from a reference pruning config (channel groups as ``grouping``, a plan, groups them)."""
+    grouping = grouping or Plan()
+    catalogue, mapped = _mapped(data, model, grouping)
+    removed = [c for kind in IMPORT_ORDER for _, _, components in mapped for c in components if c.kind == kind]
     return Plan(removed, catalogue.model_type, catalogue.n_layers, model_fingerprint(model),
-                catalogue.channel_group_size, channel_reorder)
+                catalogue.channel_group_size, grouping.channel_reorder)
 
 
-def describe_mapping(data: dict, model: nn.Module, channel_group_size: int | None = None,
-                     channel_reorder: str | None = None) -> str:
+def describe_mapping(data: dict, model: nn.Module, grouping: Plan | None = None) -> str:
     """One line: which of ``model``'s components each entry of a reference config became, e.g.
     ``pruned_ssm_idx 0 -> ssm@0, 1 -> ssm@2``. The format names no model, so the same file means other
     layers on another hybrid layout."""
-    catalogue, mapped = _mapped(data, model, channel_group_size, channel_reorder)
+    catalogue, mapped = _mapped(data, model, grouping or Plan())
     parts: dict[str, list[str]] = {}
     for key, ordinal, components in mapped:
         if key == CHANNELS_KEY:
             indices = sorted(c.index for c in components)
             target = f"mlp_channels@{components[0].layer}[{indices[0]}..{indices[-1]}]" if indices else "nothing"
         else:
-            target = str(components[0])
+            target = "+".join(map(str, components))
         parts.setdefault(key, []).append(f"{ordinal} -> {target}")
     text = "; ".join(f"{key} {', '.join(items)}" for key, items in parts.items()) or "nothing removed"
     return f"{text} (on this {catalogue.model_type} with {catalogue.n_layers} layers)"
 
 
-def plan_from_data(data: object, model: nn.Module, channel_group_size: int | None = None,
-                   channel_reorder: str | None = None, allow_other_weights: bool = False) -> tuple[Plan, str | None]:
+def plan_from_data(data: object, model: nn.Module, grouping: Plan | None = None,
+                   allow_other_weights: bool = False) -> tuple[Plan, str | None]:
     """The plan in a file's JSON, ours or a reference config, checked against ``model``, and for a reference
-    config the mapping it was read with (the format carries no model identity), else None."""
+    config the mapping it was read with (the format carries no model identity), else None. ``grouping`` (a
+    plan) groups MLP channels for a reference config; ours carries its own."""
     if is_reference_config(data):
-        return (from_reference(data, model, channel_group_size, channel_reorder),
-                describe_mapping(data, model, channel_group_size, channel_reorder))
+        return from_reference(data, model, grouping), describe_mapping(data, model, grouping)
     plan = Plan.from_dict(data)
     plan.check(model, strict_weights=not allow_other_weights)
     return plan, None
@@ -164,12 +171,14 @@ def to_reference(plan: Plan, model: nn.Module) -> dict:
     """The reference config for ``plan``; refuses what the format cannot express."""
     plan.check(model)
     catalogue = catalogue_of(model, plan.channel_group_size)
-    out: dict = {key: [] for kind, key in EXPORT_KEYS.items() if catalogue.components([kind])}
+    keys, exported = import_keys(model), export_keys(model)
+    out: dict = {key: [] for kind, names in exported.items() if catalogue.components([kind]) for key in names}
     removed_groups: dict[int, set[int]] = {}
     for c in plan.removed:
-        if c.kind in EXPORT_KEYS:
-            out[EXPORT_KEYS[c.kind]].append(_layers_holding(catalogue, c.kind).index(c.layer))
-        elif c.kind == "mlp_channels":
+        if c.kind in exported:
+            for key in exported[c.kind]:
+                out[key].append(_layers_holding(catalogue, keys[key]).index(c.layer))
+        elif KINDS[c.kind].grouped:
             removed_groups.setdefault(c.layer, set()).add(c.index)
         else:
             raise ShedderError(f"{c}: the reference format cannot express {c.kind}; export our format instead.")

@@ -18,13 +18,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .families import describe_model
 from .calibration import Windows
-from .catalogue import Component, channel_groups
+from .catalogue import Component, catalogue_of
 from .executor import Executor, RayOptions, open_executor
-from .masks import catalogue_of, masked
+from .families import describe_model
+from .kinds import GROUP_KINDS, KINDS, Grouping
+from .masks import masked
 from .perplexity import model_device
-from .ssm_layout import mamba2_layout
+from .plan import Plan, as_plan
 
 Progress = Callable[[int, int], None]
 
@@ -39,8 +40,7 @@ class Score:
         return {**self.component.to_dict(), "ppl": self.ppl, "delta": self.delta}
 
 
-def score(model: nn.Module, windows: Windows, kinds: list[str], base: list[Component] = (), batch_size: int = 8,
-          channel_group_size: int | None = None, channel_reorder: str | None = None,
+def score(model: nn.Module, windows: Windows, kinds: list[str], base: Plan | list[Component] = (), batch_size: int = 8,
           progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
           state_budget_bytes: int | None = None, executor: RayOptions | Executor | None = None
           ) -> tuple[float, list[Score], int]:
@@ -49,20 +49,19 @@ def score(model: nn.Module, windows: Windows, kinds: list[str], base: list[Compo
     ``executor``: None scores in this process; :class:`RayOptions` on new Ray workers, or an open
     :class:`~shedder.ray_executor.RayExecutor` on its workers (same numbers).
     """
-    catalogue = catalogue_of(model, channel_group_size)
-    base = list(base)
-    done = set(base)
+    base = as_plan(base)
+    catalogue = catalogue_of(model, base.channel_group_size)
+    done = set(base.removed)
     components = [c for c in catalogue.components(kinds) if c not in done]
-    with open_executor(executor, model, windows, batch_size, channel_group_size, channel_reorder,
-                       state_budget_bytes) as runner:
-        outcome = runner.score(base, components, progress, should_stop)
+    with open_executor(executor, model, windows, batch_size, base, state_budget_bytes) as runner:
+        outcome = runner.score(list(base.removed), components, progress, should_stop)
     base_ppl = outcome.base.ppl
     scores = [Score(r.component, r.ppl, r.ppl - base_ppl) for r in outcome.results]
     return base_ppl, scores, outcome.work
 
 
 @torch.no_grad()
-def block_influence(model: nn.Module, windows: Windows, base: list[Component] = (), batch_size: int = 8
+def block_influence(model: nn.Module, windows: Windows, base: Plan | list[Component] = (), batch_size: int = 8
                     ) -> dict[Component, float]:
     """1 - cos(input, output) per layer, averaged over all calibration tokens, under ``base``."""
     catalogue = catalogue_of(model)
@@ -95,24 +94,15 @@ def block_influence(model: nn.Module, windows: Windows, base: list[Component] = 
 
 
 @torch.no_grad()
-def weight_magnitude(model: nn.Module, channel_group_size: int | None = None, channel_reorder: str | None = None
-                     ) -> dict[Component, float]:
-    """Frobenius norm of each head's / channel group's columns of its output projection."""
-    catalogue = catalogue_of(model, channel_group_size)
+def weight_magnitude(model: nn.Module, grouping: Plan | None = None) -> dict[Component, float]:
+    """Frobenius norm of each head's / channel group's columns of its output projection (channel groups as
+    ``grouping``, a plan, groups them)."""
+    grouping = grouping or Plan()
+    catalogue = catalogue_of(model, grouping.channel_group_size)
+    how = Grouping(catalogue.channel_group_size, grouping.channel_reorder)
     _, layers = describe_model(model)
-    out = {}
-    for c in catalogue.components(["attn_heads", "ssm_heads", "mlp_channels"]):
-        parts = layers[c.layer]
-        if c.kind == "attn_heads":
-            hd = parts.attn_head_dim
-            columns = parts.attn.o_proj.weight[:, c.index * hd:(c.index + 1) * hd]
-        elif c.kind == "ssm_heads":
-            columns = parts.ssm.out_proj.weight[:, mamba2_layout(parts.ssm).head(c.index)]
-        else:
-            group = channel_groups(parts, catalogue.channel_group_size, channel_reorder)[c.index]
-            columns = parts.mlp_down.weight[:, group.to(parts.mlp_down.weight.device)]
-        out[c] = float(columns.float().norm())
-    return out
+    return {c: float(KINDS[c.kind].columns(layers[c.layer], c.index, how).float().norm())
+            for c in catalogue.components(GROUP_KINDS)}
 
 
 def _ranks(values: list[float]) -> torch.Tensor:

@@ -26,16 +26,16 @@ from typing import Callable
 from torch import nn
 
 from .calibration import Windows
-from .catalogue import KINDS, Catalogue, Component
+from .catalogue import Catalogue, Component, catalogue_of
 from .errors import ShedderError
 from .evaluator import CandidateResult
 from .executor import CandidateProgress, Executor, RayOptions, open_executor
 from .folder_lock import output_lock
 from .identity import model_fingerprint
-from .masks import catalogue_of
+from .kinds import KINDS, implied_by
 from .paths import write_text_atomic
 from .perplexity import perplexity
-from .plan import Plan
+from .plan import Plan, as_plan
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +69,15 @@ def parse_stages(text: str) -> list[Stage]:
     return stages
 
 
-def implied_by(removed: list[Component]) -> set[tuple[str, int]]:
-    """(kind, layer) pairs that earlier removals already make moot."""
-    implied = set()
-    for c in removed:
-        if c.kind == "block":
-            implied |= {(k, c.layer) for k in KINDS}
-        elif c.kind == "attn":
-            implied.add(("attn_heads", c.layer))
-        elif c.kind == "mlp":
-            implied.add(("mlp_channels", c.layer))
-    return implied
-
-
 def candidates_for(catalogue: Catalogue, removed: list[Component], targets: tuple[str, ...]) -> list[Component]:
     """Remaining candidates of the target kinds, in catalogue order."""
     done, implied = set(removed), implied_by(removed)
     remaining = [c for c in catalogue.components(targets) if c not in done and (c.kind, c.layer) not in implied]
-    out = [c for c in remaining if c.kind != "mlp_channels"]
-    groups_left: dict[int, list[Component]] = {}
+    out = [c for c in remaining if not KINDS[c.kind].grouped]
+    groups_left: dict[tuple[str, int], list[Component]] = {}
     for c in remaining:
-        if c.kind == "mlp_channels":
-            groups_left.setdefault(c.layer, []).append(c)
+        if KINDS[c.kind].grouped:
+            groups_left.setdefault((c.kind, c.layer), []).append(c)
     for groups in groups_left.values():
         if len(groups) > 1:  # the tail group; an MLP's last remaining group is never a candidate
             out.append(max(groups, key=lambda c: c.index))
@@ -127,37 +114,39 @@ def _result_record(result: CandidateResult) -> dict:
 
 
 def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str | Path | None = None,
-           batch_size: int = 8, base: list[Component] = (), channel_group_size: int | None = None,
-           channel_reorder: str | None = None, early_stop: bool = True, prefix_reuse: bool = True,
+           batch_size: int = 8, base: Plan | list[Component] = (), early_stop: bool = True, prefix_reuse: bool = True,
            state_budget_bytes: int | None = None, on_step: StepProgress | None = None,
            on_candidate: CandidateProgress | None = None, should_stop: Callable[[], bool] | None = None,
            executor: RayOptions | Executor | None = None) -> dict:
-    """Run (or resume) the greedy search; returns the log (settings, steps, final ``removed``).
+    """Run (or resume) the greedy search from ``base`` (a plan: what is removed already and how MLP channels are
+    grouped; or a list of components); returns the log (settings, steps, final ``removed``).
 
     ``executor``: None evaluates candidates in this process; :class:`RayOptions` on new Ray workers, or an
     open :class:`~shedder.ray_executor.RayExecutor` on its workers (same plan).
     """
-    catalogue = catalogue_of(model, channel_group_size)
+    base = as_plan(base)
+    catalogue = catalogue_of(model, base.channel_group_size)
+    grouping = base.with_removed([])
     settings = SearchSettings(
         fingerprint=model_fingerprint(model), stages=[[list(s.targets), s.steps] for s in stages],
         calib=windows.source, n_windows=len(windows), seq_len=windows.seq_len, seed=windows.seed,
-        batch_size=batch_size, channel_group_size=catalogue.channel_group_size, channel_reorder=channel_reorder,
-        base=[c.to_dict() for c in base],
+        batch_size=batch_size, channel_group_size=catalogue.channel_group_size, channel_reorder=base.channel_reorder,
+        base=[c.to_dict() for c in base.removed],
     )
     out = Path(out_dir) if out_dir is not None else None
     with output_lock(out, "search") if out is not None else nullcontext():
         record = _load_or_start(out, settings)
-        removed = list(base) + [Component.from_dict(s["removed"]) for s in record["steps"]]
+        removed = list(base.removed) + [Component.from_dict(s["removed"]) for s in record["steps"]]
         rank = {c: i for i, c in enumerate(catalogue.components())}
-        with open_executor(executor, model, windows, batch_size, catalogue.channel_group_size, channel_reorder,
-                           state_budget_bytes, prefix_reuse) as runner:
-            _run_stages(runner, record, stages, removed, catalogue, rank, out, channel_reorder, early_stop,
+        grouping.channel_group_size = catalogue.channel_group_size
+        with open_executor(executor, model, windows, batch_size, grouping, state_budget_bytes, prefix_reuse) as runner:
+            _run_stages(runner, record, stages, removed, catalogue, rank, out, grouping, early_stop,
                         on_step, on_candidate, should_stop)
     return record
 
 
 def _run_stages(runner, record: dict, stages: list[Stage], removed: list[Component], catalogue: Catalogue,
-                rank: dict[Component, int], out: Path | None, channel_reorder: str | None, early_stop: bool,
+                rank: dict[Component, int], out: Path | None, grouping: Plan, early_stop: bool,
                 on_step: StepProgress | None, on_candidate: CandidateProgress | None,
                 should_stop: Callable[[], bool] | None) -> None:
     """The greedy steps still to do, each written to ``out``; ``record["removed"]`` once all are done."""
@@ -184,13 +173,13 @@ def _run_stages(runner, record: dict, stages: list[Stage], removed: list[Compone
                 "work": outcome.work, "params_removed": catalogue.params_of(removed),
             }
             record["steps"].append(step)
-            _save(out, record, removed, catalogue, channel_reorder, step_index)
+            _save(out, record, removed, catalogue, grouping, step_index)
             if on_step is not None:
                 on_step(step)
     record["removed"] = [c.to_dict() for c in removed]
     record["work"] = sum(s["work"] for s in record["steps"])
     if out is not None:
-        _save(out, record, removed, catalogue, channel_reorder, step_index=None)
+        _save(out, record, removed, catalogue, grouping, step_index=None)
 
 
 def _load_or_start(out: Path | None, settings: SearchSettings) -> dict:
@@ -230,12 +219,12 @@ def _read_log(path: Path) -> dict:
 
 
 def _save(out: Path | None, record: dict, removed: list[Component], catalogue: Catalogue,
-          channel_reorder: str | None, step_index: int | None) -> None:
+          grouping: Plan, step_index: int | None) -> None:
     """Write the plan after a step (and as plan.json) and the log; ``step_index=None``: plan.json only."""
     if out is None:
         return
     plan = Plan(list(removed), catalogue.model_type, catalogue.n_layers, record["settings"]["fingerprint"],
-                catalogue.channel_group_size, channel_reorder,
+                catalogue.channel_group_size, grouping.channel_reorder,
                 extra={"steps": [{"step": s["step"], "removed": s["removed"], "ppl": s["ppl"]} for s in record["steps"]]})
     if step_index is not None:
         plan.save(out / "steps" / f"step_{step_index:03d}.json")
@@ -244,10 +233,12 @@ def _save(out: Path | None, record: dict, removed: list[Component], catalogue: C
 
 
 def naive_search(model: nn.Module, windows: Windows, stages: list[Stage], batch_size: int = 8,
-                 channel_group_size: int | None = None, channel_reorder: str | None = None) -> tuple[list[Component], int]:
+                 grouping: Plan | None = None) -> tuple[list[Component], int]:
     """The reference procedure: every candidate masked and evaluated on the whole model over all
-    windows. Returns the removal order and the work in layer-forward token passes."""
-    catalogue = catalogue_of(model, channel_group_size)
+    windows (channel groups as ``grouping``, a plan, groups them). Returns the removal order and the work in
+    layer-forward token passes."""
+    grouping = (grouping or Plan()).with_removed([])
+    catalogue = catalogue_of(model, grouping.channel_group_size)
     removed: list[Component] = []
     work, tokens = 0, windows.ids.numel()
     for stage in stages:
@@ -257,10 +248,9 @@ def naive_search(model: nn.Module, windows: Windows, stages: list[Stage], batch_
                 break
             best, best_nll = None, math.inf
             for candidate in candidates:  # catalogue order; strict < keeps the first of equals
-                plan = removed + [candidate]
-                result = perplexity(model, windows, plan, batch_size, channel_group_size=channel_group_size,
-                                    channel_reorder=channel_reorder)
-                blocks = {c.layer for c in plan if c.kind == "block"}
+                plan = grouping.with_removed(removed + [candidate])
+                result = perplexity(model, windows, plan, batch_size)
+                blocks = {c.layer for c in plan.removed if c.kind == "block"}
                 work += tokens * (catalogue.n_layers - len(blocks))
                 if result.nll_sum < best_nll:
                     best, best_nll = candidate, result.nll_sum

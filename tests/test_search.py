@@ -44,13 +44,14 @@ CASES = [
 @pytest.mark.parametrize("name,make,stages,reorder", CASES, ids=[c[0] for c in CASES])
 def test_search_equals_the_naive_search(name, make, stages, reorder, windows):
     model = make()
-    fast = search(model, windows, stages, batch_size=2, channel_reorder=reorder)
-    naive, naive_work = naive_search(model, windows, stages, batch_size=2, channel_reorder=reorder)
+    grouping = Plan(channel_reorder=reorder)
+    fast = search(model, windows, stages, batch_size=2, base=grouping)
+    naive, naive_work = naive_search(model, windows, stages, batch_size=2, grouping=grouping)
     assert [Component.from_dict(c) for c in fast["removed"]] == naive
     assert fast["work"] < naive_work
     for step in fast["steps"]:  # the pick's logged perplexity is the exact perplexity of that plan
         plan = [Component.from_dict(s["removed"]) for s in fast["steps"][: step["step"] + 1]]
-        exact = perplexity(model, windows, plan, batch_size=2, channel_reorder=reorder).ppl
+        exact = perplexity(model, windows, grouping.with_removed(plan), batch_size=2).ppl
         assert step["ppl"] == exact
 
 
