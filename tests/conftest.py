@@ -19,6 +19,10 @@ os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="hf-modules-")
 def _private_cache(tmp_path, monkeypatch):
     """Each test gets its own results cache."""
     monkeypatch.setenv("SHEDDER_CACHE", str(tmp_path / "cache"))
+    yield
+    from shedder.jobs import cancel_all
+
+    cancel_all()  # background work a test started ends with it (never writing into the next test's cache)
 
 
 def run_cli(*args, cache):

@@ -1,0 +1,231 @@
+"""Long work off the caller's thread: cancellable, with true progress, a time-left estimate and partial results.
+
+A :class:`Job` runs a function in a daemon thread. The function reports progress with
+:meth:`Job.update` (the phase it is in, done of total), checks :meth:`Job.cancelled` between units of
+work, and may publish partial results with :meth:`Job.publish`; whoever started the job reads them at any
+time and may :meth:`Job.cancel` it.
+
+Two rules keep one user's long job from stalling another user's interactive work on a shared machine:
+
+- **Its own model.** :func:`private_copy` gives a job a copy of the model (taken under the shared model's
+  lock), so the job never holds that lock and a toggle never waits for it.
+- **Foreground first.** Interactive work runs inside :func:`foreground`; a job's model copy pauses at every
+  layer boundary while any foreground work runs (:func:`guard`), and raises :class:`Cancelled` there once the
+  job is cancelled, so a cancel acts within one layer's time.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(BaseException):
+    """Raised inside a cancelled job's work (a BaseException, so no ``except Exception`` swallows it)."""
+
+
+# --- foreground work has priority over jobs -----------------------------------------------------------------
+_foreground = threading.Condition()
+_foreground_count = 0
+
+
+@contextmanager
+def foreground() -> Iterator[None]:
+    """Interactive work (a toggle's perplexity, a generation): jobs' models pause while it runs."""
+    global _foreground_count
+    with _foreground:
+        _foreground_count += 1
+    try:
+        yield
+    finally:
+        with _foreground:
+            _foreground_count -= 1
+            _foreground.notify_all()
+
+
+def foreground_active() -> bool:
+    return _foreground_count > 0
+
+
+def wait_for_foreground(cancelled: Callable[[], bool] = lambda: False, poll: float = 0.05) -> float:
+    """Block while foreground work runs (returns the seconds waited); returns early once ``cancelled()``."""
+    start = time.perf_counter()
+    with _foreground:
+        while _foreground_count > 0 and not cancelled():
+            _foreground.wait(poll)
+    return time.perf_counter() - start
+
+
+# --- jobs ----------------------------------------------------------------------------------------------------
+_running: set["Job"] = set()  # every job of this process still running
+_running_guard = threading.Lock()
+
+
+def running_jobs() -> list["Job"]:
+    with _running_guard:
+        return list(_running)
+
+
+def cancel_all(timeout: float = 30.0) -> bool:
+    """Cancel every running job of this process and wait for them (whether all ended within ``timeout``)."""
+    jobs = running_jobs()
+    for job in jobs:
+        job.cancel()
+    deadline = time.monotonic() + timeout
+    return all(job.wait(max(0.0, deadline - time.monotonic())) for job in jobs)
+
+
+class Job:
+    """One piece of long work in its own thread. ``state``: running, done, cancelled or failed."""
+
+    def __init__(self, label: str, work: Callable[["Job"], Any], start: bool = True):
+        self.label = label
+        self._work = work
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self.state = "running"
+        self.result: Any = None
+        self.partial: Any = None
+        self.error: str | None = None
+        self.phase = "starting"
+        self.done = 0
+        self.total = 0
+        self.started = time.time()
+        self.ended: float | None = None
+        self._phase_started = time.perf_counter()
+        self._first_unit: float | None = None
+        self.paused_s = 0.0  # seconds its model waited for foreground work
+        self.thread = threading.Thread(target=self._run, name=f"job: {label}", daemon=True)
+        if start:
+            with _running_guard:
+                _running.add(self)
+            self.thread.start()
+
+    # called by the work --------------------------------------------------------------------------------------
+    def update(self, done: int, total: int, phase: str | None = None) -> None:
+        """``done`` of ``total`` units of the current ``phase`` (a new phase restarts the time-left estimate)."""
+        with self._lock:
+            if phase is not None and phase != self.phase:
+                self.phase = phase
+                self._phase_started = time.perf_counter()
+                self._first_unit = None
+            if done > 0 and self._first_unit is None:
+                self._first_unit = time.perf_counter()
+            self.done, self.total = done, total
+
+    def publish(self, partial: Any) -> None:
+        """Results so far, readable while the job runs (and kept when it is cancelled)."""
+        self.partial = partial
+
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` once the job is cancelled."""
+        if self._cancel.is_set():
+            raise Cancelled(self.label)
+
+    # called by whoever started it ----------------------------------------------------------------------------
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end; whether it has."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def seconds_left(self) -> float | None:
+        """Time left in the current phase at its rate so far (None before a unit is done)."""
+        with self._lock:
+            if not self.total or self.done <= 0:
+                return None
+            elapsed = time.perf_counter() - self._phase_started
+            return elapsed / self.done * max(0, self.total - self.done)
+
+    def describe(self) -> str:
+        """'scoring components: 5 of 24, about 12 s left'."""
+        text = self.phase
+        if self.total:
+            text += f": {self.done:,} of {self.total:,}"
+            left = self.seconds_left()
+            if left is not None and self.running and self.done < self.total:
+                text += f", about {format_seconds(left)} left"
+        if self.state == "cancelled":
+            text += " (cancelled)"
+        elif self.state == "failed":
+            text += f" (failed: {self.error})"
+        return text
+
+    def _run(self) -> None:
+        try:
+            self.result = self._work(self)
+            self.state = "cancelled" if self._cancel.is_set() else "done"
+        except Cancelled:
+            self.state = "cancelled"
+        except BaseException as exc:  # noqa: BLE001  (shown to the user who started it)
+            log.warning("Job %r failed:\n%s", self.label, traceback.format_exc())
+            self.error = f"{exc}" if type(exc).__name__ == "ShedderError" else f"{type(exc).__name__}: {exc}"
+            self.state = "failed"
+        finally:
+            self.ended = time.time()
+            with _running_guard:
+                _running.discard(self)
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --- a job's own model ---------------------------------------------------------------------------------------
+def private_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` for one job, taken under the model's lock (never mid-mask); the copy has its own
+    lock, so the job never makes a user of the shared model wait."""
+    from .masks import model_lock
+
+    with model_lock(model):
+        clone = copy.deepcopy(model)
+    clone.eval()
+    return clone
+
+
+@contextmanager
+def guard(model: nn.Module, job: Job) -> Iterator[nn.Module]:
+    """Inside the block every layer of ``model`` (a job's copy) first waits for foreground work to finish and
+    raises :class:`Cancelled` once ``job`` is cancelled."""
+    from .families import describe_model
+
+    def before_layer(module, args):
+        job.check()
+        if _foreground_count:
+            job.paused_s += wait_for_foreground(job.cancelled)
+            job.check()
+
+    _, layers = describe_model(model)
+    handles = [parts.layer.register_forward_pre_hook(before_layer) for parts in layers]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
