@@ -48,15 +48,18 @@ def shedder(*args: str, wait: bool = True) -> subprocess.Popen:
 def start_model(name: str, args: argparse.Namespace) -> list[tuple[subprocess.Popen, Path]]:
     """Search a plan for ``name``, then start its evaluation shards; returns them running."""
     common = ["--model", name, "--dtype", args.dtype, "--device", args.device]
-    plan_dir = Path(args.work) / f"search-{name}"
-    shedder("search", *common, *RECIPES[name], "--calib", "wiki", "--tokens", str(args.search_tokens),
-            "--seq-len", "512", "--batch-size", str(args.search_batch_size), "--out", str(plan_dir))
+    plan_file = args.plans.get(name)
+    if plan_file is None:
+        plan_dir = Path(args.work) / f"search-{name}"
+        shedder("search", *common, *RECIPES[name], "--calib", "wiki", "--tokens", str(args.search_tokens),
+                "--seq-len", "512", "--batch-size", str(args.search_batch_size), "--out", str(plan_dir))
+        plan_file = plan_dir / "plan.json"
     limit = ["--limit", str(args.limit)] if args.limit else []
     running = []
     for i, tasks in enumerate(TASK_SHARDS):
         out = Path(args.work) / f"accuracy_{name}.shard{i}.json"
         calib = [] if i == 0 else ["--calib", "none"]  # wiki-test perplexity once per model
-        running.append((shedder("eval", *common, "--plan", str(plan_dir / "plan.json"), "--tasks", ",".join(tasks),
+        running.append((shedder("eval", *common, "--plan", str(plan_file), "--tasks", ",".join(tasks),
                                 *limit, *calib, "--batch-size", str(args.batch_size), "--out", str(out), wait=False), out))
     return running
 
@@ -119,9 +122,12 @@ def main() -> None:
     parser.add_argument("--search-tokens", type=int, default=16384)
     parser.add_argument("--limit", type=int, default=0, help="documents per task (0: all of them)")
     parser.add_argument("--work", default=str(ROOT / "cache" / "zoo_accuracy"), help="where the searches go")
+    parser.add_argument("--plan", action="append", default=[], metavar="MODEL=PLAN",
+                        help="evaluate this plan for MODEL instead of searching one (e.g. a recovery study's)")
     parser.add_argument("--table", action="store_true", help="print the table from existing results only")
     args = parser.parse_args()
     names = args.models.split(",")
+    args.plans = dict(item.split("=", 1) for item in args.plan)
     if not args.table:
         RESULTS.mkdir(parents=True, exist_ok=True)
         running = {name: start_model(name, args) for name in names}
