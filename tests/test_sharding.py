@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from shedder.families import describe_model
-from shedder.catalogue import Component
+from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
 from shedder.executor import RayOptions
 from shedder.loading import load_model
@@ -57,6 +57,22 @@ def test_more_gpus_per_worker_needs_gpus():
         RayOptions(model="m", gpus_per_worker=0)
 
 
+def removals_for_spread_test(model) -> list[Component]:
+    """The last block and the first SSM the model offers (in NemotronH the last layer is an MLP layer)."""
+    catalogue = build_catalogue(model)
+    return [catalogue.components(["block"])[-1], catalogue.components(["ssm"])[0]]
+
+
+@pytest.mark.parametrize("family", ["mamba2", "nemotron_h"])
+def test_spread_test_removes_a_block_and_an_ssm_the_model_offers(family, tmp_path):
+    save_tiny(family, tmp_path / family)
+    model, _ = load_model(str(tmp_path / family), "float32", "cpu")
+    block, ssm = removals_for_spread_test(model)
+    assert (block.kind, ssm.kind) == ("block", "ssm")
+    assert perplexity(model, cut_windows(token_ids(batch=1, length=64, seed=3).reshape(-1), 32, source="random"),
+                      [block, ssm]).ppl > 0
+
+
 @TWO_GPUS
 @pytest.mark.parametrize("family", ["mamba2", "nemotron_h"])
 def test_spread_model_gives_one_gpus_numbers_and_plan(family, tmp_path):
@@ -65,8 +81,7 @@ def test_spread_model_gives_one_gpus_numbers_and_plan(family, tmp_path):
     spread, _ = load_model(str(tmp_path / family), "float32", "balanced")
     assert {p.device.index for p in spread.parameters()} == {0, 1}
     windows = cut_windows(token_ids(batch=1, length=6 * 32, seed=3).reshape(-1), 32, source="random")
-    catalogue = describe_model(one)[1]
-    removed = [Component("block", len(catalogue) - 1), Component("ssm", 0)]
+    removed = removals_for_spread_test(one)
     assert perplexity(spread, windows, removed, batch_size=2).ppl == perplexity(one, windows, removed, batch_size=2).ppl
     stages = parse_stages("block,ssm:2")
     on_one, on_two = search(one, windows, stages, batch_size=2), search(spread, windows, stages, batch_size=2)
