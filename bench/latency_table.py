@@ -138,7 +138,9 @@ def table_rows(row: Row, report: dict) -> list[str]:
     where = f"{env['device_name']}, {env['dtype']}, {env['backend']['summary']}"
     lines = []
     for batch in dense["decode"]:
-        first = (f"{_cell(dense, 'ttft_ms')} -> {_cell(pruned, 'ttft_ms')} ({_cell(measured, 'ttft')}x; "
+        paired = report.get("paired_prefill", {}).get("speedup")
+        turns = f"; prefill in turns {paired['median']:g}x [{paired['q1']:g}-{paired['q3']:g}]" if paired else ""
+        first = (f"{_cell(dense, 'ttft_ms')} -> {_cell(pruned, 'ttft_ms')} ({_cell(measured, 'ttft')}x{turns}; "
                  f"ideal {_cell(ideal, 'prefill_flops')}x)") if batch == "1" else ""
         d, p, s = dense["decode"][batch], pruned["decode"][batch], measured["decode"].get(batch, {})
         mode = d.get("static", {}).get("mode", "-")

@@ -124,6 +124,7 @@ def summarise(record: dict, timeline: list[dict], startup: dict, workers: int, s
         "workers_start_seconds": round(startup.get("start_seconds", 0.0), 2),
         "worker_load_seconds": [round(w["load_seconds"], 2) for w in startup.get("workers", [])],
         "worker_devices": [f"{w['node']}:{w['device']}" for w in startup.get("workers", [])],
+        "worker_physical_gpus": [w.get("physical", []) for w in startup.get("workers", [])],
     }
 
 

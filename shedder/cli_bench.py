@@ -51,6 +51,11 @@ def summary(report: dict) -> list[str]:
     if measured:
         lines.append(f"speedup: first token {measured['ttft']}x, prefill alone {measured['prefill']}x "
                      f"(ideal {ideal['prefill_flops']}x)")
+        paired = report.get("paired_prefill")
+        if paired:
+            s = paired["speedup"]
+            lines.append(f"  prefill timed in turns ({s['runs']} pairs): {s['median']}x, interquartile {s['q1']}-{s['q3']}x "
+                         f"({paired['dense_ms']['median']} -> {paired['extracted_ms']['median']} ms)")
         for batch, row in measured["decode"].items():
             lines.append(f"  decode batch {batch}: generate {row.get('generate')}x, static {row.get('static')}x "
                          f"(ideal {ideal['decode_bytes'][batch]}x)")

@@ -148,8 +148,11 @@ def _sync(device: torch.device) -> None:
 
 
 def _stats(values: list[float], digits: int = 3) -> dict:
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits), "runs": len(values)}
+    """:func:`spread`, plus the interquartile range over the median where there are 4 runs or more."""
+    out = spread(values, digits)
+    if len(values) >= 4 and out["median"] > 0:
+        out["iqr_over_median"] = round((out["q3"] - out["q1"]) / out["median"], 4)
+    return out
 
 
 class PeakMemory:
@@ -186,10 +189,18 @@ class PeakMemory:
 
 
 def _timed(run: Callable[[], object], device: torch.device) -> float:
+    """Seconds ``run`` takes: between CUDA events on a GPU (the GPU's own clock, so the host's wake-up after
+    the synchronisation is not counted), by the wall clock on a CPU."""
     _sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
     start = time.perf_counter()
     run()
-    _sync(device)
     return time.perf_counter() - start
 
 
@@ -403,6 +414,9 @@ def benchmark(model: nn.Module, tokenizer=None, plan: Plan | None = None, settin
             torch.cuda.empty_cache()
         small.to(device)
         report["extracted"] = time_model(small, settings, lambda what: progress(f"extracted: {what}"))
+        progress("prefill of both, in turns")
+        model.to(device)
+        report["paired_prefill"] = paired_prefill(model, small, settings)
     finally:
         del small
         model.to(device)
@@ -414,7 +428,33 @@ def benchmark(model: nn.Module, tokenizer=None, plan: Plan | None = None, settin
                             "decode_context": context}
     report["ideal_speedup"] = _rounded(ideal)
     report["measured_speedup"] = _speedups(report["dense"], report["extracted"], ideal)
+    paired = report["paired_prefill"]["speedup"]
+    report["measured_speedup"]["prefill_paired"] = paired["median"]
+    report["measured_speedup"]["prefill_paired_over_ideal"] = round(paired["median"] / ideal["prefill_flops"], 4)
     return report
+
+
+PAIRED_PREFILL_RUNS = 21
+
+
+def paired_prefill(dense: nn.Module, pruned: nn.Module, settings: BenchSettings) -> dict:
+    """The prompt's forward pass at batch 1 (filling the cache, no ``generate``) of both models, timed in
+    turns with the order alternating, so that drift of clocks and temperature falls on both alike: per
+    model the times, and the speedup as the spread of the per-pair ratios. At least
+    ``PAIRED_PREFILL_RUNS`` pairs, after ``settings.warmup`` (at least 2) untimed ones."""
+    device = next(dense.parameters()).device
+    prompt = random_prompt(dense, 1, settings.prompt_len, settings.seed + 1)
+    decoders = [StaticDecoder(m, 1, settings.prompt_len, 2, use_graph=False) for m in (dense, pruned)]
+    for _ in range(max(2, settings.warmup)):
+        for decoder in decoders:
+            decoder.prefill(prompt)
+    seconds: tuple[list[float], list[float]] = ([], [])
+    for run in range(max(settings.repeats, PAIRED_PREFILL_RUNS)):
+        for which in ((0, 1) if run % 2 == 0 else (1, 0)):
+            seconds[which].append(_timed(lambda: decoders[which].prefill(prompt), device))
+    return {"dense_ms": _stats([1000 * t for t in seconds[0]]), "extracted_ms": _stats([1000 * t for t in seconds[1]]),
+            "speedup": spread([d / p for d, p in zip(*seconds)]),
+            "timer": "CUDA events" if device.type == "cuda" else "wall clock"}
 
 
 def _rounded(value):

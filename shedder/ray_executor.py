@@ -106,6 +106,15 @@ def check_reachable(address: str) -> None:
                            f"Start it with `ray start --head --port={port}` (README, Scaling out).") from exc
 
 
+def physical_gpu(device: torch.device) -> str:
+    """Which physical GPU ``device`` is (its UUID and PCI address): every worker's ``cuda:0`` is a different one."""
+    props = torch.cuda.get_device_properties(device)
+    uuid = getattr(props, "uuid", None)
+    pci = [getattr(props, f"pci_{part}_id", None) for part in ("domain", "bus", "device")]
+    where = f"{pci[0]:04x}:{pci[1]:02x}:{pci[2]:02x}" if None not in pci else "pci unknown"
+    return f"{props.name} GPU-{uuid} {where}" if uuid is not None else f"{props.name} {where}"
+
+
 def worker_dtype(dtype: str, device: str) -> str:
     """The dtype workers will use: ``auto`` means bfloat16 when they get GPUs, float32 otherwise. A driver
     loads its own copy (catalogue, fingerprint) with this dtype so that the weights match."""
@@ -146,8 +155,10 @@ class Replica:
         self.load_seconds = time.perf_counter() - started
 
     def info(self) -> dict:
+        devices = sorted({p.device for p in self.model.parameters()}, key=str)
         return {"node": ray.util.get_node_ip_address(), "pid": os.getpid(), "gpus": ray.get_gpu_ids(),
-                "device": ",".join(sorted({str(p.device) for p in self.model.parameters()})), "load_seconds": self.load_seconds}
+                "device": ",".join(map(str, devices)), "physical": [physical_gpu(d) for d in devices if d.type == "cuda"],
+                "load_seconds": self.load_seconds}
 
     def _use(self, batch_range: tuple[int, int] | None) -> Evaluator:
         """The Evaluator over batches ``[first, last)`` (None: all); one at a time, so stored states are freed."""

@@ -83,6 +83,40 @@ def test_plan_times_the_extracted_smaller_model_and_compares_with_the_ideal():
     assert set(measured["decode"]["1"]) == {
         "generate", "generate_over_ideal", "static", "static_over_ideal"}
     assert next(model.parameters()).device.type == "cpu"  # the dense model is back where it was
+    paired = report["paired_prefill"]
+    assert paired["speedup"]["runs"] == paired["dense_ms"]["runs"] == paired["extracted_ms"]["runs"] >= 21
+    assert paired["speedup"]["q1"] <= paired["speedup"]["median"] <= paired["speedup"]["q3"]
+    assert measured["prefill_paired"] == paired["speedup"]["median"] > 0
+    assert "iqr_over_median" in paired["dense_ms"]
+
+
+def test_paired_prefill_times_both_models_in_alternating_turns(monkeypatch):
+    from shedder import latency
+
+    model = build("mamba2")
+    small = latency.extracted_model(model, Plan.for_model(model, [Component("block", 1)]))
+    order = []
+    timed = latency._timed
+
+    def noting(run, device):
+        seconds = timed(run, device)
+        order.append(len(order))
+        return seconds
+
+    calls = []
+    real_prefill = latency.StaticDecoder.prefill
+
+    def prefill(self, prompt):
+        calls.append(self.model is small)
+        return real_prefill(self, prompt)
+
+    monkeypatch.setattr(latency, "_timed", noting)
+    monkeypatch.setattr(latency.StaticDecoder, "prefill", prefill)
+    report = latency.paired_prefill(model, small, BenchSettings(prompt_len=8, new_tokens=2, repeats=1, warmup=0))
+    timed_calls = calls[-2 * 21:]  # after the untimed warm-up
+    assert len(order) == 42 and report["speedup"]["runs"] == 21
+    pairs = [tuple(timed_calls[i:i + 2]) for i in range(0, 42, 2)]
+    assert pairs[0::2] == [(False, True)] * 11 and pairs[1::2] == [(True, False)] * 10  # dense first, then second
 
 
 CACHE_CASES = [
