@@ -119,7 +119,8 @@ def _ssm_cost(parts: LayerParts, ssm_removed: bool, heads_dropped: int, dtype_by
     mixer = parts.ssm
     kernel = mixer.conv1d.weight.shape[-1]
     if parts.ssm_version == 1:
-        d_inner, state = mixer.A_log.shape
+        a_log = mixer.A_log[0] if isinstance(mixer.A_log, nn.ParameterList) else mixer.A_log  # Hymba keeps a list
+        d_inner, state = a_log.shape
         conv_channels, group_state, chunk = d_inner, 0, 0
     else:
         layout = mamba2_layout(mixer)

@@ -89,7 +89,9 @@ class Evaluator:
         self.windows = windows
         self.batches = [windows.ids[i:i + batch_size] for i in range(0, len(windows), batch_size)]
         self.grouping = (grouping or Plan()).with_removed([])  # the channel grouping every evaluated plan uses
-        self.n_layers = len(describe_model(model)[1])
+        family, layers = describe_model(model)
+        self.n_layers = len(layers)
+        self.reads_from = family.reads_from  # layer -> the earliest layer whose work it reads (key-value sharing)
         self.state_budget_bytes = state_budget_bytes
         self.prefix_reuse = prefix_reuse
         self.work = 0  # layer-forward token passes so far
@@ -160,7 +162,8 @@ class Evaluator:
         goes on in the same batch order, so the result is the same as evaluating in one go.
         """
         removed = self.base + ([candidate] if candidate is not None else [])
-        start = self._start_for(candidate.layer) if (candidate is not None and self._states) else 0
+        first = self.reads_from(self.model.config, candidate.layer) if candidate is not None else 0
+        start = self._start_for(first) if (candidate is not None and self._states) else 0
         total = torch.zeros((), dtype=torch.float64)
         done = 0
         if resume is not None:

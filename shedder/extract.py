@@ -48,7 +48,7 @@ from .catalogue import Component, catalogue_of
 from .errors import ShedderError
 from .extract_layers import Layers, build_smaller
 from .extract_ops import plan_layers, plan_ops, uniform_mlp_width
-from .families import layers_of
+from .families import family_for, layers_of
 from .folder_lock import output_lock
 from .identity import model_fingerprint
 from .kinds import Grouping
@@ -101,11 +101,16 @@ def extraction(model: nn.Module, plan: Plan) -> Extraction:
     small = build_smaller(model, layers)
     grouping = Grouping(catalogue_of(model, plan.channel_group_size).channel_group_size, plan.channel_reorder)
     ops = plan_ops(small, layers, removed, grouping)
+    changes = uniform_mlp_width(small, ops)
+    family = family_for(model.config.model_type)
+    if ops and not changes and not family.pruned_layout:
+        raise ShedderError(f"Extracting a {family.name} model writes whole-block removals and one MLP width for "
+                           "every layer only; this plan also removes parts inside kept layers. Keep using masks for "
+                           "them, or remove whole blocks.")
     decoder = layers_of(small)
     for index, layer_ops in ops.items():
         for op in layer_ops:
             apply_op(decoder[index], op)
-    changes = uniform_mlp_width(small, ops)
     for key, value in changes.items():
         setattr(small.config, key, value)
     return Extraction(small.eval(), layers, ops, changes)
@@ -160,7 +165,12 @@ def model_card(model_type: str, done: Extraction, plan: Plan, before: int, after
     kinds: dict[str, int] = {}
     for c in plan.removed:
         kinds[c.kind] = kinds.get(c.kind, 0) + 1
-    if done.stock:
+    if done.stock and getattr(done.model.config, "auto_map", None):
+        how = ("This folder loads as its source model does, with its own model code: "
+               "`transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`; the config "
+               "describes it" + "".join(f"; `{key}` is now {value} in every layer"
+                                         for key, value in done.config_changes.items()) + ".")
+    elif done.stock:
         how = ("This folder loads with plain `transformers.AutoModelForCausalLM.from_pretrained(folder)`: the "
                "stock config describes it"
                + "".join(f"; `{key}` is now {value} in every layer" for key, value in done.config_changes.items())
@@ -277,4 +287,5 @@ def extract(model: nn.Module, tokenizer, plan: Plan, out_dir: str | Path,
             raise
     log.info("Extracted %s: %d -> %d layers, %d -> %d parameters, written to %s", model.config.model_type,
              n_layers, len(done.layers.kept), before, after, out_dir)
-    return ExtractResult(out_dir, before, after, list(plan.removed), needs_remote_code=not done.stock)
+    ships_code = bool(getattr(done.model.config, "auto_map", None))
+    return ExtractResult(out_dir, before, after, list(plan.removed), needs_remote_code=not done.stock or ships_code)

@@ -95,7 +95,10 @@ def build_smaller(model: nn.Module, layers: Layers) -> nn.Module:
     config = model.config
     new_config = smaller_config(config, layers)
     dtype = next(model.parameters()).dtype
-    small = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
+    if getattr(config, "auto_map", None):  # a model that ships its own code: the same (already loaded) class
+        small = type(model)._from_config(new_config, dtype=dtype)
+    else:
+        small = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
     rename = _renamer(config, layers)
     weights = {}
     for key, tensor in model.state_dict().items():

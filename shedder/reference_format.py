@@ -1,9 +1,11 @@
 """The Mamba-Shedder reference code's pruning-config format, both ways.
 
 The reference writes ``{"pruned_mamba_block_idx": [...], "pruned_ssm_idx": [...], "pruned_mha_idx": [...],
-"pruned_mlp_idx": [...], "pruned_mlp_channels": {"<mlp>": kept_width, ...}}`` (Hymba also uses
-``pruned_hymba_block_idx``, ``pruned_self_attn_idx``, ``pruned_moe_idx``). Indices count the layers that
-hold that kind, in order (for Mamba and Mamba-2 that is the layer index; for Zamba2's attention, the
+"pruned_mlp_idx": [...], "pruned_mlp_channels": {"<mlp>": kept_width, ...}}``; each kind names its key
+(``Kind.reference_key``). A family whose reference script uses other keys names them (``Family.reference_keys``
+and ``reference_export``; Hymba: ``pruned_hymba_block_idx``, ``pruned_self_attn_idx``, ``pruned_ssm_idx``,
+``pruned_moe_idx``), and one entry may stand for several kinds at a layer (Hymba's whole mixer: ``attn`` +
+``ssm``). Indices count the layers that hold that kind, in order (for Mamba and Mamba-2 that is the layer index; for Zamba2's attention, the
 n-th hybrid layer). ``pruned_mlp_channels`` gives, per MLP, the number of intermediate channels that
 *remain*; the removed ones are the tail (after the optional L1 reordering), i.e. our last groups.
 The format has no head groups and no removal order across kinds; imports list blocks, attention,
@@ -30,12 +32,18 @@ IMPORT_ORDER = ("block", "attn", "mlp", "mlp_channels", "ssm")
 
 def import_keys(model: nn.Module) -> dict[str, tuple[str, ...]]:
     """Each reference key this model's family reads, and the kinds (at one layer) an entry of it stands for."""
+    family, _ = describe_model(model)
+    if family.reference_keys is not None:
+        return dict(family.reference_keys)
     own = {KINDS[name].reference_key: (name,) for name in IMPORT_ORDER if KINDS[name].reference_key}
     return {**own, **{k: v for k, v in IMPORT_ALIASES.items() if k not in own}}
 
 
 def export_keys(model: nn.Module) -> dict[str, tuple[str, ...]]:
     """Per kind, the reference keys a removed component of it is written under."""
+    family, _ = describe_model(model)
+    if family.reference_export is not None:
+        return dict(family.reference_export)
     return {name: (KINDS[name].reference_key,) for name in IMPORT_ORDER if KINDS[name].reference_key}
 
 

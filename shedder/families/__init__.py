@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ShedderError
-from . import falcon_h1, granitemoehybrid, llama, mamba, mamba2, mixer_then_ffn, nemotron_h, zamba2
+from . import falcon_h1, granitemoehybrid, hymba, llama, mamba, mamba2, mixer_then_ffn, nemotron_h, zamba2
 from .base import Family, LayerParts, layers_of
 
 PRUNED_PREFIX = "shedder_pruned_"  # model type of a loaded model that shedder extract wrote with a pruned layout
@@ -29,7 +29,7 @@ PRUNED_PREFIX = "shedder_pruned_"  # model type of a loaded model that shedder e
 FAMILIES: dict[str, Family] = {
     model_type: family
     for family in (mamba.FAMILY, mamba2.FAMILY, llama.FAMILY, mixer_then_ffn.BAMBA, mixer_then_ffn.JAMBA,
-                   granitemoehybrid.FAMILY, nemotron_h.FAMILY, falcon_h1.FAMILY, zamba2.FAMILY)
+                   granitemoehybrid.FAMILY, nemotron_h.FAMILY, falcon_h1.FAMILY, zamba2.FAMILY, hymba.FAMILY)
     for model_type in family.model_types
 }
 

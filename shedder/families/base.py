@@ -36,6 +36,8 @@ class LayerParts:
     offers_block: bool = True
     ssm: nn.Module | None = None  # a Mamba mixer
     ssm_version: int | None = None  # 1: Mamba (x_proj, dt_proj); 2: Mamba-2 (heads, fused in_proj)
+    ssm_out: list[nn.Module] = field(default_factory=list)  # a parallel SSM branch: zeroing these removes it
+    freed: dict[str, int] = field(default_factory=dict)  # kind -> parameters freed, where the family counts them
     attn: nn.Module | None = None  # attention module (heads live in its o_proj)
     attn_out: list[nn.Linear] = field(default_factory=list)  # zeroing these zeroes attention's contribution
     attn_exclusive: list[nn.Module] = field(default_factory=list)  # modules freed with the attention
@@ -87,6 +89,14 @@ class Family:
     attn_removal_leaves_mamba_layer: bool = False
     adapter_slots: Callable[[object, Layers], dict[int, int]] | None = None
     key_as_mamba_layer: Callable[[str], str | None] | None = None
+    # the reference code's own keys for this family: key -> kinds (at one layer) an entry stands for, and
+    # kind -> the keys a removed component of it is written under (None: the kinds' own keys)
+    reference_keys: dict[str, tuple[str, ...]] | None = None
+    reference_export: dict[str, tuple[str, ...]] | None = None
+    pruned_layout: bool = True  # whether extraction can write layers smaller than the config describes
+    # (config, layer) -> the earliest layer whose work that layer reads besides its input (Hymba's key-value
+    # sharing); a changed layer is recomputed from there
+    reads_from: Callable[[object, int], int] = lambda config, layer: layer
 
     @property
     def name(self) -> str:

@@ -9,6 +9,8 @@ from .base import Kind, numel, path_in
 def entries(parts, counting):
     if parts.attn is None:
         return []
+    if "attn" in parts.freed:
+        return [(None, parts.freed["attn"])]
     own_shared = numel(parts.own_inside_shared, set())
     return [(None, numel([parts.attn, *parts.attn_exclusive], counting.shared) + own_shared)]
 
@@ -23,5 +25,5 @@ def ops(parts, indices, grouping) -> list[dict]:
             + [{"op": "identity", "module": path_in(parts.layer, norm)} for norm in parts.attn_exclusive])
 
 
-KIND = Kind("attn", "the attention sub-block: it adds nothing to the residual stream",
+KIND = Kind("attn", "the attention sub-block: it adds nothing to the residual stream (Hymba: to the average)",
             entries, mask, ops, contains=("attn_heads",), part="attention", reference_key="pruned_mha_idx")

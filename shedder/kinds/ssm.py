@@ -5,6 +5,10 @@ The scan computes ``y = C.h + D*x``; zeroing the conv1d channels that produce C 
 The gate, gated norm and out_proj run unchanged; for Mamba-1 the gate gives ``y = x * silu(z)``. This runs the
 library's own code on every path (chunked, recurrent, kernels), so caches stay right.
 
+Where the SSM is a parallel branch whose output is normalised and averaged with attention (Hymba), the
+family lists the modules whose zeroing removes the branch (``LayerParts.ssm_out``) and removing the ``ssm``
+removes the branch, as the reference code does.
+
 Freed: what only the scan uses: Mamba-1 ``A_log``, ``D``, ``x_proj``, ``dt_proj`` (and Jamba's dt/B/C norms);
 Mamba-2 ``A_log``, ``D``, ``dt_bias``, the B/C/dt rows of ``in_proj`` and the B/C channels of ``conv1d``.
 """
@@ -19,6 +23,8 @@ _ACTIVATIONS_ZERO_AT_ZERO = {"silu", "swish", "relu", "gelu"}
 
 def ssm_params(parts) -> int:
     mixer = parts.ssm
+    if "ssm" in parts.freed:
+        return parts.freed["ssm"]
     if parts.ssm_version == 1:
         extra = [getattr(mixer, n, None) for n in ("dt_layernorm", "b_layernorm", "c_layernorm")]
         return (mixer.A_log.numel() + mixer.D.numel() + numel([mixer.x_proj, mixer.dt_proj], set())
@@ -38,6 +44,10 @@ def entries(parts, counting):
 
 def mask(edits, parts, index, setting) -> None:
     mixer = parts.ssm
+    if parts.ssm_out:
+        for module in parts.ssm_out:
+            edits.zero_module(module)
+        return
     if parts.ssm_version == 1:
         edits.zero_linear_rows(mixer.x_proj, mamba1_layout(mixer).c_rows)
     else:
@@ -56,5 +66,5 @@ def ops(parts, indices, grouping) -> list[dict]:
 
 
 KIND = Kind("ssm", "the scan inside the Mamba mixer: y = x (Mamba-2: gate, gated norm and output projection still "
-            "run; Mamba-1: y = x * silu(z))",
+            "run; Mamba-1: y = x * silu(z)); Hymba: the SSM branch adds nothing to the average",
             entries, mask, ops, part="SSM", reference_key="pruned_ssm_idx")
