@@ -8,6 +8,7 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 
 pages = [
     st.Page("pages/method.py", title="How it works", default=True),
+    st.Page("pages/tour.py", title="Guided tour"),
     st.Page("pages/model.py", title="Model"),
     st.Page("pages/sensitivity.py", title="Sensitivity"),
     st.Page("pages/playground.py", title="Playground"),

@@ -156,21 +156,55 @@ def _removed_marks(fig: go.Figure, x: list, y: list) -> None:
                                  hovertemplate="removed in the current plan<extra></extra>"))
 
 
+def _click_targets(fig: go.Figure, x: list, y: list, components: list, text: list) -> None:
+    """An invisible marker on every cell that holds a component (its dict as JSON in customdata), so that a click
+    on the cell selects it (streamlit's on_select); it also carries the cell's hover text."""
+    import json
+
+    fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name="click to toggle", showlegend=False,
+                             customdata=[json.dumps(c.to_dict(), sort_keys=True) for c in components], text=text,
+                             marker=dict(symbol="square", size=18, opacity=0.0),
+                             hovertemplate="%{text}<br><i>click: toggle in the current plan</i><extra></extra>"))
+
+
+def clicked_component(event):
+    """The component of the heatmap cell clicked (a plotly_chart selection event), or None."""
+    import json
+
+    from shedder.catalogue import Component
+
+    points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
+        getattr(getattr(event, "selection", None), "points", []) or []
+    for point in points:
+        data = point.get("customdata")
+        if isinstance(data, list):
+            data = data[0] if data else None
+        if isinstance(data, str) and data.startswith("{"):
+            return Component.from_dict(json.loads(data))
+    return None
+
+
 def _heat_layout(fig: go.Figure, height: int) -> None:
     fig.update_layout(height=height + 90, margin=dict(l=10, r=10, t=36, b=110), legend=dict(orientation="h", y=1.0,
                       yanchor="bottom", x=0), plot_bgcolor=EMPTY_CELL)
 
 
 def sensitivity_heatmap(layers: int, kinds: list[str], values: dict[tuple[str, int], float],
-                        hover: dict[tuple[str, int], str], scale: HeatScale, removed=()) -> go.Figure:
+                        hover: dict[tuple[str, int], str], scale: HeatScale, removed=(), components: dict | None = None
+                        ) -> go.Figure:
     """Layers (x) by component kind (y); empty cells where a layer has no such component; the plan's
-    ``removed`` components (and every part of a removed block) crossed out."""
+    ``removed`` components (and every part of a removed block) crossed out. ``components``: (kind, layer) ->
+    Component, to make each such cell clickable (:func:`clicked_component`)."""
     z = [[values.get((kind, layer)) for layer in range(layers)] for kind in kinds]
     text = [[hover.get((kind, layer), "not in this layer") for layer in range(layers)] for kind in kinds]
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(layers)), y=kinds, text=text, hovertemplate="%{text}<extra></extra>", name="components",
         colorscale=scale.colorscale, zmin=scale.zmin, zmax=scale.zmax, colorbar=scale.colorbar(), xgap=2, ygap=2,
     ))
+    if components:
+        cells = [(layer, kind) for kind in kinds for layer in range(layers) if (kind, layer) in components]
+        _click_targets(fig, [c[0] for c in cells], [c[1] for c in cells], [components[(k, l)] for l, k in cells],
+                       [hover.get((k, l), "") for l, k in cells])
     blocks = {c.layer for c in removed if c.kind == "block"}
     marks = [(layer, kind) for kind in kinds for layer in range(layers)
              if (kind, layer) in values and (layer in blocks or any(c.kind == kind and c.layer == layer for c in removed))]
@@ -184,8 +218,9 @@ GROUP_COLUMNS = {"ssm_heads": "head", "attn_heads": "head", "mlp_channels": "cha
 
 
 def group_heatmap(kind: str, layers: list[int], groups: int, values: dict[tuple[int, int], float],
-                  hover: dict[tuple[int, int], str], scale: HeatScale, removed=()) -> go.Figure:
-    """Layers (rows, their real numbers) by head or channel group (columns) for one group kind."""
+                  hover: dict[tuple[int, int], str], scale: HeatScale, removed=(), clickable: bool = False) -> go.Figure:
+    """Layers (rows, their real numbers) by head or channel group (columns) for one group kind; ``clickable``:
+    each cell with a value selects its component on a click (:func:`clicked_component`)."""
     rows, columns = [f"layer {layer}" for layer in layers], [str(g) for g in range(groups)]
     z = [[values.get((layer, g)) for g in range(groups)] for layer in layers]
     text = [[hover.get((layer, g), "") for g in range(groups)] for layer in layers]
@@ -193,6 +228,12 @@ def group_heatmap(kind: str, layers: list[int], groups: int, values: dict[tuple[
         z=z, x=columns, y=rows, text=text, hovertemplate="%{text}<extra></extra>", xgap=1, ygap=1, name=kind,
         colorscale=scale.colorscale, zmin=scale.zmin, zmax=scale.zmax, colorbar=scale.colorbar(),
     ))
+    if clickable:
+        from shedder.catalogue import Component
+
+        cells = [(layer, g) for layer in layers for g in range(groups) if (layer, g) in values]
+        _click_targets(fig, [str(g) for _, g in cells], [f"layer {layer}" for layer, _ in cells],
+                       [Component(kind, layer, g) for layer, g in cells], [hover.get(c, "") for c in cells])
     parent = {"ssm_heads": "ssm", "attn_heads": "attn", "mlp_channels": "mlp"}[kind]
     whole = {c.layer for c in removed if c.kind in ("block", parent)}
     marks = [(str(g), f"layer {layer}") for layer in layers for g in range(groups) if (layer, g) in values and (

@@ -8,7 +8,7 @@ import json
 import streamlit as st
 
 from shedder import result_cache
-from shedder.masks import model_lock
+from shedder.errors import ShedderError
 from shedder.plan import Plan
 
 from .state import ModelChoice, catalogue, fingerprint, loaded
@@ -62,9 +62,11 @@ def accuracy(choice: ModelChoice, plan: Plan, tasks: list[str], limit: int, seed
     key = {**plan_identity(choice, plan), "tasks": sorted(tasks), "limit": limit, "seed": seed, "version": 2}
     if not compute:
         return result_cache.load("dashboard-accuracy", key)
+    from shedder.jobs import private_copy
+
     model, tokenizer = loaded(choice)
-    with model_lock(model):  # it fingerprints the model outside its masks
-        report = evaluate_accuracy(model, tokenizer, tasks, plan, limit=limit, seed=seed, progress=progress)
+    copy = private_copy(model)  # its own copy: other sessions' toggles never wait for the lock meanwhile
+    report = evaluate_accuracy(copy, tokenizer, tasks, plan, limit=limit, seed=seed, progress=progress)
     result = report.to_dict(with_docs=True)
     result_cache.save("dashboard-accuracy", key, result)
     return result
@@ -93,10 +95,10 @@ def latency(choice: ModelChoice, plan: Plan, prompt_len: int, new_tokens: int, c
     stored = result_cache.load("dashboard-latency", key)
     if not compute:
         return stored
-    model, _ = loaded(choice)
-    with model_lock(model):  # extraction copies weights: never while another session has them masked
-        measured = compare_latency(model, plan, prompt_len, new_tokens, LATENCY_REPEATS, LATENCY_WARMUP,
-                                   progress=progress)
+    from shedder.jobs import private_copy
+
+    copy = private_copy(loaded(choice)[0])  # taken under the lock: never weights another session has masked
+    measured = compare_latency(copy, plan, prompt_len, new_tokens, LATENCY_REPEATS, LATENCY_WARMUP, progress=progress)
     measured["when"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     history = [*(stored or {}).get("history", []), {k: v for k, v in measured.items() if k != "history"}]
     result = {**measured, "total_ms": measured["extracted_ms"]["median"], "history": history}
@@ -143,3 +145,92 @@ def plan_file(choice: ModelChoice, plan: Plan, setting) -> str:
     about = {"model": {**model_source(choice), "model_type": plan.model_type, "fingerprint": plan.fingerprint},
              "evaluation": setting.to_dict(), "measured": measured}
     return json.dumps({**plan.to_dict(), "about": about}, indent=1)
+
+
+# --- live: accuracy and latency refine in the background after every change of the plan ------------------
+def _latency_key(choice: ModelChoice, plan: Plan, prompt_len: int, new_tokens: int) -> dict:
+    return {**plan_identity(choice, plan), "prompt_len": prompt_len, "new_tokens": new_tokens, "version": 2}
+
+
+def _accuracy_key(choice: ModelChoice, plan: Plan, tasks: list[str], limit: int, seed: int) -> dict:
+    return {**plan_identity(choice, plan), "tasks": sorted(tasks), "limit": limit, "seed": seed, "version": 2}
+
+
+def _store_latency(key: dict, measured: dict) -> dict:
+    """Add a finished latency measurement to the plan's history (as :func:`latency` with ``compute`` does)."""
+    import datetime
+
+    stored = result_cache.load("dashboard-latency", key)
+    measured = {k: v for k, v in measured.items() if k not in ("final", "target_repeats")}
+    measured["when"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    history = [*(stored or {}).get("history", []), {k: v for k, v in measured.items() if k != "history"}]
+    result = {**measured, "total_ms": measured["extracted_ms"]["median"], "history": history}
+    result_cache.save("dashboard-latency", key, result)
+    return result
+
+
+def refine_key(choice: ModelChoice, plan: Plan) -> str:
+    """What the live measurements of ``plan`` depend on: a new key means new measurements."""
+    return json.dumps({**plan_identity(choice, plan), "accuracy": accuracy_settings(), "latency": latency_settings()},
+                      sort_keys=True)
+
+
+def start_refining(choice: ModelChoice, plan: Plan, want_latency: bool, want_accuracy: bool):
+    """This session's live job for ``plan`` (any earlier one is cancelled): on its own copy of the model, first
+    the latency (pairs accumulating, pausing for foreground work between pairs), then the accuracy of the dense
+    and pruned models on growing document subsets. Partial results are published as they come (``job.partial``:
+    {"latency": ..., "accuracy": {"docs": n, "dense": ..., "pruned": ...}}); the final ones are stored where
+    :func:`latency` and :func:`accuracy` find them."""
+    from shedder.jobs import guard, private_copy, wait_for_foreground
+    from shedder.refine import refining_accuracy, refining_latency
+
+    from . import jobs
+
+    model, tokenizer = loaded(choice)
+    lat, acc = latency_settings(), accuracy_settings()
+    lat_key = _latency_key(choice, plan, lat["prompt_len"], lat["new_tokens"])
+    acc_keys = {name: _accuracy_key(choice, p, acc["tasks"], acc["limit"], acc["seed"])
+                for name, p in (("dense", Plan()), ("pruned", plan))}
+    partial: dict = {}
+
+    def work(job):
+        job.update(0, 0, "copying the model")
+        copy = private_copy(model)
+        if want_latency:
+            job.update(0, LATENCY_REPEATS, "latency: timing pairs")
+
+            def between_pairs():
+                job.check()
+                job.paused_s += wait_for_foreground(job.cancelled)
+                job.check()
+
+            def on_round(result):
+                partial["latency"] = result
+                job.publish(dict(partial))
+                job.update(result["repeats"], LATENCY_REPEATS, "latency: timing pairs")
+
+            try:
+                measured = refining_latency(copy, plan, lat["prompt_len"], lat["new_tokens"], LATENCY_REPEATS,
+                                            LATENCY_WARMUP, on_round=on_round, between_pairs=between_pairs, round_size=1)
+            except ShedderError as exc:  # e.g. a plan the extractor refuses: say why, and go on to accuracy
+                partial.pop("latency", None)
+                partial["latency_error"] = str(exc)
+            else:
+                partial["latency"] = {**_store_latency(lat_key, measured), "final": True}
+            job.publish(dict(partial))
+        if want_accuracy:
+            def on_docs(n, dense, pruned):
+                partial["accuracy"] = {"docs": n, "final": n == acc["limit"], "dense": dense, "pruned": pruned}
+                job.publish(dict(partial))
+                if n == acc["limit"]:
+                    result_cache.save("dashboard-accuracy", acc_keys["dense"], dense)
+                    result_cache.save("dashboard-accuracy", acc_keys["pruned"], pruned)
+
+            with guard(copy, job):
+                refining_accuracy(copy, tokenizer, acc["tasks"], plan, acc["limit"], acc["seed"], on_round=on_docs,
+                                  progress=lambda d, t, phase: job.update(d, t, f"accuracy: {phase}"))
+        return partial
+
+    job = jobs.start("refine", f"Refining {len(plan.removed)} removed", work)
+    job.key = refine_key(choice, plan)
+    return job

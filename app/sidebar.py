@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 
 import streamlit as st
@@ -64,6 +65,7 @@ def model_sidebar() -> ModelChoice:
         if new != choice:
             st.session_state.model_choice = new
         evaluation_sidebar()
+        workspace_sidebar()
         return new
 
 
@@ -83,6 +85,45 @@ def evaluation_sidebar() -> PerplexitySetting:
         set_evaluation_setting(new)
     st.caption(f"Every page shows perplexity on {new.describe()}.")
     return new
+
+
+def workspace_sidebar() -> str:
+    """Where this session's saved plans and searches go: its own workspace (the default; its name is kept in the
+    page's address, so a reload finds it again) or a named one shared with everyone who opens that name."""
+    from . import store
+
+    if "own_workspace" not in st.session_state:
+        from_url = st.query_params.get("workspace", "")
+        own = from_url if from_url.startswith(store.SESSION_PREFIX) else f"{store.SESSION_PREFIX}{secrets.token_hex(4)}"
+        st.session_state["own_workspace"] = own
+        st.session_state.setdefault("workspace", from_url or own)
+    own = st.session_state["own_workspace"]
+    st.session_state.setdefault("workspace", own)
+    st.header("Workspace")
+    options = ["this session only", "shared, by name"]
+    mode = st.radio("Saved plans and searches", options, horizontal=True, key="workspace-mode",
+                    index=0 if st.session_state["workspace"] == own else 1,
+                    help="Your own workspace: nobody else sees or deletes your saved plans and searches. A named "
+                         "one is shared with everyone who opens that name.")
+    if mode == options[0]:
+        st.session_state["workspace"] = own
+    else:
+        current = st.session_state["workspace"]
+        typed = st.text_input("Workspace name", value="" if current == own else current, key="workspace-name",
+                              placeholder="e.g. lab or class-3").strip()
+        if typed:
+            try:
+                st.session_state["workspace"] = store.workspace_name(typed)
+            except ShedderError as exc:
+                st.error(str(exc))
+        else:
+            st.session_state["workspace"] = own
+    name = st.session_state["workspace"]
+    if st.query_params.get("workspace") != name:
+        st.query_params["workspace"] = name
+    st.caption(f"This session's own workspace ({name}): only you see and delete what you save." if name == own else
+               f"Workspace {name}: everyone who opens it sees, and can delete, what is saved there.")
+    return name
 
 
 def model_or_stop(choice: ModelChoice):

@@ -108,45 +108,59 @@ def update_removed(choice: ModelChoice, wanted: list) -> Plan:
     return plan
 
 
-def sensitivity(choice: ModelChoice, kinds: tuple[str, ...], calib: str, tokens: int, seq_len: int,
-                progress=None, compute: bool = False) -> dict | None:
-    """Leave-one-out scores and proxies, kept on disk by model fingerprint and settings.
+def sensitivity_map(choice: ModelChoice, setting: PerplexitySetting):
+    """The loaded model's stored leave-one-out map on ``setting`` (``shedder.sensitivity_map``): every component
+    scored so far, by any session or the guided tour."""
+    from shedder.sensitivity_map import load_map
 
-    Without ``compute``: the stored result, or None. With it: measured now, and stored."""
-    from shedder import result_cache
-    from shedder.identity import model_fingerprint
-    from shedder.scoring import block_influence, proxy_agreement, score, weight_magnitude
+    return load_map(fingerprint(choice), setting.text, setting.tokens, setting.seq_len)
+
+
+def start_sensitivity(choice: ModelChoice, kinds: list[str], setting: PerplexitySetting, fresh: bool = False):
+    """Score the components of ``kinds`` the map lacks (all of them with ``fresh``) in a background job of this
+    session, on the job's own copy of the model; every finished component is saved, so a cancelled run
+    resumes where it stopped."""
+    from shedder.jobs import guard, private_copy
+    from shedder.sensitivity_map import SensitivityMap, fill_map, fill_proxies
+
+    from . import jobs
 
     model, tokenizer = loaded(choice)
-    key = {"fingerprint": model_fingerprint(model), "kinds": sorted(kinds), "calib": calib, "tokens": tokens,
-           "seq_len": seq_len, "version": 1}
-    if not compute:
-        return result_cache.load("sensitivity", key)
-    windows = calibration_windows(calib, tokenizer, seq_len, tokens)
-    with model_lock(model):  # scoring hooks layers outside its masks: keep other sessions off meanwhile
-        base_ppl, scores, work = score(model, windows, list(kinds), batch_size=4, progress=progress)
-        proxies = {}
-        if "block" in kinds:
-            proxies["block influence (1 - cos)"] = block_influence(model, windows, batch_size=4)
-        if {"attn_heads", "ssm_heads", "mlp_channels"} & set(kinds):
-            proxies["weight magnitude"] = weight_magnitude(model)
-    result = {
-        "base_ppl": base_ppl, "work": work, "scores": [s.to_dict() for s in scores],
-        "proxies": {name: [{**c.to_dict(), "value": v} for c, v in values.items()] for name, values in proxies.items()},
-        "agreement": proxy_agreement(scores, proxies),
-    }
-    result_cache.save("sensitivity", key, result)
-    return result
+    found = sensitivity_map(choice, setting)
+    if fresh:
+        found = SensitivityMap(found.fingerprint, found.text, found.tokens, found.seq_len)
+    components = catalogue(choice).components(list(kinds))
+
+    def work(job):
+        job.update(0, 0, "copying the model")
+        copy = private_copy(model)
+        job.update(0, 0, "cutting the calibration text")
+        windows = calibration_windows(setting.text, tokenizer, setting.seq_len, setting.tokens)
+        todo = len(found.missing(components))
+        job.update(0, todo, "measuring the perplexity with nothing removed")
+        with guard(copy, job):
+            fill_map(copy, windows, found, components, should_stop=job.cancelled,
+                     progress=lambda d, t: job.update(d, t, "scoring components"),
+                     on_component=lambda m: job.publish(len(m.ppl)))
+            if not job.cancelled():
+                job.update(0, 0, "computing the proxies")
+                fill_proxies(copy, windows, found, list(kinds))
+        return found
+
+    return jobs.start("sensitivity", f"Sensitivity of {len(components)} components", work)
 
 
 @st.cache_data(show_spinner="Measuring perplexity ...", max_entries=256)
 def masked_perplexity(choice: ModelChoice, removed: tuple, calib: str, tokens: int, seq_len: int,
                       channel_group_size: int | None = None, channel_reorder: str | None = None) -> float:
     """Perplexity with ``removed`` masked (a tuple of Components), cached per setting."""
+    from shedder.jobs import foreground
+
     model, tokenizer = loaded(choice)
     windows = calibration_windows(calib, tokenizer, seq_len, tokens)
-    plan = Plan(list(removed), channel_group_size=channel_group_size, channel_reorder=channel_reorder)
-    return perplexity(model, windows, plan, batch_size=4).ppl
+    with foreground():  # background jobs pause at their next layer meanwhile: a toggle never waits for them
+        plan = Plan(list(removed), channel_group_size=channel_group_size, channel_reorder=channel_reorder)
+        return perplexity(model, windows, plan, batch_size=4).ppl
 
 
 def plan_perplexity(choice: ModelChoice, plan: Plan, setting: PerplexitySetting | None = None) -> float:
@@ -180,7 +194,28 @@ def continuation(choice: ModelChoice, removed: tuple, channel_group_size: int | 
 
     model, tokenizer = loaded(choice)
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+    from shedder.jobs import foreground
+
     plan = Plan(list(removed), channel_group_size=channel_group_size, channel_reorder=channel_reorder)
-    with masked(model, plan):
+    with foreground(), masked(model, plan):
         out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=new_tokens, do_sample=False)
     return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+@st.cache_data(show_spinner="Scoring every token ...", max_entries=64)
+def token_loss_change(choice: ModelChoice, removed: tuple, channel_group_size: int | None, channel_reorder: str | None,
+                      prompt: str, text: str) -> list[tuple[str, float, float]]:
+    """For each token of ``text`` after ``prompt`` (``text`` starts with it): (the token, its loss in nats under
+    the dense model, under the model with ``removed`` masked), each given the tokens before it."""
+    from shedder.jobs import foreground
+    from shedder.token_loss import token_losses
+
+    model, tokenizer = loaded(choice)
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    start = len(tokenizer(prompt).input_ids)
+    with foreground():
+        dense = token_losses(model, ids)
+        pruned = token_losses(model, ids, Plan(list(removed), channel_group_size=channel_group_size,
+                                               channel_reorder=channel_reorder))
+    tokens = [tokenizer.decode(ids[i:i + 1]) for i in range(len(ids))]
+    return [(tokens[i], dense[i - 1], pruned[i - 1]) for i in range(max(1, start), len(ids))]

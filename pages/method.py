@@ -59,6 +59,8 @@ st.markdown(
 )
 
 st.subheader("A tour in five steps")
+st.page_link("pages/tour.py", label="Take the guided tour: the five steps on the demo model, with its results ready",
+             icon=":material/tour:")
 st.page_link("pages/model.py", label="1. Model: what the model is made of, layer by layer, and its perplexity")
 st.page_link("pages/sensitivity.py", label="2. Sensitivity: how much every component matters, as heatmaps")
 st.page_link("pages/playground.py", label="3. Playground: remove components by hand and see what it costs")

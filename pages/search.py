@@ -13,7 +13,7 @@ from app.state import evaluation_setting, fingerprint, masked_perplexity, new_pl
 from shedder.calibration import calibration_windows
 from shedder.catalogue import KINDS, Component
 from shedder.errors import ShedderError
-from shedder.masks import model_lock
+from shedder.jobs import private_copy
 from shedder.paths import data_root, inside_data_root
 from shedder.perplexity import PerplexitySetting
 from shedder.plan import Plan
@@ -225,9 +225,9 @@ if run:
     st.session_state.setdefault("search_runs", {})[fp] = str(out_dir)
     try:
         windows = calibration_windows(calib, tokenizer, seq_len, tokens)
-        with model_lock(model):  # the search hooks layers outside its masks: keep other sessions off meanwhile
-            search(model, windows, stages, out_dir, batch_size, Plan(channel_group_size=group_size, channel_reorder=reorder),
-                   on_step=on_step, on_candidate=on_candidate)
+        # on its own copy of the model (taken under the model's lock): other sessions' toggles never wait for it
+        search(private_copy(model), windows, stages, out_dir, batch_size,
+               Plan(channel_group_size=group_size, channel_reorder=reorder), on_step=on_step, on_candidate=on_candidate)
     except ShedderError as exc:
         st.error(str(exc))
     else:  # the same settings now name a finished search

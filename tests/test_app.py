@@ -49,14 +49,35 @@ def test_opens_on_the_method_and_the_embedded_demo_model_by_default():
     assert 5 < float(metrics["perplexity"]) < 500
 
 
+def finish_job(at, name: str, timeout: float = 240) -> None:
+    """Rerun the page until this session's background job ``name`` has ended, then once more (its results)."""
+    run_until(at, lambda: name in at.session_state["jobs"] and not at.session_state["jobs"][name].running, timeout)
+    at.run()
+    assert not at.exception, at.exception
+
+
+def run_until(at, done, timeout: float = 240) -> None:
+    """Rerun the page until ``done()`` (a background job finished and the page shows it)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the background job did not finish"
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, at.exception
+
+
 def test_sensitivity_page_computes_caches_and_switches_to_a_proxy(bamba_dir, tmp_path):
     at = AppTest.from_file(APP, default_timeout=240)
     at.session_state["model_choice"] = ModelChoice(str(bamba_dir))
     at.switch_page("pages/sensitivity.py").run()
     assert not at.exception, at.exception
     assert "Press Compute" in at.info[0].value
-    at.button[0].click().run()
+    at.button(key="sensitivity-compute").click().run()  # scored in a background job; the page follows it
     assert not at.exception, at.exception
+    finish_job(at, "sensitivity")
+    assert any(s.value == "Least important first" for s in at.subheader)
     assert float(at.metric[0].value) > 1
     table = at.dataframe[-1].value
     assert set(table["kind"]) == {"block", "ssm", "attn", "mlp"} and len(table) == 3 + 2 + 1 + 3
@@ -68,7 +89,7 @@ def test_sensitivity_page_computes_caches_and_switches_to_a_proxy(bamba_dir, tmp
     again = AppTest.from_file(APP, default_timeout=60)  # a new session finds the stored result
     again.session_state["model_choice"] = ModelChoice(str(bamba_dir))
     again.switch_page("pages/sensitivity.py").run()
-    assert not again.info and again.button[0].label == "Recompute"
+    assert not again.info and again.button(key="sensitivity-recompute").label == "Recompute"
 
 
 def test_playground_toggles_change_perplexity_and_plan(bamba_dir):
@@ -85,3 +106,45 @@ def test_playground_toggles_change_perplexity_and_plan(bamba_dir):
     assert metrics["components removed"].value == "1"
     assert float(metrics["perplexity"].value) != dense
     assert int(metrics["parameters freed"].value.split()[0].replace(",", "")) > 0
+
+
+def test_the_shipped_tour_is_fresh_for_the_shipped_demo_model():
+    from shedder.loading import ZOO_DIR
+    from shedder.tour import load_tour
+
+    assert load_tour(ZOO_DIR / "demo-mamba2") is not None, (
+        "zoo/demo-mamba2/tour.json does not match the model's weight files: run scripts/make_tour.py demo-mamba2")
+
+
+def test_the_guided_tour_opens_from_the_shipped_results_and_hands_its_plans_on():
+    import json
+    import time
+
+    from app.figures import signed_log_percent
+    from shedder.loading import ZOO_DIR
+
+    tour = json.loads((ZOO_DIR / "demo-mamba2" / "tour.json").read_text())
+    base = tour["sensitivity"]["base_ppl"]
+    at = AppTest.from_file(APP, default_timeout=240)
+    start = time.perf_counter()
+    at.switch_page("pages/tour.py").run()
+    assert not at.exception, at.exception
+    assert {m.label: m.value for m in at.metric}["perplexity"] == f"{base:.3f}"
+    assert not at.info, "the shipped results are fresh: nothing to measure"
+    next(b for b in at.button if b.label == "Next").click().run()
+    (chart,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    heat = next(t for t in chart["data"] if t["type"] == "heatmap")
+    for row in tour["sensitivity"]["scores"]:  # each cell is the shipped relative change, on the page's log scale
+        z = heat["z"][heat["y"].index(row["kind"])][row["layer"]]
+        assert z == pytest.approx(signed_log_percent(100 * (row["ppl"] - base) / base), abs=1e-9)
+    print(f"tour: two steps in {time.perf_counter() - start:.2f} s")
+
+    at.session_state["tour_step"] = 4
+    at.run()
+    next(b for b in at.button if b.label.startswith("Use the plan after step")).click().run()
+    assert not at.exception, at.exception
+    steps = tour["search"]["steps"]
+    at.switch_page("pages/playground.py").run()  # where the button took the user
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["components removed"] == str(len(steps))
+    assert metrics["perplexity"] == f"{steps[-1]['ppl']:.3f}"  # the search ran on the evaluation setting itself

@@ -107,11 +107,12 @@ def test_an_exception_no_loader_expects_is_still_an_error_box(bamba_dir, monkeyp
 def test_named_plans_are_never_overwritten_silently_and_keep_to_a_length(bamba_dir):
     model, _ = load_model(str(bamba_dir))
     first, second = (Plan.for_model(model, [Component("block", 0)]), Plan.for_model(model, [Component("ssm", 2)]))
-    folder = cache_dir() / "plans" / model_fingerprint(model)
     at = AppTest.from_file(APP, default_timeout=240)
     at.session_state["model_choice"] = ModelChoice(str(bamba_dir))
     at.session_state["plans"] = {str(bamba_dir): first}
     at.switch_page("pages/export.py").run()
+    folder = store.plans_root(model_fingerprint(model), at.session_state["workspace"])  # the session's own
+    assert at.session_state["workspace"].startswith(store.SESSION_PREFIX)
 
     def save(name: str, replace: bool = False) -> None:
         box = next(t for t in at.text_input if t.key and t.key.startswith("name-current-"))
@@ -206,7 +207,8 @@ def test_an_uploaded_plan_keeps_none_of_its_extra_keys(bamba_dir):
     assert box.value == "plan"
     next(b for b in at.button if b.key == "save-uploaded").click().run()
     assert not at.exception, at.exception
-    saved = json.loads((cache_dir() / "plans" / model_fingerprint(model) / "plan.json").read_text())
+    saved = json.loads((store.plans_root(model_fingerprint(model), at.session_state["workspace"]) / "plan.json")
+                       .read_text())
     assert "payload" not in saved and "notes" not in saved and saved["removed"] == [{"kind": "attn", "layer": 1}]
 
 
@@ -342,7 +344,11 @@ def test_damaged_saved_plans_do_not_hide_the_others(bamba_dir):
     (folder / "cut-short.json").write_text('{"format": "shedder-plan", "vers')
     (folder / "wrong-shape.json").write_text(json.dumps({"format": "shedder-plan", "version": 1, "removed": [5]}))
     assert list(store.saved_plans(fingerprint)) == ["good"]
-    at = open_page(bamba_dir, "pages/export.py")
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.session_state["model_choice"] = ModelChoice(str(bamba_dir))
+    at.session_state["workspace"] = store.SHARED  # where the plans above were saved (outside any session)
+    at.switch_page("pages/export.py").run()
+    assert not at.exception, at.exception
     assert list(at.dataframe[-1].value["plan"]) == ["dense", "good"]
     with pytest.raises(ShedderError):
         store.delete_plan(fingerprint, "../../elsewhere/x")

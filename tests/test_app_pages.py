@@ -1,6 +1,7 @@
 """Playground, Search and Export & compare pages, driven through AppTest on tiny saved models: every
 widget used here starts real computation through the library."""
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from shedder.loading import load_model
 from shedder.perplexity import perplexity
 from shedder.plan import Plan
 
-from test_app import APP, bamba_dir  # noqa: F401  (a fixture: a tiny Bamba saved as a local folder)
+from test_app import APP, bamba_dir, finish_job  # noqa: F401  (bamba_dir: a fixture, a tiny Bamba saved as a folder)
 
 
 def open_page(model_dir, page: str, timeout: int = 240) -> AppTest:
@@ -59,21 +60,39 @@ def test_playground_toggles_measure_latency_and_accuracy(bamba_dir):
     assert any(c.value.startswith("No effect: ssm@0") for c in at.caption)
     pills(at, "ssm").set_value([]).run()
 
-    button(at, "Measure latency").click().run()
-    assert not at.exception, at.exception
-    timed = metrics(at)
-    assert float(timed["speedup"].removesuffix("x")) > 0 and timed["prefill + decode"].endswith(" ms")
-
+    # latency and accuracy refine in the background after the change, with no click
     tasks = next(m for m in at.multiselect if m.label == "Zero-shot tasks")
     tasks.set_value(["piqa"])
     next(n for n in at.number_input if n.label == "Documents per task").set_value(5)
     at.run()
-    button(at, "Evaluate accuracy").click().run()
-    assert not at.exception, at.exception
-    table = at.dataframe[-1].value
+    finish_job(at, "refine")
+    assert at.session_state["jobs"]["refine"].state == "done"
+    timed = metrics(at)
+    assert float(timed["speedup"].removesuffix("x")) > 0 and timed["prefill + decode"].endswith(" ms")
+    table = next(d.value for d in at.dataframe if "± stderr" in d.value.columns)
     assert list(table["task"]) == ["piqa"] and set(table["documents"]) == {5}
     direct = evaluate_accuracy(model, tokenizer, ["piqa"], [Component("block", 0)], limit=5).tasks["piqa"]
     assert table["pruned"][0] == direct.paper_value and table["± stderr"][0] == direct.stderr[direct.paper_metric]
+    assert not any("Refining" in c.value for c in at.caption)  # final numbers, no longer marked refining
+
+
+def test_the_next_toggle_cancels_the_running_refinement_and_never_waits_for_it(bamba_dir):
+    at = open_page(bamba_dir, "pages/playground.py")
+    next(n for n in at.number_input if n.label == "Documents per task").set_value(300).run()  # long enough to catch
+    pills(at, "block").set_value([0]).run()
+    first = at.session_state["jobs"]["refine"]
+    assert first.running
+    start = time.perf_counter()
+    pills(at, "mlp").set_value([2]).run()
+    toggle_seconds = time.perf_counter() - start
+    assert not at.exception, at.exception
+    second = at.session_state["jobs"]["refine"]
+    assert second is not first and second.running and first.cancelled()
+    assert metrics(at)["components removed"] == "2"
+    assert first.wait(10) and first.state == "cancelled"  # stopped at its next layer or timed pair
+    assert toggle_seconds < 30
+    second.cancel()
+    assert second.wait(10)
 
 
 def test_search_runs_shows_steps_and_hands_a_step_to_the_playground(bamba_dir):
@@ -107,7 +126,15 @@ def test_search_runs_shows_steps_and_hands_a_step_to_the_playground(bamba_dir):
     # the Playground measures the step's plan on the search's calibration windows: the same number
     assert float(metrics(at)["perplexity"]) == pytest.approx(step2["ppl"], abs=6e-4)
 
-    again = open_page(bamba_dir, "pages/search.py")  # a new session finds the finished search on disk
+    other = open_page(bamba_dir, "pages/search.py")  # another session has a workspace of its own: not there
+    assert "No search of this model yet" in other.info[0].value
+    # the same session reloaded (its workspace in the page's address) finds the finished search on disk
+    again = AppTest.from_file(APP, default_timeout=240)
+    again.session_state["model_choice"] = ModelChoice(str(bamba_dir))
+    again.query_params["workspace"] = at.session_state["workspace"]
+    again.switch_page("pages/search.py").run()
+    assert not again.exception, again.exception
+    assert again.session_state["workspace"] == at.session_state["workspace"]
     assert metrics(again)["components removed"] == "2"
     again.slider[0].set_value(1).run()
     assert metrics(again)["components removed"] == "1"

@@ -63,9 +63,12 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def open_search(model_dir, dtype: str = "auto") -> AppTest:
+def open_search(model_dir, dtype: str = "auto", workspace: str | None = None) -> AppTest:
+    """The Search page in a new session (``workspace``: in the page's address, as a reload keeps it)."""
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["model_choice"] = ModelChoice(str(model_dir), dtype=dtype)
+    if workspace:
+        at.query_params["workspace"] = workspace
     at.switch_page("pages/search.py").run()
     assert not at.exception, at.exception
     return at
@@ -128,8 +131,8 @@ def test_a_search_submitted_from_the_page_runs_on_the_cluster_and_is_followed(ma
     (out_dir,) = [Path(p) for p in at.session_state["search_runs"].values()]
     assert following(at) is not None
 
-    # a page opened afresh (a reload, another session, other settings) picks the running search up
-    other = open_search(mamba2_dir, dtype="bfloat16")
+    # a page opened afresh (a reload of the session, other settings) picks the running search up
+    other = open_search(mamba2_dir, dtype="bfloat16", workspace=at.session_state["workspace"])
     assert following(other) is not None
     # no search here on the folder the cluster writes
     widget(at.radio, "Where the search runs").set_value(HERE).run()

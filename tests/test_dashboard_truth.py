@@ -22,7 +22,7 @@ from shedder.masks import catalogue_of
 from shedder.plan import Plan
 from tiny_models import FAMILIES, build
 
-from test_app import APP, bamba_dir  # noqa: F401  (a fixture: a tiny Bamba saved as a local folder)
+from test_app import APP, bamba_dir, finish_job  # noqa: F401  (bamba_dir: a fixture, a tiny Bamba saved as a folder)
 
 
 # --- the layer strip ------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_sensitivity_heatmaps_share_one_colour_scale_that_says_what_it_means(bam
     kinds = next(m for m in at.multiselect if m.label == "Components")
     kinds.set_value(list(kinds.options)).run()
     next(b for b in at.button if b.label in ("Compute", "Recompute")).click().run()
-    assert not at.exception, at.exception
+    finish_job(at, "sensitivity")
     heatmaps = [(fig, t) for fig in charts(at) for t in fig["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 4  # layers x components, ssm_heads, attn_heads, mlp_channels
     ranges = {(t["zmin"], t["zmax"], json.dumps(t["colorscale"])) for _, t in heatmaps}
@@ -181,6 +181,10 @@ def test_sensitivity_heatmaps_share_one_colour_scale_that_says_what_it_means(bam
     assert by_fig["mlp_channels"][0]["layout"]["xaxis"]["title"]["text"] == "channel group"
     cat_layers = sorted({c.layer for c in catalogue_of(build("bamba")).components(["attn_heads"])})
     assert rows == [f"layer {layer}" for layer in cat_layers]
+    # every cell with a value can be clicked (an invisible marker on it names its component)
+    targets = [t for t in heads[0]["data"] if t.get("name") == "click to toggle"]
+    assert targets and {json.loads(c)["kind"] for c in targets[0]["customdata"]} == {"attn_heads"}
+    assert len(targets[0]["x"]) == sum(v is not None for row in heads[1]["z"] for v in row)
     marks = [t for t in heads[0]["data"] if t.get("name") == "removed in the current plan"]
     assert marks and list(zip(marks[0]["x"], marks[0]["y"])) == [("2", "layer 1")]
     crossed = [t for t in block_fig["data"] if t.get("name") == "removed in the current plan"]
@@ -218,7 +222,7 @@ def test_same_plan_same_setting_same_number_on_every_page(bamba_dir):
     at.switch_page("pages/sensitivity.py").run()
     next(m for m in at.multiselect if m.label == "Components").set_value(["block"]).run()
     next(b for b in at.button if b.label in ("Compute", "Recompute")).click().run()
-    assert not at.exception, at.exception
+    finish_job(at, "sensitivity")
     assert metrics(at)["perplexity with nothing removed"] == dense_model_page
 
     at.switch_page("pages/playground.py").run()
