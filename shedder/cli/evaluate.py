@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from .cli_types import POSITIVE, SEED, SEQ_LEN
+from .arg_types import POSITIVE, SEED, SEQ_LEN
 
 AddModelArgs = Callable[[argparse.ArgumentParser], None]
 
@@ -24,7 +24,7 @@ def register(subparsers, add_model_args: AddModelArgs) -> None:
 
     ev = subparsers.add_parser("eval", help="perplexity and zero-shot accuracy (lm-eval tasks), dense and with a plan")
     add_model_args(ev)
-    from .cli import add_plan_args
+    from . import add_plan_args
 
     add_plan_args(ev, "plan JSON whose removals to apply (the dense model is measured too)")
     ev.add_argument("--tasks", default="all", help="comma-separated lm-eval task names, or all (default): "
@@ -43,7 +43,7 @@ def register(subparsers, add_model_args: AddModelArgs) -> None:
 
 
 def _zoo(args: argparse.Namespace) -> int:
-    from .zoo import zoo_models
+    from ..zoo import zoo_models
 
     models = zoo_models()
     if args.json:
@@ -71,9 +71,9 @@ def _bar(desc: str, unit: str):
 
 
 def _measure(model, tokenizer, args: argparse.Namespace, tasks: list[str], plan, windows, label: str) -> dict:
-    from .evaluation import evaluate_accuracy
-    from .perplexity import perplexity, require_finite
-    from .plan import Plan
+    from ..evaluation import evaluate_accuracy
+    from ..perplexity import perplexity, require_finite
+    from ..plan import Plan
 
     if plan is None:
         plan = Plan(channel_group_size=args.channel_group_size)
@@ -92,12 +92,12 @@ def _measure(model, tokenizer, args: argparse.Namespace, tasks: list[str], plan,
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .calibration import calibration_windows
-    from .cli import load_plan_for
-    from .paths import check_output_file
-    from .errors import ShedderError
-    from .loading import load_model
-    from .tasks import parse_task_list
+    from ..calibration import calibration_windows
+    from . import load_plan_for
+    from ..paths import check_output_file
+    from ..errors import ShedderError
+    from ..loading import load_model
+    from ..tasks import parse_task_list
 
     tasks = parse_task_list(args.tasks)
     if args.no_dense and not args.plan:

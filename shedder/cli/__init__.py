@@ -1,4 +1,9 @@
-"""Command line: ``python -m shedder <command> ...`` (the dashboard calls the same library functions)."""
+"""Command line: ``python -m shedder <command> ...`` (the dashboard calls the same library functions).
+
+This module holds ``main``, the arguments every command shares and ``inspect`` / ``perplexity``; the other
+commands live in their own modules here (``search``: score, search, plan-convert; ``evaluate``: eval;
+``extract``; ``bench``; ``recover``), each exposing ``register(subparsers, add_model_args)``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +11,8 @@ import json
 import logging
 import sys
 
-from .cli_types import POSITIVE, SEED, SEQ_LEN, OneLineParser, nonempty
-from .errors import ShedderError
+from ..errors import ShedderError
+from .arg_types import POSITIVE, SEED, SEQ_LEN, OneLineParser, nonempty
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +26,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .loading import load_model
-    from .catalogue import catalogue_of
+    from ..loading import load_model
+    from ..catalogue import catalogue_of
 
     model, _ = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
     catalogue = catalogue_of(model, args.channel_group_size)
@@ -63,7 +68,7 @@ def add_calibration_args(parser: argparse.ArgumentParser, default_tokens: int | 
 
 
 def windows_from_args(args: argparse.Namespace, tokenizer):
-    from .calibration import calibration_windows
+    from ..calibration import calibration_windows
 
     return calibration_windows(args.calib, tokenizer, args.seq_len, args.tokens, args.seed)
 
@@ -78,8 +83,8 @@ def add_plan_args(parser: argparse.ArgumentParser, help: str, required: bool = F
 def load_plan_for(model, args: argparse.Namespace):
     """The plan of ``--plan`` (ours or a reference config) checked against ``model``, or an empty plan. A
     reference config's mapping onto this model is said on stderr: that format names no model."""
-    from .plan import Plan, read_plan_json
-    from .reference_format import plan_from_data
+    from ..plan import Plan, read_plan_json
+    from ..reference_format import plan_from_data
 
     grouping = Plan(channel_group_size=args.channel_group_size, channel_reorder=getattr(args, "channel_reorder", None))
     if not args.plan:
@@ -89,7 +94,7 @@ def load_plan_for(model, args: argparse.Namespace):
         print(f"warning: {args.plan} is a reference pruning config; that format records no model, so check that it "
               f"was made for this layout. Read as: {mapping}", file=sys.stderr)
     elif args.allow_other_weights and plan.fingerprint:
-        from .identity import same_weights
+        from ..identity import same_weights
 
         if not same_weights(model, plan.fingerprint):
             print(f"warning: {args.plan} was made for other weights (fingerprint {plan.fingerprint[:12]}); applied "
@@ -104,8 +109,8 @@ def progress_bar(total: int, desc: str, disable: bool = False):
 
 
 def _ppl(args: argparse.Namespace) -> int:
-    from .loading import load_model
-    from .perplexity import perplexity, require_finite
+    from ..loading import load_model
+    from ..perplexity import perplexity, require_finite
 
     model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
     plan = load_plan_for(model, args)
@@ -124,7 +129,7 @@ def _ppl(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m shedder", description=__doc__)
+    parser = OneLineParser(prog="python -m shedder", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -152,7 +157,7 @@ def _extra_commands():
         yield import_module(f".{name}", __package__).register
 
 
-COMMAND_MODULES: list[str] = ["cli_search", "cli_eval", "cli_extract", "cli_bench", "cli_recover"]
+COMMAND_MODULES: list[str] = ["search", "evaluate", "extract", "bench", "recover"]
 
 
 def main(argv: list[str] | None = None) -> int:
