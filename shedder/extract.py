@@ -89,7 +89,7 @@ def count_params(model: nn.Module) -> int:
 
 def _check_plan(model: nn.Module, plan: Plan) -> None:
     plan.check(model)
-    if plan.fingerprint and plan.fingerprint != model_fingerprint(model):
+    if not plan.fits_weights(model):
         log.warning("The plan was made for a model with other weights (fingerprint differs); extracting anyway.")
 
 

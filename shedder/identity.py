@@ -34,9 +34,24 @@ def model_fingerprint(model: nn.Module, rounded_to: torch.dtype | None = None) -
     return digest.hexdigest()
 
 
-def same_weights(model: nn.Module, fingerprint: str) -> bool:
-    """Whether ``fingerprint`` names ``model``'s weights, as loaded or as they were when loaded in a lower
-    precision (a plan searched in bfloat16 on a GPU names the same float32 checkpoint as this CPU copy)."""
-    if model_fingerprint(model) == fingerprint:
+LOWER_PRECISIONS = (torch.bfloat16, torch.float16)
+
+
+def rounded_fingerprints(model: nn.Module) -> dict[str, str]:
+    """For a model in float32: the fingerprints its weights would have if loaded in each lower precision
+    (``{"bfloat16": ..., "float16": ...}``), so that a plan made on it is recognised on a bfloat16 copy
+    of the same checkpoint; empty for a model already in a lower precision."""
+    if not any(p.dtype == torch.float32 for p in model.parameters()):
+        return {}
+    return {str(low).removeprefix("torch."): model_fingerprint(model, low) for low in LOWER_PRECISIONS}
+
+
+def same_weights(model: nn.Module, fingerprint: str, rounded: dict[str, str] | None = None) -> bool:
+    """Whether ``fingerprint`` names ``model``'s weights: as loaded; or as they were when loaded in a lower
+    precision (a plan searched in bfloat16 on a GPU names the same float32 checkpoint as this CPU copy); or,
+    given the plan's ``rounded`` fingerprints (:func:`rounded_fingerprints`), as this lower-precision copy of
+    the float32 weights the plan was made on."""
+    own = model_fingerprint(model)
+    if own == fingerprint or own in (rounded or {}).values():
         return True
-    return any(model_fingerprint(model, low) == fingerprint for low in (torch.bfloat16, torch.float16))
+    return any(model_fingerprint(model, low) == fingerprint for low in LOWER_PRECISIONS)

@@ -20,7 +20,7 @@ from torch import nn
 from .catalogue import Component, catalogue_of, validate
 from .errors import ShedderError
 from .kinds import KINDS
-from .identity import model_fingerprint, same_weights
+from .identity import model_fingerprint, rounded_fingerprints, same_weights
 from .paths import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -90,13 +90,14 @@ class Plan:
     channel_group_size: int | None = None
     channel_reorder: str | None = None  # None, or "l1": MLP channels grouped in order of weight L1 norm
     extra: dict = field(default_factory=dict)  # anything else a producer wants to keep (scores, steps ...)
+    rounded_fingerprints: dict = field(default_factory=dict)  # made in float32: the weights' bf16/fp16 fingerprints
 
     @classmethod
     def for_model(cls, model: nn.Module, removed: list[Component] = (), channel_group_size: int | None = None,
                   channel_reorder: str | None = None) -> "Plan":
         catalogue = catalogue_of(model, channel_group_size)
         return cls(list(removed), catalogue.model_type, catalogue.n_layers, model_fingerprint(model),
-                   catalogue.channel_group_size, channel_reorder)
+                   catalogue.channel_group_size, channel_reorder, rounded_fingerprints=rounded_fingerprints(model))
 
     @property
     def uses_grouping(self) -> bool:
@@ -111,7 +112,8 @@ class Plan:
         return {
             "format": FORMAT,
             "version": VERSION,
-            "model": {"model_type": self.model_type, "n_layers": self.n_layers, "fingerprint": self.fingerprint},
+            "model": {"model_type": self.model_type, "n_layers": self.n_layers, "fingerprint": self.fingerprint,
+                      **({"fingerprint_rounded": self.rounded_fingerprints} if self.rounded_fingerprints else {})},
             "channel_group_size": self.channel_group_size,
             "channel_reorder": self.channel_reorder,
             "removed": [c.to_dict() for c in self.removed],
@@ -132,6 +134,9 @@ class Plan:
         group_size = _optional(data, "channel_group_size", int)
         if (n_layers is not None and n_layers < 1) or (group_size is not None and group_size < 1):
             raise ShedderError("Plan fields model.n_layers and channel_group_size must be at least 1.")
+        rounded = _optional(model, "fingerprint_rounded", dict, "model.") or {}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in rounded.items()):
+            raise ShedderError('Plan field "model.fingerprint_rounded" must map dtype names to fingerprints.')
         reorder = data.get("channel_reorder")
         if reorder not in (None, "l1"):
             raise ShedderError(f'Plan field "channel_reorder" must be null or "l1", not {reorder!r}.')
@@ -149,6 +154,7 @@ class Plan:
             channel_group_size=group_size,
             channel_reorder=reorder,
             extra={k: data[k] for k in EXTRA_KEYS if data.get(k) is not None},
+            rounded_fingerprints=rounded,
         )
 
     def save(self, path: str | Path) -> None:
@@ -159,6 +165,10 @@ class Plan:
     def load(cls, path: str | Path) -> "Plan":
         return cls.from_dict(read_plan_json(path))
 
+    def fits_weights(self, model: nn.Module) -> bool:
+        """Whether this plan was made for ``model``'s weights (or records none), in any precision."""
+        return not self.fingerprint or same_weights(model, self.fingerprint, self.rounded_fingerprints)
+
     def check(self, model: nn.Module, strict_weights: bool = False) -> None:
         """Raise a ShedderError that explains why this plan does not fit ``model``."""
         catalogue = catalogue_of(model, self.channel_group_size)
@@ -166,7 +176,7 @@ class Plan:
             raise ShedderError(f"The plan is for a {self.model_type} model; this one is {catalogue.model_type}.")
         if self.n_layers is not None and self.n_layers != catalogue.n_layers:
             raise ShedderError(f"The plan is for a model with {self.n_layers} layers; this one has {catalogue.n_layers}.")
-        if strict_weights and self.fingerprint and not same_weights(model, self.fingerprint):
+        if strict_weights and not self.fits_weights(model):
             raise ShedderError(
                 f"The plan was made for other weights: same architecture ({catalogue.model_type}, "
                 f"{catalogue.n_layers} layers), but its weight fingerprint {self.fingerprint[:12]} is not this "

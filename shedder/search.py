@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +31,7 @@ from .errors import ShedderError
 from .evaluator import CandidateResult
 from .executor import CandidateProgress, Executor, RayOptions, open_executor
 from .folder_lock import output_lock
-from .identity import model_fingerprint
+from .identity import model_fingerprint, rounded_fingerprints
 from .kinds import KINDS, implied_by
 from .paths import write_text_atomic
 from .perplexity import perplexity
@@ -126,7 +126,7 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
     """
     base = as_plan(base)
     catalogue = catalogue_of(model, base.channel_group_size)
-    grouping = base.with_removed([])
+    grouping = replace(base.with_removed([]), rounded_fingerprints=rounded_fingerprints(model))
     settings = SearchSettings(
         fingerprint=model_fingerprint(model), stages=[[list(s.targets), s.steps] for s in stages],
         calib=windows.source, n_windows=len(windows), seq_len=windows.seq_len, seed=windows.seed,
@@ -225,7 +225,8 @@ def _save(out: Path | None, record: dict, removed: list[Component], catalogue: C
         return
     plan = Plan(list(removed), catalogue.model_type, catalogue.n_layers, record["settings"]["fingerprint"],
                 catalogue.channel_group_size, grouping.channel_reorder,
-                extra={"steps": [{"step": s["step"], "removed": s["removed"], "ppl": s["ppl"]} for s in record["steps"]]})
+                extra={"steps": [{"step": s["step"], "removed": s["removed"], "ppl": s["ppl"]} for s in record["steps"]]},
+                rounded_fingerprints=grouping.rounded_fingerprints)
     if step_index is not None:
         plan.save(out / "steps" / f"step_{step_index:03d}.json")
         _write_json(out / "log.json", record)

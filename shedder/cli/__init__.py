@@ -94,9 +94,7 @@ def load_plan_for(model, args: argparse.Namespace):
         print(f"warning: {args.plan} is a reference pruning config; that format records no model, so check that it "
               f"was made for this layout. Read as: {mapping}", file=sys.stderr)
     elif args.allow_other_weights and plan.fingerprint:
-        from ..identity import same_weights
-
-        if not same_weights(model, plan.fingerprint):
+        if not plan.fits_weights(model):
             print(f"warning: {args.plan} was made for other weights (fingerprint {plan.fingerprint[:12]}); applied "
                   "as asked (--allow-other-weights).", file=sys.stderr)
     return plan
