@@ -39,8 +39,9 @@ measure() {
 }
 
 latency() {
+    [ -f "$PLAN" ] || PLAN=bench/results/plans/smollm2-hybrid.json  # the measured plan, as committed
     python -m shedder bench --model smollm2-hybrid --plan "$PLAN" --device cuda --dtype bfloat16 \
-        --prompt-len 512 --new-tokens 128 --batch-sizes 1,16 --repeats 20 --warmup 3 \
+        --prompt-len 512 --new-tokens 64 --batch-sizes 1 --repeats 20 --warmup 2 \
         --out "$RESULTS/latency_cuda_smollm2-hybrid.json"
 }
 
