@@ -190,8 +190,8 @@ def accuracy_view(dense: dict, pruned: dict, docs: int, final: bool) -> None:
                                  "became": "right" if row["pruned"] > row["dense"] else "wrong",
                                  "prompt": text, "correct answer": answer})
                 st.dataframe(pd.DataFrame(rows), hide_index=True)
-                st.caption(f"Per document, the task's {changed[0]['metric']} (1 = the model's top choice was the right "
-                           "answer) for the dense and the pruned model.")
+                st.caption("Per document, its task's metric (as in the table above: 1 = the model's top choice was the "
+                           "right answer) for the dense and the pruned model.")
             else:
                 st.caption("Every document scored the same with and without the removal.")
 
