@@ -142,3 +142,10 @@ def delete_plan(fingerprint: str, name: str, workspace: str | None = None) -> No
     if path.parent != root:
         raise ShedderError(f"{name!r} is not the name of a saved plan.")
     path.unlink(missing_ok=True)
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as the pages show it: relative to the folder the dashboard runs in when inside it (short, and
+    what a Python session started there opens as it is), absolute otherwise."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(resolved)

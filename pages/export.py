@@ -98,7 +98,7 @@ folder = st.text_input("Folder", value=str(default_folder), help=f"Inside {data_
                        "there); SHEDDER_DATA_ROOT sets that folder")
 try:
     target = inside_data_root(folder, "The folder")
-    st.caption(f"Writes to `{target}`")
+    st.caption(f"Writes to `{store.shown_path(target)}`")
 except ShedderError as exc:
     target = None
     st.error(str(exc))
@@ -106,11 +106,11 @@ if st.button("Extract", disabled=not plan.removed or target is None):
     try:
         with st.spinner("Extracting ..."), model_lock(model):  # never copy weights another session has masked
             result = extract(model, tokenizer, plan, target)
-        st.success(f"Wrote {result.out_dir}: {result.params_before:,} -> {result.params_after:,} parameters "
+        st.success(f"Wrote {store.shown_path(result.out_dir)}: {result.params_before:,} -> {result.params_after:,} parameters "
                    f"({1 - result.params_after / result.params_before:.1%} fewer).")
         remote = ", trust_remote_code=True" if getattr(result, "needs_remote_code", False) else ""
         st.code("from transformers import AutoModelForCausalLM\n"
-                f"model = AutoModelForCausalLM.from_pretrained({str(result.out_dir)!r}{remote})", language="python")
+                f"model = AutoModelForCausalLM.from_pretrained({store.shown_path(result.out_dir)!r}{remote})", language="python")
         if remote:
             st.caption("This layout needs the small model file written next to the weights (no shedder needed).")
     except ShedderError as exc:

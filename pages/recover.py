@@ -3,6 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from app import store
 from app.recover_state import extract_plan, loss_curve, metrics_table, plan_folder, run_folder
 from app.sidebar import model_or_stop, model_sidebar, set_choice
 from app.state import ModelChoice, current_plan, evaluation_setting
@@ -32,7 +33,7 @@ if what == "the current plan":
         st.info("The current plan removes nothing: tick components on the Playground or take a search step first.")
         st.stop()
     st.write(f"The current plan of `{choice.spec}` removes {len(plan.removed)} components; it is extracted "
-             f"to `{plan_folder(plan).resolve()}` first, and the sidebar's model is the dense reference.")
+             f"to `{store.shown_path(plan_folder(plan))}` first, and the sidebar's model is the dense reference.")
     dense = choice.spec
     source = str(plan_folder(plan))
 else:
@@ -94,7 +95,7 @@ except ShedderError as exc:
 finished = read_json(folder / RESULT_FILE)
 started = folder.is_dir() and not finished
 label = "Show the result" if finished else ("Continue recovery" if started else "Start recovery")
-st.caption(f"Runs in and writes the recovered model to `{folder.resolve()}`. Any click elsewhere stops it; pressing "
+st.caption(f"Runs in and writes the recovered model to `{store.shown_path(folder)}`. Any click elsewhere stops it; pressing "
            "the button again continues from its last checkpoint. Code shipped in a model folder runs only when *Allow "
            f"remote code* is ticked in the sidebar (now {'ticked' if choice.trust_remote_code else 'not ticked'}) or "
            "the folder is shedder's own extraction.")

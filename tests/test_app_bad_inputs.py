@@ -269,7 +269,7 @@ def test_the_export_page_refuses_a_folder_outside_and_shows_where_it_writes(bamb
     at.session_state["plans"] = {str(bamba_dir): Plan.for_model(model, [Component("block", 0)])}
     at.switch_page("pages/export.py").run()
     default = widget(at, "text_input", "Folder").value
-    assert any(c.value == f"Writes to `{cache_dir().resolve() / 'extracted' / Path(default).name}`" for c in at.caption)
+    assert any(c.value == f"Writes to `{store.shown_path(cache_dir() / 'extracted' / Path(default).name)}`" for c in at.caption)
 
     for outside, says in ((str(tmp_path / "elsewhere"), "outside the data folder"),
                           ("../elsewhere", "outside the data folder"), ("/", "outside the data folder"),
@@ -281,7 +281,7 @@ def test_the_export_page_refuses_a_folder_outside_and_shows_where_it_writes(bamb
     assert not (tmp_path / "elsewhere").exists()
 
     widget(at, "text_input", "Folder").set_value("mine").run()  # relative: inside the data folder
-    assert any(c.value == f"Writes to `{(tmp_path / 'data' / 'mine').resolve()}`" for c in at.caption)
+    assert any(c.value == f"Writes to `{store.shown_path(tmp_path / 'data' / 'mine')}`" for c in at.caption)
     widget(at, "button", "Extract").click().run()
     assert not at.exception, at.exception
     assert (tmp_path / "data" / "mine" / "config.json").is_file()
@@ -300,7 +300,7 @@ def test_the_recovery_page_refuses_paths_outside_the_data_folder(bamba_dir, tmp_
     at = open_page(bamba_dir, "pages/recover.py")
     widget(at, "text_input", MODEL_FOLDER).set_value("pruned").run()  # relative: inside the data folder
     assert not at.error and "Start recovery" in labels(at, "button")
-    assert any(c.value.startswith(f"Runs in and writes the recovered model to `{cache_dir().resolve()}")
+    assert any(c.value.startswith(f"Runs in and writes the recovered model to `{store.shown_path(cache_dir())}")
                for c in at.caption)
 
     widget(at, "text_input", field).set_value(str(outside / ("train.txt" if field == "Training text" else ""))).run()
@@ -379,3 +379,9 @@ def test_the_search_page_refuses_stages_with_impossible_step_counts(bamba_dir, s
     assert not at.exception, at.exception
     assert "steps go from 1 to" in at.error[0].value
     assert widget(at, "button", "Run search").disabled
+
+
+def test_pages_show_paths_inside_the_working_folder_relative_and_others_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert store.shown_path(tmp_path / "cache" / "extracted" / "m") == str(Path("cache") / "extracted" / "m")
+    assert store.shown_path("/") == "/"
