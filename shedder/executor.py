@@ -102,7 +102,7 @@ class LocalExecutor:
         evaluator.set_base(base)
         # Screening: every candidate's first batch (part of its exact sum anyway) orders the full
         # evaluations, so a strong bound is found early and the rest can stop early.
-        screened = {c: evaluator.evaluate(c, bound=-math.inf) for c in candidates} if early_stop else {}
+        screened = {r.component: r for r in evaluator.evaluate_many(candidates, bound=-math.inf)} if early_stop else {}
         order = sorted(candidates, key=lambda c: (screened[c].nll_sum, rank[c])) if early_stop else candidates
         results: list[CandidateResult] = []
         best: CandidateResult | None = None
@@ -134,13 +134,20 @@ class LocalExecutor:
         work_before = evaluator.work
         evaluator.set_base(base)
         base_result = evaluator.evaluate(None)
-        results = []
-        for n, component in enumerate(components):
-            if should_stop is not None and should_stop():
+        found: dict[Component, CandidateResult] = {}
+        running = evaluator.evaluate_many(components)
+        while should_stop is None or not should_stop():
+            result = next(running, None)
+            if result is None:
                 break
-            results.append(evaluator.evaluate(component))
+            found[result.component] = result
             if progress is not None:
-                progress(n + 1, len(components))
+                progress(len(found), len(components))
+        results = []
+        for component in components:  # in the order asked: when stopped, the part of it that is complete
+            if component not in found:
+                break
+            results.append(found[component])
         return ScoreOutcome(base_result, results, evaluator.work - work_before)
 
     def close(self) -> None:

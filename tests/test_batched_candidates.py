@@ -1,0 +1,116 @@
+"""Candidates of one layer evaluated together give exactly the sums of one-at-a-time evaluation."""
+import math
+
+import pytest
+
+from shedder.calibration import cut_windows
+from shedder.catalogue import Component, catalogue_of
+from shedder.evaluator import Evaluator
+from shedder.executor import LocalExecutor
+from shedder.plan import Plan
+from shedder.search import parse_stages, search
+from tiny_models import build, token_ids
+
+FAMILIES = ["mamba", "mamba2", "bamba", "nemotron_h", "zamba2", "falcon_h1"]
+
+
+def windows(seed=2, n=6):
+    return cut_windows(token_ids(batch=1, length=n * 16, seed=seed).reshape(-1), 16, source="random")
+
+
+def by_layer(model, base=()):
+    groups = {}
+    for c in catalogue_of(model).components():
+        if c not in base:
+            groups.setdefault(c.layer, []).append(c)
+    return groups
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_group_equals_one_at_a_time(family):
+    model = build(family)
+    evaluator = Evaluator(model, windows(), batch_size=4, group_layers=True)
+    base = [catalogue_of(model).components()[0]]
+    evaluator.set_base(base)
+    checked = 0
+    for layer, group in by_layer(model, base).items():
+        if len(group) < 2 or not evaluator.groupable(layer):
+            continue
+        together = evaluator.evaluate_layer(group)
+        alone = [evaluator.evaluate(c) for c in group]
+        assert [(r.component, r.nll_sum, r.complete) for r in together] == \
+               [(r.component, r.nll_sum, r.complete) for r in alone]
+        checked += 1
+    assert checked > 0
+
+
+def test_group_stops_early_exactly_where_one_at_a_time_stops():
+    model = build("mamba2")
+    evaluator = Evaluator(model, windows(n=8), batch_size=2, group_layers=True)
+    evaluator.set_base([])
+    group = by_layer(model)[1]
+    alone = [evaluator.evaluate(c) for c in group]
+    bound = sorted(r.nll_sum for r in alone)[len(alone) // 2] * 0.6  # some stop part-way
+    together = evaluator.evaluate_layer(group, bound)
+    expected = [evaluator.evaluate(c, bound) for c in group]
+    assert [(r.nll_sum, r.windows_done, r.complete) for r in together] == \
+           [(r.nll_sum, r.windows_done, r.complete) for r in expected]
+    assert any(not r.complete for r in together)
+
+
+def test_groups_larger_than_the_window_cap_are_split():
+    model = build("mamba2")
+    evaluator = Evaluator(model, windows(), batch_size=4, group_layers=True)
+    evaluator.set_base([])
+    group = by_layer(model)[1]
+    assert [r.nll_sum for r in evaluator.evaluate_layer(group, max_windows=4)] == \
+           [r.nll_sum for r in evaluator.evaluate_layer(group)]
+
+
+KINDS = ["block", "ssm", "attn", "mlp", "ssm_heads", "mlp_channels"]
+
+
+def test_score_sweep_in_layer_groups_equals_one_at_a_time_and_counts_the_same_work():
+    model = build("bamba")
+    components = catalogue_of(model).components(KINDS)
+    grouped = LocalExecutor(Evaluator(model, windows(), batch_size=4, group_layers=True)).score([], components)
+    single = LocalExecutor(Evaluator(model, windows(), batch_size=4, group_layers=False)).score([], components)
+    assert grouped.base.nll_sum == single.base.nll_sum
+    assert [(r.component, r.nll_sum) for r in grouped.results] == [(r.component, r.nll_sum) for r in single.results]
+    assert grouped.work == single.work
+
+
+def test_a_stopped_sweep_returns_the_finished_part_in_the_order_asked():
+    model = build("mamba2")
+    asked = catalogue_of(model).components(["block", "ssm", "ssm_heads"])
+    calls = iter(range(1000))
+    outcome = LocalExecutor(Evaluator(model, windows(), batch_size=4, group_layers=True)).score(
+        [], asked, should_stop=lambda: next(calls) >= 3)
+    assert [r.component for r in outcome.results] == asked[:len(outcome.results)] and len(outcome.results) < len(asked)
+    assert all(r.complete for r in outcome.results)
+
+
+def test_search_with_layer_groups_picks_the_same_plan_with_the_same_perplexities():
+    model = build("bamba")
+    calibration, runs = windows(n=8), []
+    for grouped in (True, False):
+        grouping = Plan(channel_group_size=catalogue_of(model).channel_group_size)
+        executor = LocalExecutor(Evaluator(model, calibration, 4, grouping, group_layers=grouped))
+        runs.append(search(model, calibration, parse_stages("block,ssm,attn,mlp:3"), batch_size=4, executor=executor))
+    assert runs[0]["removed"] == runs[1]["removed"]
+    assert [s["ppl"] for s in runs[0]["steps"]] == [s["ppl"] for s in runs[1]["steps"]]
+
+
+def test_cpu_default_is_one_at_a_time():
+    assert not Evaluator(build("mamba2"), windows(), batch_size=4).group_layers
+
+
+def test_groupable_refuses_the_last_layer_and_missing_states():
+    model = build("mamba2")
+    evaluator = Evaluator(model, windows(), batch_size=4, prefix_reuse=False, group_layers=True)
+    evaluator.set_base([])
+    assert not evaluator.groupable(0)
+    evaluator = Evaluator(model, windows(), batch_size=4, group_layers=True)
+    evaluator.set_base([])
+    last = len(by_layer(model)) - 1
+    assert evaluator.groupable(0) and not evaluator.groupable(last)
