@@ -101,7 +101,7 @@ class Evaluator:
         self.state_budget_bytes = state_budget_bytes
         self.prefix_reuse = prefix_reuse
         # evaluate_many runs candidates of one layer together; by default on a GPU, where small models are bound
-        # by per-call overhead (on a CPU it measured 0.78x to 1.22x: bench/results/layer_groups_cpu_*.json)
+        # by per-call overhead (on a CPU it is slower: 0.82x and 0.91x, bench/results/layer_groups_cpu_*.json)
         self.group_layers = model_device(model).type == "cuda" if group_layers is None else group_layers
         self.work = 0  # layer-forward token passes so far
         self.base: list[Component] = []
