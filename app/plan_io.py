@@ -10,7 +10,6 @@ import streamlit as st
 from torch import nn
 
 from shedder.errors import ShedderError
-from shedder.identity import same_weights
 from shedder.masks import model_lock
 from shedder.plan import Plan, plan_json
 from shedder.reference_format import plan_from_data
@@ -61,7 +60,7 @@ def read_upload(name: str, raw: bytes, model: nn.Module, fingerprint: str) -> Up
     other = None
     if mapping is None and plan.fingerprint and plan.fingerprint != fingerprint:
         with model_lock(model):  # never hash weights another session has masked
-            same = same_weights(model, plan.fingerprint)
+            same = plan.fits_weights(model)
         if not same:
             other = (f"{name} was made for other weights: the same architecture ({plan.model_type}, {plan.n_layers} "
                      f"layers), but its weight fingerprint {plan.fingerprint[:12]} is not the loaded model's "

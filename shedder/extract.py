@@ -50,7 +50,7 @@ from .extract_layers import Layers, build_smaller
 from .extract_ops import plan_layers, plan_ops, uniform_mlp_width
 from .families import family_for, layers_of
 from .folder_lock import output_lock
-from .identity import model_fingerprint
+from .identity import model_fingerprint, rounded_fingerprints
 from .kinds import Grouping
 from .paths import UMASK
 from .plan import Plan
@@ -258,12 +258,11 @@ def extract(model: nn.Module, tokenizer, plan: Plan, out_dir: str | Path,
     plan.check(model, strict_weights=not allow_other_weights)
     done = extraction(model, plan)
     n_layers = done.layers.n_layers
-    own = model_fingerprint(model)
     made_for = {"made_for": {"model_type": plan.model_type, "n_layers": plan.n_layers,
-                             "fingerprint": plan.fingerprint}} if plan.fingerprint not in (None, own) else {}
+                             "fingerprint": plan.fingerprint}} if not plan.fits_weights(model) else {}
     plan = replace(plan, model_type=plan.model_type or model.config.model_type,
-                   n_layers=n_layers if plan.n_layers is None else plan.n_layers, fingerprint=own,
-                   extra={**plan.extra, **made_for})
+                   n_layers=n_layers if plan.n_layers is None else plan.n_layers, fingerprint=model_fingerprint(model),
+                   rounded_fingerprints=rounded_fingerprints(model), extra={**plan.extra, **made_for})
     before, after = count_params(model), count_params(done.model)
     card = model_card(model.config.model_type, done, plan, before, after)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -334,7 +334,7 @@ def _train(model: nn.Module, tokenizer, settings: RecoverySettings, out_dir: Pat
 def check_dense(dense: nn.Module, spec: str, pruned: Path | None) -> None:
     """Refuse ``dense`` (given as ``spec``) when it is not the model the folder ``pruned`` was extracted from,
     as its ``plan.json`` records it: model type, layer count and, where recorded, weight fingerprint."""
-    from .identity import model_fingerprint, same_weights
+    from .identity import model_fingerprint
     from .masks import catalogue_of
     from .plan import Plan
 
@@ -344,7 +344,7 @@ def check_dense(dense: nn.Module, spec: str, pruned: Path | None) -> None:
     catalogue = catalogue_of(dense)
     shape_differs = (source.model_type not in (None, catalogue.model_type)
                      or source.n_layers not in (None, catalogue.n_layers))
-    if shape_differs or (source.fingerprint and not same_weights(dense, source.fingerprint)):
+    if shape_differs or not source.fits_weights(dense):
         recorded = (f"a {source.model_type or 'model'} with {source.n_layers or 'some'} layers"
                     + (f" and weight fingerprint {source.fingerprint[:12]}" if source.fingerprint else ""))
         found = (f"a {catalogue.model_type} with {catalogue.n_layers} layers"

@@ -9,7 +9,7 @@ from shedder.catalogue import Component
 from shedder.errors import ShedderError
 from shedder.plan import Plan
 from shedder.search import parse_stages, search
-from tiny_models import build, token_ids
+from tiny_models import build, tiny_tokenizer, token_ids
 
 
 def lower(model, dtype):
@@ -62,3 +62,22 @@ def test_searched_plan_records_the_rounded_fingerprints(tmp_path):
     plan = Plan.load(tmp_path / "plan.json")
     assert plan.rounded_fingerprints == Plan.for_model(model).rounded_fingerprints
     plan.check(lower(model, torch.bfloat16), strict_weights=True)
+
+
+def test_extraction_records_the_extracted_weights_fingerprints_not_the_plans(tmp_path):
+    from shedder.extract import extract
+    from shedder.identity import model_fingerprint, rounded_fingerprints
+
+    model = build("mamba2")
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.5)
+    extract(model, tiny_tokenizer(), Plan.for_model(other, [Component("block", 1)]), tmp_path / "a", allow_other_weights=True)
+    written = Plan.load(tmp_path / "a" / "plan.json")
+    assert written.fingerprint == model_fingerprint(model)
+    assert written.rounded_fingerprints == rounded_fingerprints(model) != Plan.for_model(other).rounded_fingerprints
+    assert written.extra["made_for"]["fingerprint"] == model_fingerprint(other)
+
+    # the same weights in bfloat16: not "made for other weights"
+    extract(lower(model, torch.bfloat16), tiny_tokenizer(), Plan.for_model(model, [Component("block", 1)]), tmp_path / "b")
+    assert "made_for" not in Plan.load(tmp_path / "b" / "plan.json").extra
