@@ -98,6 +98,8 @@ class Evaluator:
         family, layers = describe_model(model)
         self.n_layers = len(layers)
         self.reads_from = family.reads_from  # layer -> the earliest layer whose work it reads (key-value sharing)
+        self._layer_modules = [parts.layer for parts in layers]
+        self._layers_independent = all(self.reads_from(model.config, i) == i for i in range(self.n_layers))
         self.state_budget_bytes = state_budget_bytes
         self.prefix_reuse = prefix_reuse
         # evaluate_many runs candidates of one layer together; by default on a GPU, where small models are bound
@@ -198,19 +200,18 @@ class Evaluator:
     def groupable(self, layer: int) -> bool:
         """Whether candidates of ``layer`` can run together: its input is stored, layers after it exist, and
         no layer reads another layer's work (key-value sharing would need the earlier layers run again)."""
-        return (self.group_layers and self.prefix_reuse and layer in self._states and layer + 1 < self.n_layers
-                and all(self.reads_from(self.model.config, other) == other for other in range(self.n_layers)))
+        return (self.group_layers and self.prefix_reuse and self._layers_independent and layer in self._states
+                and layer + 1 < self.n_layers)
 
     def _layer_output(self, removed: list[Component], layer: int, b: int) -> torch.Tensor:
         """The hidden state leaving ``layer`` with ``removed`` masked, for window batch ``b``."""
-        _, layers = describe_model(self.model)
         holder, got = {"hidden": self._states[layer][b]}, {}
 
         def stop(module, args, output):
             got["hidden"] = output[0] if isinstance(output, tuple) else output
             raise _LayerDone
 
-        handle = layers[layer].layer.register_forward_hook(stop)
+        handle = self._layer_modules[layer].register_forward_hook(stop)
         try:
             with masked(self.model, self.grouping.with_removed(removed)), start_at_layer(self.model, layer, holder):
                 try:
@@ -225,15 +226,14 @@ class Evaluator:
                       ) -> Iterator[CandidateResult]:
         """:meth:`evaluate` of each candidate, those of one :meth:`groupable` layer together; results come as
         each group finishes (so not in the order asked)."""
-        groups: dict[int, list[Component]] = {}
+        by_layer: dict[int, list[Component]] = {}
         for candidate in candidates:
-            groups.setdefault(candidate.layer if self.groupable(candidate.layer) else -1 - len(groups), []).append(
-                candidate)
-        for group in groups.values():
-            if len(group) > 1:
+            by_layer.setdefault(candidate.layer, []).append(candidate)
+        for layer, group in by_layer.items():
+            if len(group) > 1 and self.groupable(layer):
                 yield from self.evaluate_layer(group, bound)
             else:
-                yield self.evaluate(group[0], bound)
+                yield from (self.evaluate(candidate, bound) for candidate in group)
 
     def evaluate_layer(self, candidates: list[Component], bound: float | Callable[[], float] = math.inf,
                        max_windows: int = 64) -> list[CandidateResult]:
