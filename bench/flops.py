@@ -1,0 +1,150 @@
+"""Benchmark: achieved FLOP/s of candidate evaluation (what the search spends its time on) against the GPU's
+measured bf16 matrix peak, for several token-batch sizes.
+
+The peak is measured here, not taken from a datasheet: the median of 20 CUDA-event-timed bf16 matmuls of
+8192 x 8192 x 8192. A candidate evaluation's FLOPs are counted with the cost model's prefill terms
+(:func:`shedder.speed.cost_model.model_cost`): every token that passes a kept layer costs that layer's
+``2 x weights + mixing`` FLOPs, and every token costs the output head's ``2 x head weights`` (the loss needs
+logits at every position). Candidates are whole blocks, so a removed layer costs nothing and the count is exact
+up to the terms the cost model leaves out (norms, conv, activations: a few percent, so the reported share is a
+slight underestimate). Evaluations use the search's own Evaluator (prefix reuse from stored layer inputs).
+
+    python bench/flops.py --random-mamba2 64x2560 --batch-sizes 4,8,16 --windows 32 --seq-len 1024
+    python bench/flops.py --random-mamba2 4x256 --device cpu --batch-sizes 2 --windows 4 --seq-len 64  # smoke
+
+Results go to bench/results/flops_<tag>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from search_cost import random_mamba2  # noqa: E402
+from shedder.measurement.calibration import cut_windows  # noqa: E402
+from shedder.measurement.evaluator import Evaluator  # noqa: E402
+from shedder.model.loading import resolve_device  # noqa: E402
+from shedder.removal.catalogue import Component  # noqa: E402
+from shedder.speed.cost_model import model_cost  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Clock:
+    """Wall time of a region: CUDA events on a GPU (queued work included), perf_counter on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.end.record()
+            self.end.synchronize()
+            self.seconds = self.start.elapsed_time(self.end) / 1e3
+        else:
+            self.seconds = time.perf_counter() - self.t0
+
+
+def matmul_peak(device: torch.device, repeats: int = 20) -> float:
+    """Median achieved FLOP/s of a square bf16 matmul of 8192 (float32 of 1024 on a CPU)."""
+    n = 8192 if device.type == "cuda" else 1024
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        with Clock(device) as clock:
+            a @ b
+        times.append(clock.seconds)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def layer_and_head_flops(model, seq_len: int) -> tuple[float, float]:
+    """Per token: one layer's ``2 x weights + mixing`` (layers are alike in these models) and the head's."""
+    cost = model_cost(model)
+    head = 2 * cost.head_params
+    # prefill_flops_per_token counts the head once per prompt; take it back out to leave the layers
+    layers = cost.prefill_flops_per_token(seq_len) - head / seq_len
+    return layers / len(cost.layers), head
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--random-mamba2", default="64x2560", help="LAYERSxWIDTH of the random-weight Mamba-2")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-sizes", default="4,8,16")
+    parser.add_argument("--windows", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--candidates", type=int, default=6, help="block candidates evaluated per batch size")
+    parser.add_argument("--tag", default=None)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = random_mamba2(args.random_mamba2, device, dtype)
+    layers = model.config.num_hidden_layers
+    stream = torch.randint(0, model.config.vocab_size, (args.windows * args.seq_len,),
+                           generator=torch.Generator().manual_seed(0))
+    windows = cut_windows(stream, args.seq_len, source="random tokens")
+    per_layer, head = layer_and_head_flops(model, args.seq_len)
+    # candidates spread over the depth: early ones recompute most of the model, late ones little
+    picks = [round(i * (layers - 1) / max(1, args.candidates - 1)) for i in range(args.candidates)]
+    candidates = [Component("block", layer) for layer in picks]
+    peak = matmul_peak(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    result = {"model": f"random mamba2 {args.random_mamba2}", "params": sum(p.numel() for p in model.parameters()),
+              "device": name, "dtype": str(dtype), "torch": torch.__version__, "windows": args.windows,
+              "seq_len": args.seq_len, "candidates": [str(c) for c in candidates],
+              "flops_per_token_per_layer": round(per_layer), "head_flops_per_token": round(head),
+              "matmul_peak_tflops": round(peak / 1e12, 1), "runs": []}
+    tokens = args.windows * args.seq_len
+    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+        evaluator = Evaluator(model, windows, batch_size, group_layers=False)
+        with torch.no_grad():
+            evaluator.set_base([])
+            evaluator.evaluate(candidates[0])  # warm-up: kernels compiled and tuned for this batch shape
+            work_before = evaluator.work
+            with Clock(device) as clock:
+                for candidate in candidates:
+                    evaluator.evaluate(candidate)
+        work = evaluator.work - work_before
+        flops = work * per_layer + len(candidates) * tokens * head
+        run = {"batch_size": batch_size, "tokens_per_forward": batch_size * args.seq_len,
+               "seconds": round(clock.seconds, 4), "seconds_per_candidate": round(clock.seconds / len(candidates), 4),
+               "tflops": round(flops / clock.seconds / 1e12, 1),
+               "share_of_peak": round(flops / clock.seconds / peak, 3)}
+        if device.type == "cuda":
+            run["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 1)
+            torch.cuda.reset_peak_memory_stats(device)
+        result["runs"].append(run)
+        print(json.dumps(run), flush=True)
+        del evaluator
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    tag = args.tag or f"{name.replace('NVIDIA ', '').replace(' ', '-')}_mamba2-{args.random_mamba2}"
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"flops_{tag}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"matmul peak {result['matmul_peak_tflops']} TFLOP/s -> {path}")
+
+
+if __name__ == "__main__":
+    main()
