@@ -1,11 +1,11 @@
-"""The anatomy diagram of one layer (``shedder.anatomy``): the residual stream, each part that adds to it,
+"""The anatomy diagram of one layer (``shedder.model.anatomy``): the residual stream, each part that adds to it,
 the modules inside each part with their parameters, and what removing each kind frees."""
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
 from app.figures import PART_COLOURS
-from shedder.anatomy import LayerAnatomy, Part
+from shedder.model.anatomy import LayerAnatomy, Part
 
 COLOUR_OF_KIND = {"ssm": PART_COLOURS["SSM"], "attn": PART_COLOURS["attention"], "mlp": PART_COLOURS["MLP"],
                   "rest": "#ced4da"}

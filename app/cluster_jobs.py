@@ -1,6 +1,6 @@
 """The Search page's searches on a Ray cluster: submit, follow, stop (no streamlit in here).
 
-A submitted search runs in a detached Ray actor (:mod:`shedder.ray_jobs`) that writes the search's
+A submitted search runs in a detached Ray actor (:mod:`shedder.searching.ray_jobs`) that writes the search's
 usual folder (``log.json``, ``steps/``, ``plan.json``) plus ``job.json``. Next to them this module keeps
 ``submitted.json`` (the actor's name, the cluster's address, a stop request), so that a page opened
 later (a page switch, a reload, another session) finds the search, checks that the cluster still runs
@@ -42,7 +42,7 @@ def connect(address: str) -> None:
         raise ShedderError("Give the Ray cluster's address: auto (started on this machine), HOST:PORT or ray://HOST:PORT.")
     import ray
 
-    from shedder.ray_executor import check_reachable, connect as join
+    from shedder.searching.ray_executor import check_reachable, connect as join
 
     with _lock:
         if ray.is_initialized() and _connected == address:
@@ -56,8 +56,8 @@ def connect(address: str) -> None:
 
 
 def dtype_name(model) -> str:
-    """The name (as in ``shedder.loading.DTYPES``) of the dtype the dashboard's model is loaded in."""
-    from shedder.loading import DTYPES
+    """The name (as in ``shedder.model.loading.DTYPES``) of the dtype the dashboard's model is loaded in."""
+    from shedder.model.loading import DTYPES
 
     dtype = next(model.parameters()).dtype
     for name, value in DTYPES.items():
@@ -74,7 +74,7 @@ def make_job(spec: str, dtype: str, trust_remote_code: bool, stages, out_dir: Pa
              seq_len: int, batch_size: int, channel_group_size: int | None, channel_reorder: str | None,
              workers: int, device: str, gpus_per_worker: int = 1):
     """The SearchJob for the Search page's settings: the same search a run in the dashboard makes."""
-    from shedder.ray_jobs import SearchJob
+    from shedder.searching.ray_jobs import SearchJob
 
     if calib not in BUILT_IN_TEXTS and not Path(calib).is_absolute():
         # the search log records the text as given; the cluster's processes do not share our directory
@@ -90,8 +90,8 @@ def make_job(spec: str, dtype: str, trust_remote_code: bool, stages, out_dir: Pa
 
 def submit(job, address: str) -> str:
     """Start ``job`` on the cluster at ``address``; returns the search's name."""
-    from shedder.ray_jobs import submit_search
-    from shedder.search import parse_stages
+    from shedder.searching.ray_jobs import submit_search
+    from shedder.searching.search import parse_stages
 
     connect(address)
     try:
@@ -143,7 +143,7 @@ class ClusterSearch:
 
 def follow(out_dir: Path, check_alive: bool = True) -> ClusterSearch:
     """The state of the search submitted with ``out_dir``, from its files and (``check_alive``) the cluster."""
-    from shedder.ray_jobs import search_progress
+    from shedder.searching.ray_jobs import search_progress
 
     from app.figures import trajectory_point
 
@@ -170,7 +170,7 @@ def _why_not_running(search: ClusterSearch) -> str | None:
     """None while the cluster still has the search's actor; otherwise why it cannot be followed."""
     import ray
 
-    from shedder.ray_jobs import NAMESPACE
+    from shedder.searching.ray_jobs import NAMESPACE
 
     try:
         connect(search.address)
@@ -195,7 +195,7 @@ def active_searches(root: Path) -> list[ClusterSearch]:
 
 def stop(search: ClusterSearch) -> None:
     """Ask the search to stop after its current candidate (finished steps are kept)."""
-    from shedder.ray_jobs import stop_search
+    from shedder.searching.ray_jobs import stop_search
 
     address = search.address or "auto"
     connect(address)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from shedder.catalogue import SUB_BLOCK_KINDS
+from shedder.removal.catalogue import SUB_BLOCK_KINDS
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """ "1 component", "3 components": a count with its noun in the right number."""
@@ -171,7 +171,7 @@ def clicked_component(event):
     """The component of the heatmap cell clicked (a plotly_chart selection event), or None."""
     import json
 
-    from shedder.catalogue import Component
+    from shedder.removal.catalogue import Component
 
     points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
         getattr(getattr(event, "selection", None), "points", []) or []
@@ -229,7 +229,7 @@ def group_heatmap(kind: str, layers: list[int], groups: int, values: dict[tuple[
         colorscale=scale.colorscale, zmin=scale.zmin, zmax=scale.zmax, colorbar=scale.colorbar(),
     ))
     if clickable:
-        from shedder.catalogue import Component
+        from shedder.removal.catalogue import Component
 
         cells = [(layer, g) for layer in layers for g in range(groups) if (layer, g) in values]
         _click_targets(fig, [str(g) for _, g in cells], [f"layer {layer}" for layer, _ in cells],
@@ -247,7 +247,7 @@ def group_heatmap(kind: str, layers: list[int], groups: int, values: dict[tuple[
 
 def trajectory_point(step: dict) -> dict:
     """A search step (as in ``log.json`` or ``on_step``) as a point of :func:`search_trajectory`."""
-    from shedder.catalogue import Component
+    from shedder.removal.catalogue import Component
 
     return {"step": step["step"] + 1, "ppl": step["ppl"], "stage": step["stage"],
             "label": str(Component.from_dict(step["removed"]))}

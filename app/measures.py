@@ -1,5 +1,5 @@
 """Measurements of a plan that take long (accuracy, latency): measured on demand through the library,
-kept on disk with `shedder.result_cache`, and looked up without measuring by every page that shows them
+kept on disk with `shedder.formats.result_cache`, and looked up without measuring by every page that shows them
 (Playground, Export & compare, the Search page's Pareto chart)."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import streamlit as st
 
-from shedder import result_cache
 from shedder.errors import ShedderError
+from shedder.formats import result_cache
 from shedder.plan import Plan
 
 from .state import ModelChoice, catalogue, fingerprint, loaded
@@ -57,7 +57,7 @@ def accuracy(choice: ModelChoice, plan: Plan, tasks: list[str], limit: int, seed
 
     Without ``compute``: the stored result or None. With it: measured now (lm-eval's per-document
     scores are cached too, so a dense run is scored once) and stored."""
-    from shedder.evaluation import evaluate_accuracy
+    from shedder.measurement.evaluation import evaluate_accuracy
 
     key = {**plan_identity(choice, plan), "tasks": sorted(tasks), "limit": limit, "seed": seed, "version": 2}
     if not compute:
@@ -74,14 +74,14 @@ def accuracy(choice: ModelChoice, plan: Plan, tasks: list[str], limit: int, seed
 
 def against_dense(result: dict, dense: dict) -> dict:
     """Per task and for the average: ``result`` minus ``dense`` on the same documents (``PairedDifference``)."""
-    from shedder.evaluation import AccuracyReport
+    from shedder.measurement.evaluation import AccuracyReport
 
     return AccuracyReport.from_dict(result).paired_against(AccuracyReport.from_dict(dense))
 
 
 def latency(choice: ModelChoice, plan: Plan, prompt_len: int, new_tokens: int, compute: bool = False,
             progress=None) -> dict | None:
-    """The newest latency measurement of ``plan`` (``shedder.latency.compare_latency``: dense and extracted
+    """The newest latency measurement of ``plan`` (``shedder.speed.latency.compare_latency``: dense and extracted
     timed in turns, medians with their spread, the ideal speedup and notes), with ``history``: every
     measurement of this plan so far, oldest first. ``total_ms`` is the extracted model's median.
 
@@ -89,7 +89,7 @@ def latency(choice: ModelChoice, plan: Plan, prompt_len: int, new_tokens: int, c
     e.g. for kinds it cannot extract yet, reaches the caller), added to the history and stored."""
     import datetime
 
-    from shedder.latency import compare_latency
+    from shedder.speed.latency import compare_latency
 
     key = {**plan_identity(choice, plan), "prompt_len": prompt_len, "new_tokens": new_tokens, "version": 2}
     stored = result_cache.load("dashboard-latency", key)
@@ -110,7 +110,7 @@ def model_source(choice: ModelChoice) -> dict:
     """Where the loaded model comes from, as a person would find it again: a zoo name, a folder or a hub id."""
     from pathlib import Path
 
-    from shedder.loading import zoo_names
+    from shedder.model.loading import zoo_names
 
     if choice.spec in zoo_names():
         where = {"zoo": choice.spec}
@@ -182,7 +182,7 @@ def start_refining(choice: ModelChoice, plan: Plan, want_latency: bool, want_acc
     {"latency": ..., "accuracy": {"docs": n, "dense": ..., "pruned": ...}}); the final ones are stored where
     :func:`latency` and :func:`accuracy` find them."""
     from shedder.jobs import guard, private_copy, wait_for_foreground
-    from shedder.refine import refining_accuracy, refining_latency
+    from shedder.measurement.refine import refining_accuracy, refining_latency
 
     from . import jobs
 

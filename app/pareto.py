@@ -3,7 +3,7 @@ has been measured for each (perplexity always; accuracy and latency where the Pl
 Export & compare page measured them)."""
 from __future__ import annotations
 
-from shedder.perplexity import PerplexitySetting
+from shedder.measurement.perplexity import PerplexitySetting
 from shedder.plan import Plan
 
 from . import measures

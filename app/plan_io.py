@@ -10,9 +10,9 @@ import streamlit as st
 from torch import nn
 
 from shedder.errors import ShedderError
-from shedder.masks import model_lock
+from shedder.formats.reference_format import plan_from_data
 from shedder.plan import Plan, plan_json
-from shedder.reference_format import plan_from_data
+from shedder.removal.masks import model_lock
 
 from . import store
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from shedder.model_folders import extracted_dir, recovered_dir
+from shedder.model.model_folders import extracted_dir, recovered_dir
 from shedder.plan import Plan
-from shedder.recover import Evaluation, RecoverySettings
+from shedder.recovery.recover import Evaluation, RecoverySettings
 
 
 def _digest(data: dict) -> str:
@@ -32,8 +32,8 @@ def plan_folder(plan: Plan) -> Path:
 
 def extract_plan(model, tokenizer, plan: Plan) -> Path:
     """The plan's extracted model under the cache (written once)."""
-    from shedder.extract import extract
-    from shedder.masks import model_lock
+    from shedder.extraction.extract import extract
+    from shedder.removal.masks import model_lock
 
     folder = plan_folder(plan)
     if not (folder / "config.json").is_file():

@@ -8,9 +8,9 @@ from pathlib import Path
 import streamlit as st
 
 from shedder.errors import ShedderError
-from shedder.loading import zoo_names
-from shedder.model_folders import local_models
-from shedder.perplexity import PerplexitySetting
+from shedder.measurement.perplexity import PerplexitySetting
+from shedder.model.loading import zoo_names
+from shedder.model.model_folders import local_models
 
 from .state import (EVALUATION_TEXTS, EVALUATION_TOKENS, EVALUATION_WINDOWS, ModelChoice, catalogue, current_choice,
                     evaluation_setting, loaded, set_evaluation_setting)

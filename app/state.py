@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from shedder.calibration import calibration_windows
-from shedder.identity import model_fingerprint
-from shedder.loading import load_model, zoo_names
-from shedder.masks import catalogue_of, model_lock
-from shedder.perplexity import PerplexitySetting, perplexity
+from shedder.measurement.calibration import calibration_windows
+from shedder.measurement.perplexity import PerplexitySetting, perplexity
+from shedder.model.identity import model_fingerprint
+from shedder.model.loading import load_model, zoo_names
 from shedder.plan import Plan
+from shedder.removal.masks import catalogue_of, model_lock
 
 DEFAULT_MODEL = "demo-mamba2"
 
@@ -54,7 +54,7 @@ def fingerprint(choice: ModelChoice) -> str:
 
 def moot(plan: Plan) -> list:
     """The plan's components inside other removed parts (e.g. the SSM of a removed block): no effect."""
-    from shedder.search import implied_by
+    from shedder.searching.search import implied_by
 
     return [c for c in plan.removed if (c.kind, c.layer) in implied_by([o for o in plan.removed if o != c])]
 
@@ -109,9 +109,9 @@ def update_removed(choice: ModelChoice, wanted: list) -> Plan:
 
 
 def sensitivity_map(choice: ModelChoice, setting: PerplexitySetting):
-    """The loaded model's stored leave-one-out map on ``setting`` (``shedder.sensitivity_map``): every component
+    """The loaded model's stored leave-one-out map on ``setting`` (``shedder.searching.sensitivity_map``): every component
     scored so far, by any session or the guided tour."""
-    from shedder.sensitivity_map import load_map
+    from shedder.searching.sensitivity_map import load_map
 
     return load_map(fingerprint(choice), setting.text, setting.tokens, setting.seq_len)
 
@@ -121,7 +121,7 @@ def start_sensitivity(choice: ModelChoice, kinds: list[str], setting: Perplexity
     session, on the job's own copy of the model; every finished component is saved, so a cancelled run
     resumes where it stopped."""
     from shedder.jobs import guard, private_copy
-    from shedder.sensitivity_map import SensitivityMap, fill_map, fill_proxies
+    from shedder.searching.sensitivity_map import SensitivityMap, fill_map, fill_proxies
 
     from . import jobs
 
@@ -190,7 +190,7 @@ def set_evaluation_setting(setting: PerplexitySetting) -> None:
 def continuation(choice: ModelChoice, removed: tuple, channel_group_size: int | None, channel_reorder: str | None,
                  prompt: str, new_tokens: int = 20) -> str:
     """The greedy continuation of ``prompt`` with ``removed`` masked."""
-    from shedder.masks import masked
+    from shedder.removal.masks import masked
 
     model, tokenizer = loaded(choice)
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
@@ -208,7 +208,7 @@ def token_loss_change(choice: ModelChoice, removed: tuple, channel_group_size: i
     """For each token of ``text`` after ``prompt`` (``text`` starts with it): (the token, its loss in nats under
     the dense model, under the model with ``removed`` masked), each given the tokens before it."""
     from shedder.jobs import foreground
-    from shedder.token_loss import token_losses
+    from shedder.measurement.token_loss import token_losses
 
     model, tokenizer = loaded(choice)
     ids = tokenizer(text, return_tensors="pt").input_ids[0]

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.search_cost import random_mamba2, sync  # noqa: E402
 from shedder.families import describe_model  # noqa: E402
-from shedder.latency import environment, random_prompt  # noqa: E402
-from shedder.loading import load_model, resolve_device, resolve_dtype  # noqa: E402
-from shedder.static_decode import StaticDecoder  # noqa: E402
+from shedder.model.loading import load_model, resolve_device, resolve_dtype  # noqa: E402
+from shedder.speed.latency import environment, random_prompt  # noqa: E402
+from shedder.speed.static_decode import StaticDecoder  # noqa: E402
 
 
 def param_bytes(module: torch.nn.Module) -> int:

@@ -35,13 +35,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shedder.catalogue import Component  # noqa: E402
 from shedder.errors import ShedderError  # noqa: E402
-from shedder.latency import BenchSettings, benchmark, save_report  # noqa: E402
-from shedder.loading import load_model, resolve_device, resolve_dtype  # noqa: E402
-from shedder.masks import catalogue_of  # noqa: E402
+from shedder.formats.reference_format import from_reference  # noqa: E402
+from shedder.model.loading import load_model, resolve_device, resolve_dtype  # noqa: E402
 from shedder.plan import Plan  # noqa: E402
-from shedder.reference_format import from_reference  # noqa: E402
+from shedder.removal.catalogue import Component  # noqa: E402
+from shedder.removal.masks import catalogue_of  # noqa: E402
+from shedder.speed.latency import BenchSettings, benchmark, save_report  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

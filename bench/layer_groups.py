@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.search_cost import sync  # noqa: E402
-from shedder.calibration import calibration_windows  # noqa: E402
-from shedder.catalogue import catalogue_of  # noqa: E402
-from shedder.evaluator import Evaluator  # noqa: E402
-from shedder.executor import LocalExecutor  # noqa: E402
-from shedder.loading import load_model, resolve_device  # noqa: E402
+from shedder.measurement.calibration import calibration_windows  # noqa: E402
+from shedder.measurement.evaluator import Evaluator  # noqa: E402
+from shedder.model.loading import load_model, resolve_device  # noqa: E402
+from shedder.removal.catalogue import catalogue_of  # noqa: E402
+from shedder.searching.executor import LocalExecutor  # noqa: E402
 
 
 def sweep(model, windows, kinds: list[str], batch_size: int, grouped: bool) -> tuple[float, list[float], int]:

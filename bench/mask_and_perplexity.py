@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shedder.calibration import calibration_windows  # noqa: E402
-from shedder.loading import load_model  # noqa: E402
-from shedder.masks import catalogue_of, masked  # noqa: E402
-from shedder.perplexity import perplexity  # noqa: E402
+from shedder.measurement.calibration import calibration_windows  # noqa: E402
+from shedder.measurement.perplexity import perplexity  # noqa: E402
+from shedder.model.loading import load_model  # noqa: E402
+from shedder.removal.masks import catalogue_of, masked  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

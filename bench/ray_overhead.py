@@ -30,14 +30,14 @@ import ray  # noqa: E402
 
 from ray_scaling import save_checkpoint  # noqa: E402
 from search_cost import sync  # noqa: E402
-from shedder.calibration import cut_windows  # noqa: E402
-from shedder.evaluator import Evaluator  # noqa: E402
-from shedder.executor import RayOptions  # noqa: E402
-from shedder.loading import load_model  # noqa: E402
-from shedder.masks import catalogue_of  # noqa: E402
-from shedder.perplexity import model_device  # noqa: E402
-from shedder.ray_executor import RayExecutor  # noqa: E402
-from shedder.search import candidates_for  # noqa: E402
+from shedder.measurement.calibration import cut_windows  # noqa: E402
+from shedder.measurement.evaluator import Evaluator  # noqa: E402
+from shedder.measurement.perplexity import model_device  # noqa: E402
+from shedder.model.loading import load_model  # noqa: E402
+from shedder.removal.masks import catalogue_of  # noqa: E402
+from shedder.searching.executor import RayOptions  # noqa: E402
+from shedder.searching.ray_executor import RayExecutor  # noqa: E402
+from shedder.searching.search import candidates_for  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

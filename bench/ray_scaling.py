@@ -33,14 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ray  # noqa: E402
 
 from search_cost import random_mamba2  # noqa: E402
-from shedder.calibration import cut_windows  # noqa: E402
-from shedder.catalogue import Component  # noqa: E402
-from shedder.evaluator import Evaluator  # noqa: E402
-from shedder.executor import RayOptions  # noqa: E402
-from shedder.loading import load_model  # noqa: E402
-from shedder.masks import catalogue_of  # noqa: E402
-from shedder.ray_executor import RayExecutor  # noqa: E402
-from shedder.search import Stage, candidates_for, search  # noqa: E402
+from shedder.measurement.calibration import cut_windows  # noqa: E402
+from shedder.measurement.evaluator import Evaluator  # noqa: E402
+from shedder.model.loading import load_model  # noqa: E402
+from shedder.removal.catalogue import Component  # noqa: E402
+from shedder.removal.masks import catalogue_of  # noqa: E402
+from shedder.searching.executor import RayOptions  # noqa: E402
+from shedder.searching.ray_executor import RayExecutor  # noqa: E402
+from shedder.searching.search import Stage, candidates_for, search  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NODE_DISPATCH_EXTRA_S = 0.002  # estimate: extra latency of a task sent to another node over a LAN

@@ -21,11 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shedder.calibration import Windows, calibration_windows, cut_windows  # noqa: E402
-from shedder.catalogue import Component  # noqa: E402
-from shedder.loading import load_model, resolve_device, resolve_dtype  # noqa: E402
-from shedder.perplexity import perplexity  # noqa: E402
-from shedder.search import Stage, naive_search, search  # noqa: E402
+from shedder.measurement.calibration import Windows, calibration_windows, cut_windows  # noqa: E402
+from shedder.measurement.perplexity import perplexity  # noqa: E402
+from shedder.model.loading import load_model, resolve_device, resolve_dtype  # noqa: E402
+from shedder.removal.catalogue import Component  # noqa: E402
+from shedder.searching.search import Stage, naive_search, search  # noqa: E402
 
 
 def random_mamba2(shape: str, device: torch.device, dtype: torch.dtype):

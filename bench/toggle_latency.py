@@ -30,10 +30,10 @@ import torch  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app.state import ModelChoice  # noqa: E402
-from shedder.calibration import calibration_windows  # noqa: E402
-from shedder.catalogue import Component  # noqa: E402
-from shedder.loading import load_model  # noqa: E402
-from shedder.perplexity import PerplexitySetting, perplexity  # noqa: E402
+from shedder.measurement.calibration import calibration_windows  # noqa: E402
+from shedder.measurement.perplexity import PerplexitySetting, perplexity  # noqa: E402
+from shedder.model.loading import load_model  # noqa: E402
+from shedder.removal.catalogue import Component  # noqa: E402
 
 DEFAULT = PerplexitySetting()  # the evaluation setting every page starts with
 TOKENS, SEQ_LEN, CALIB = DEFAULT.tokens, DEFAULT.seq_len, DEFAULT.text

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app.state import ModelChoice  # noqa: E402
-from shedder.perplexity import PerplexitySetting  # noqa: E402
+from shedder.measurement.perplexity import PerplexitySetting  # noqa: E402
 from toggle_latency import summary, toggle_sequence  # noqa: E402
 
 APP = str(ROOT / "streamlit_app.py")

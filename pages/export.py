@@ -10,14 +10,14 @@ from app.measures import accuracy, accuracy_settings, against_dense, plan_file, 
 from app.sidebar import model_or_stop, model_sidebar
 from app.state import current_plan, evaluation_setting, fingerprint, new_plan, params_freed, plan_perplexity, set_plan
 from shedder.errors import ShedderError
-from shedder.evaluation import ROUGH_STDERR
-from shedder.extract import extract
-from shedder.masks import model_lock
-from shedder.model_folders import extracted_dir
+from shedder.extraction.extract import extract
+from shedder.formats.reference_format import to_reference
+from shedder.measurement.evaluation import ROUGH_STDERR
+from shedder.measurement.tasks import PAPER_TASKS
+from shedder.model.model_folders import extracted_dir
 from shedder.paths import data_root, inside_data_root
 from shedder.plan import Plan
-from shedder.reference_format import to_reference
-from shedder.tasks import PAPER_TASKS
+from shedder.removal.masks import model_lock
 
 choice = model_sidebar()
 st.title("Export & compare")

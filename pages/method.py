@@ -4,8 +4,8 @@ import streamlit as st
 
 from app.anatomy_figure import anatomy_figure
 from app.sidebar import model_or_stop, model_sidebar
-from shedder.anatomy import distinct_layers, layer_anatomy
-from shedder.catalogue import KIND_HELP, KINDS
+from shedder.model.anatomy import distinct_layers, layer_anatomy
+from shedder.removal.catalogue import KIND_HELP, KINDS
 
 choice = model_sidebar()
 st.title("Mamba-Shedder in a minute")

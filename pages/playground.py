@@ -11,12 +11,12 @@ from app.measures import (LATENCY_REPEATS, LATENCY_WARMUP, accuracy, accuracy_se
 from app.sidebar import model_or_stop, model_sidebar
 from app.state import (catalogue, continuation, current_plan, evaluation_setting, moot, params_freed, plan_perplexity,
                        plan_version, sensitivity_map, token_loss_change, update_removed)
-from shedder.catalogue import GROUP_KINDS, KIND_HELP, SUB_BLOCK_KINDS
 from shedder.errors import ShedderError
-from shedder.evaluation import ROUGH_STDERR
+from shedder.measurement.evaluation import ROUGH_STDERR
+from shedder.measurement.refine import changed_documents, document_text
+from shedder.measurement.tasks import PAPER_TASKS
 from shedder.plan import Plan
-from shedder.refine import changed_documents, document_text
-from shedder.tasks import PAPER_TASKS
+from shedder.removal.catalogue import GROUP_KINDS, KIND_HELP, SUB_BLOCK_KINDS
 
 choice = model_sidebar()
 st.title("Playground")

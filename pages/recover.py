@@ -7,12 +7,12 @@ from app import store
 from app.recover_state import extract_plan, loss_curve, metrics_table, plan_folder, run_folder
 from app.sidebar import model_or_stop, model_sidebar, set_choice
 from app.state import ModelChoice, current_plan, evaluation_setting
-from shedder.calibration import HUB_SOURCES
 from shedder.errors import ShedderError
-from shedder.loading import zoo_names
-from shedder.model_folders import local_models, read_json
+from shedder.measurement.calibration import HUB_SOURCES
+from shedder.model.loading import zoo_names
+from shedder.model.model_folders import local_models, read_json
 from shedder.paths import data_root, inside_data_root
-from shedder.recover import DEFAULT_LR, LOG_FILE, RESULT_FILE, Evaluation, RecoverySettings, recover
+from shedder.recovery.recover import DEFAULT_LR, LOG_FILE, RESULT_FILE, Evaluation, RecoverySettings, recover
 
 TEXT_NAMES = ("wiki", "wiki-train", "wiki-test", *HUB_SOURCES)
 INSIDE_ROOT = (f"Paths stay inside {data_root()} (relative ones start there) or the cache; SHEDDER_DATA_ROOT "

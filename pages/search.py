@@ -10,14 +10,14 @@ from app.pareto import MEASURE_HINT, X_AXES, Y_AXES, axes_points, plan_points
 from app.measures import accuracy_settings, latency_settings, plan_file
 from app.sidebar import model_or_stop, model_sidebar
 from app.state import evaluation_setting, fingerprint, masked_perplexity, new_plan, plan_perplexity, set_plan
-from shedder.calibration import calibration_windows
-from shedder.catalogue import KINDS, Component
 from shedder.errors import ShedderError
 from shedder.jobs import private_copy
+from shedder.measurement.calibration import calibration_windows
+from shedder.measurement.perplexity import PerplexitySetting
 from shedder.paths import data_root, inside_data_root
-from shedder.perplexity import PerplexitySetting
 from shedder.plan import Plan
-from shedder.search import Stage, parse_stages, search
+from shedder.removal.catalogue import KINDS, Component
+from shedder.searching.search import Stage, parse_stages, search
 
 choice = model_sidebar()
 st.title("Search")

@@ -9,9 +9,9 @@ from app.figures import (GROUP_COLUMNS, clicked_component, counted, group_heatma
                          sensitivity_heatmap, signed_log_percent)
 from app.sidebar import model_or_stop, model_sidebar
 from app.state import current_plan, evaluation_setting, sensitivity_map, set_plan, start_sensitivity
-from shedder.catalogue import GROUP_KINDS, SUB_BLOCK_KINDS, Component
 from shedder.errors import ShedderError
-from shedder.scoring import Score, proxy_agreement
+from shedder.removal.catalogue import GROUP_KINDS, SUB_BLOCK_KINDS, Component
+from shedder.searching.scoring import Score, proxy_agreement
 
 choice = model_sidebar()
 st.title("Sensitivity")

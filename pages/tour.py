@@ -9,11 +9,11 @@ from app import jobs
 from app.figures import counted, percent_scale, search_trajectory, sensitivity_heatmap, signed_log_percent
 from app.sidebar import model_sidebar, set_choice
 from app.state import ModelChoice, current_choice, loaded, new_plan, set_plan
-from shedder.catalogue import KIND_HELP, Component
-from shedder.loading import ZOO_DIR
-from shedder.perplexity import PerplexitySetting
+from shedder.formats.tour import files_digest, load_tour, make_tour, removed_after, seed_sensitivity
+from shedder.measurement.perplexity import PerplexitySetting
+from shedder.model.loading import ZOO_DIR
 from shedder.plan import Plan
-from shedder.tour import files_digest, load_tour, make_tour, removed_after, seed_sensitivity
+from shedder.removal.catalogue import KIND_HELP, Component
 
 TOUR_MODEL = "demo-mamba2"
 STEPS = {1: "Load", 2: "Sensitivity", 3: "Toggle", 4: "Search", 5: "Export"}

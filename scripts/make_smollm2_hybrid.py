@@ -2,7 +2,7 @@
 """Make the zoo's ``smollm2-hybrid``: SmolLM2-135M-Instruct with Mamba-2 mixers in place of attention.
 
 The recipe of *The Mamba in the Llama* (Wang et al., 2024) on transformers' ``BambaForCausalLM``
-(``shedder/hybrid_from_llama.py`` says how each mixer starts from the attention it replaces), then
+(``shedder/model/hybrid_from_llama.py`` says how each mixer starts from the attention it replaces), then
 distillation from SmolLM2 itself. Layers are converted in stages, least important attention first
 (importance: wiki-val perplexity with that layer's attention removed, the Mamba-Shedder ``attn``
 score), and each stage
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shedder import hybrid_from_llama as H  # noqa: E402
+from shedder.model import hybrid_from_llama as H  # noqa: E402
 
 log = logging.getLogger("make_smollm2_hybrid")
 WORK = ROOT / "cache" / "smollm2-hybrid"
@@ -70,7 +70,7 @@ PART_BYTES = 32_800_000
 def cmd_prepare(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
-    from shedder.zoo import packaged_file
+    from shedder.model.zoo import packaged_file
 
     gguf = packaged_file("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -108,7 +108,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 # --- train (GPU) ---------------------------------------------------------------------------------
 
 def load_teacher(gguf: Path, device: torch.device):
-    from shedder.convert import load_gguf
+    from shedder.model.convert import load_gguf
 
     model, tokenizer = load_gguf(gguf, torch.float32)
     model.to(device).eval().requires_grad_(False)

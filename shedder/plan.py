@@ -17,11 +17,11 @@ from typing import Iterable
 
 from torch import nn
 
-from .catalogue import Component, catalogue_of, validate
 from .errors import ShedderError
 from .kinds import KINDS
-from .identity import model_fingerprint, rounded_fingerprints, same_weights
+from .model.identity import model_fingerprint, rounded_fingerprints, same_weights
 from .paths import write_text_atomic
+from .removal.catalogue import Component, catalogue_of, validate
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.state import ModelChoice
-from shedder.anatomy import distinct_layers, layer_anatomy
-from shedder.catalogue import Component
 from shedder.families import describe_model
-from shedder.masks import catalogue_of
+from shedder.model.anatomy import distinct_layers, layer_anatomy
+from shedder.removal.catalogue import Component
+from shedder.removal.masks import catalogue_of
 from tiny_models import build
 from test_app import APP, bamba_dir  # noqa: F401
 

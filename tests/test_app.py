@@ -109,8 +109,8 @@ def test_playground_toggles_change_perplexity_and_plan(bamba_dir):
 
 
 def test_the_shipped_tour_is_fresh_for_the_shipped_demo_model():
-    from shedder.loading import ZOO_DIR
-    from shedder.tour import load_tour
+    from shedder.formats.tour import load_tour
+    from shedder.model.loading import ZOO_DIR
 
     assert load_tour(ZOO_DIR / "demo-mamba2") is not None, (
         "zoo/demo-mamba2/tour.json does not match the model's weight files: run scripts/make_tour.py demo-mamba2")
@@ -121,7 +121,7 @@ def test_the_guided_tour_opens_from_the_shipped_results_and_hands_its_plans_on()
     import time
 
     from app.figures import signed_log_percent
-    from shedder.loading import ZOO_DIR
+    from shedder.model.loading import ZOO_DIR
 
     tour = json.loads((ZOO_DIR / "demo-mamba2" / "tour.json").read_text())
     base = tour["sensitivity"]["base_ppl"]

@@ -10,12 +10,12 @@ from streamlit.testing.v1 import AppTest
 
 from app import store
 from app.state import ModelChoice
-from shedder.catalogue import Component
 from shedder.errors import ShedderError
-from shedder.identity import model_fingerprint
-from shedder.loading import load_model
+from shedder.model.identity import model_fingerprint
+from shedder.model.loading import load_model
 from shedder.paths import cache_dir, data_root, inside_data_root
 from shedder.plan import Plan
+from shedder.removal.catalogue import Component
 from test_app import APP, bamba_dir  # noqa: F401  (a fixture: a tiny Bamba saved as a local folder)
 from test_app_pages import open_page
 from test_consent import foreign_remote_code_model  # noqa: F401  (a fixture: a foreign folder with a payload)

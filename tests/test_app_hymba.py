@@ -4,10 +4,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.state import ModelChoice
-from shedder.calibration import calibration_windows
-from shedder.catalogue import Component
-from shedder.loading import load_model
-from shedder.perplexity import perplexity
+from shedder.measurement.calibration import calibration_windows
+from shedder.measurement.perplexity import perplexity
+from shedder.model.loading import load_model
+from shedder.removal.catalogue import Component
 from test_app import APP
 from tiny_hymba import save_tiny_hymba
 

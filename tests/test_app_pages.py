@@ -9,12 +9,12 @@ from streamlit.testing.v1 import AppTest
 from transformers import AutoModelForCausalLM
 
 from app.state import ModelChoice
-from shedder.calibration import calibration_windows
-from shedder.catalogue import Component
-from shedder.evaluation import evaluate_accuracy
-from shedder.loading import load_model
-from shedder.perplexity import perplexity
+from shedder.measurement.calibration import calibration_windows
+from shedder.measurement.evaluation import evaluate_accuracy
+from shedder.measurement.perplexity import perplexity
+from shedder.model.loading import load_model
 from shedder.plan import Plan
+from shedder.removal.catalogue import Component
 
 from test_app import APP, bamba_dir, finish_job  # noqa: F401  (bamba_dir: a fixture, a tiny Bamba saved as a folder)
 

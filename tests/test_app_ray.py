@@ -17,10 +17,10 @@ ray = pytest.importorskip("ray")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app.state import ModelChoice  # noqa: E402
-from shedder.calibration import calibration_windows  # noqa: E402
-from shedder.identity import model_fingerprint  # noqa: E402
-from shedder.loading import load_model  # noqa: E402
-from shedder.search import parse_stages, search  # noqa: E402
+from shedder.measurement.calibration import calibration_windows  # noqa: E402
+from shedder.model.identity import model_fingerprint  # noqa: E402
+from shedder.model.loading import load_model  # noqa: E402
+from shedder.searching.search import parse_stages, search  # noqa: E402
 from test_app import APP  # noqa: E402
 
 HERE, CLUSTER = "here (in the dashboard)", "a Ray cluster"

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from conftest import run_cli
-from shedder.catalogue import Component
 from shedder.cli import main
 from shedder.errors import ShedderError
-from shedder.loading import load_model
+from shedder.model.loading import load_model
 from shedder.plan import MAX_PLAN_BYTES, Plan
+from shedder.removal.catalogue import Component
 from tiny_models import SAMPLE_TEXT, save_tiny
 
 
@@ -116,9 +116,9 @@ NUMBERS = [
 
 @pytest.mark.parametrize("argv, message", NUMBERS, ids=[" ".join(a[:3]) for a, _ in NUMBERS])
 def test_bad_numbers_are_refused_before_anything_loads(argv, message, models, tmp_path, capsys, monkeypatch):
-    import shedder.loading
+    import shedder.model.loading
 
-    monkeypatch.setattr(shedder.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(shedder.model.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     command, rest = argv[0], [str(tmp_path / a) if a in ("s.json", "run", "b.json", "r") else a for a in argv[1:]]
     assert message in refused(capsys, command, "--model", models["mamba2"], *rest)
 
@@ -132,14 +132,14 @@ def test_the_process_exits_with_status_2_and_one_line(models, tmp_path):
 
 
 def test_library_refuses_a_negative_token_count():
-    from shedder.calibration import cut_windows
+    from shedder.measurement.calibration import cut_windows
 
     with pytest.raises(ShedderError, match="--tokens -100: give a positive number"):
         cut_windows(torch.arange(1000), 32, n_tokens=-100)
 
 
 def test_library_recovery_settings_refuse_nan():
-    from shedder.recover import RecoverySettings
+    from shedder.recovery.recover import RecoverySettings
 
     with pytest.raises(ShedderError, match="--lr must be a positive number"):
         RecoverySettings(lr=float("nan")).resolved()
@@ -201,7 +201,7 @@ def test_a_plan_for_other_weights_is_refused_unless_allowed(models, tmp_path, ca
 
 
 def test_a_plan_searched_in_bfloat16_names_the_same_weights(models):
-    from shedder.identity import model_fingerprint, same_weights
+    from shedder.model.identity import model_fingerprint, same_weights
 
     model, _ = load_model(str(models["mamba2"]))
     low = model_fingerprint(load_model(str(models["mamba2"]), dtype="bfloat16")[0])
@@ -223,7 +223,7 @@ def test_extract_refuses_other_weights_and_records_its_own_when_allowed(models, 
     assert code == 0, err
     model, _ = load_model(str(models["mamba2"]))
     written = json.loads((out / "plan.json").read_text())
-    from shedder.identity import model_fingerprint
+    from shedder.model.identity import model_fingerprint
 
     assert written["model"]["fingerprint"] == model_fingerprint(model)
     assert written["made_for"]["fingerprint"] == model_fingerprint(other)
@@ -459,17 +459,17 @@ def read_only(tmp_path):
 
 
 def test_search_into_a_read_only_folder_is_refused_before_the_work(read_only, models, calib, capsys, monkeypatch):
-    import shedder.loading
+    import shedder.model.loading
 
-    monkeypatch.setattr(shedder.loading, "load_model", lambda *a, **k: pytest.fail("the work started"))
+    monkeypatch.setattr(shedder.model.loading, "load_model", lambda *a, **k: pytest.fail("the work started"))
     line = refused(capsys, "search", "--model", models["mamba2"], *calib, "--out", read_only / "run")
     assert "cannot write there" in line
 
 
 def test_score_into_a_read_only_folder_is_refused_before_the_work(read_only, models, calib, capsys, monkeypatch):
-    import shedder.loading
+    import shedder.model.loading
 
-    monkeypatch.setattr(shedder.loading, "load_model", lambda *a, **k: pytest.fail("the work started"))
+    monkeypatch.setattr(shedder.model.loading, "load_model", lambda *a, **k: pytest.fail("the work started"))
     assert "cannot write there" in refused(capsys, "score", "--model", models["mamba2"], *calib,
                                            "--out", read_only / "s.json")
 
@@ -480,7 +480,7 @@ def test_extract_into_a_read_only_parent(read_only, models, tmp_path, capsys):
     assert "cannot write there" in refused(capsys, "extract", "--model", models["mamba2"], "--plan", path,
                                            "--out", read_only / "small")
     assert list(read_only.iterdir()) == []
-    from shedder.extract import extract
+    from shedder.extraction.extract import extract
 
     model, tokenizer = load_model(str(models["mamba2"]))
     with pytest.raises(ShedderError, match="cannot write there"):  # the library checks too
@@ -498,20 +498,20 @@ def test_eval_out_is_a_folder(models, tmp_path, capsys):
 # --- Ctrl-C and the dense reference --------------------------------------------------------------
 
 def test_ctrl_c_during_a_search_keeps_the_finished_steps(models, tmp_path, calib, capsys, monkeypatch):
-    import shedder.search
+    import shedder.searching.search
 
-    real_save, out = shedder.search._save, tmp_path / "run"
+    real_save, out = shedder.searching.search._save, tmp_path / "run"
 
     def save_then_interrupt(*args, **kwargs):
         real_save(*args, **kwargs)
         raise KeyboardInterrupt  # Ctrl-C right after the first step is written
 
-    monkeypatch.setattr(shedder.search, "_save", save_then_interrupt)
+    monkeypatch.setattr(shedder.searching.search, "_save", save_then_interrupt)
     argv = ["search", "--model", models["mamba2"], "--targets", "ssm", "--steps", "2", *calib, "--out", out]
     code, _, err = run(capsys, *argv)
     assert code == 130 and "Traceback" not in err
     assert "stopped after step 1 of 2" in err and "re-run the same command to resume" in err
-    monkeypatch.setattr(shedder.search, "_save", real_save)
+    monkeypatch.setattr(shedder.searching.search, "_save", real_save)
     code, out_text, err = run(capsys, *argv)
     assert code == 0, err
     assert len(json.loads((out / "log.json").read_text())["steps"]) == 2

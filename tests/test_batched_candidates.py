@@ -3,12 +3,12 @@ import math
 
 import pytest
 
-from shedder.calibration import cut_windows
-from shedder.catalogue import Component, catalogue_of
-from shedder.evaluator import Evaluator
-from shedder.executor import LocalExecutor
+from shedder.measurement.calibration import cut_windows
+from shedder.measurement.evaluator import Evaluator
 from shedder.plan import Plan
-from shedder.search import parse_stages, search
+from shedder.removal.catalogue import Component, catalogue_of
+from shedder.searching.executor import LocalExecutor
+from shedder.searching.search import parse_stages, search
 from tiny_models import build, token_ids
 
 FAMILIES = ["mamba", "mamba2", "bamba", "nemotron_h", "zamba2", "falcon_h1"]

@@ -86,15 +86,15 @@ def shots(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def demo():
     """The demo model and the Playground's default calibration windows, for the expected numbers."""
-    from shedder.calibration import calibration_windows
-    from shedder.loading import load_model
+    from shedder.measurement.calibration import calibration_windows
+    from shedder.model.loading import load_model
 
     model, tokenizer = load_model("demo-mamba2")
     return model, calibration_windows("wiki-test", tokenizer, 256, 2048)
 
 
 def expected_ppl(demo, *removed) -> str:
-    from shedder.perplexity import perplexity
+    from shedder.measurement.perplexity import perplexity
 
     model, windows = demo
     return f"{perplexity(model, windows, list(removed), batch_size=4).ppl:.3f}"
@@ -334,7 +334,7 @@ def test_every_page_in_the_browser(page, demo, shots):
     page.pill("ssm:", "3")
     page.wait_metric("components removed", "1")
     page.idle()
-    from shedder.catalogue import Component
+    from shedder.removal.catalogue import Component
     assert page.metric("perplexity") == expected_ppl(demo, Component("ssm", 3))
     page.pill("block:", "10")
     page.wait_metric("components removed", "2")
@@ -422,7 +422,7 @@ def test_every_page_on_the_hybrid(page, shots):
 
 
 def test_two_sessions_never_see_each_others_masks(app_url, demo):
-    from shedder.catalogue import Component
+    from shedder.removal.catalogue import Component
 
     first, second = Page(app_url), Page(app_url)
     try:
@@ -448,7 +448,7 @@ def test_the_tour_a_heatmap_click_and_a_toggle_that_cancels_background_work(page
     a heatmap cell changes the plan; a toggle cancels the running background measurements and never waits."""
     import json
 
-    from shedder.catalogue import Component
+    from shedder.removal.catalogue import Component
 
     tour = json.loads((ROOT / "zoo" / "demo-mamba2" / "tour.json").read_text())
     page.find("h1", "Mamba-Shedder in a minute", timeout=120)
@@ -506,7 +506,7 @@ def test_the_tour_a_heatmap_click_and_a_toggle_that_cancels_background_work(page
 def test_one_session_scores_while_another_toggles(app_url, demo):
     """Session A scores sensitivity (a background job); session B's toggles are not blocked by it; A's Cancel acts
     within seconds and keeps what was scored."""
-    from shedder.catalogue import Component
+    from shedder.removal.catalogue import Component
 
     scorer, toggler = Page(app_url), Page(app_url)
     try:

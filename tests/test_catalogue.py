@@ -1,9 +1,9 @@
 import pytest
 import transformers as T
 
-from shedder.families import supported_model_types
-from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
+from shedder.families import supported_model_types
+from shedder.removal.catalogue import Component, build_catalogue
 from tiny_models import FAMILIES, build
 
 # kinds offered at each layer (group kinds listed once), per family of tests/tiny_models.py

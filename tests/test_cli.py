@@ -3,10 +3,10 @@ import json
 import pytest
 import transformers as T
 
-from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
-from shedder.loading import load_model
+from shedder.model.loading import load_model
 from shedder.plan import Plan
+from shedder.removal.catalogue import Component, build_catalogue
 from conftest import run_cli
 from tiny_models import SAMPLE_TEXT
 

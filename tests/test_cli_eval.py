@@ -1,9 +1,9 @@
 """``python -m shedder zoo`` and ``python -m shedder eval`` end to end, offline, in a subprocess."""
 import json
 
-from shedder.catalogue import Component
-from shedder.loading import load_model
+from shedder.model.loading import load_model
 from shedder.plan import Plan
+from shedder.removal.catalogue import Component
 from conftest import run_cli
 from tiny_models import SAMPLE_TEXT
 

@@ -1,5 +1,5 @@
 """Code from a model folder runs only with the user's consent or when the folder is provably shedder's own
-extraction (``shedder.trust``). Each attack plants a payload that leaves a marker file when imported; without
+extraction (``shedder.model.trust``). Each attack plants a payload that leaves a marker file when imported; without
 consent the marker must never appear, and with consent it does (so the payload is live)."""
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.state import ModelChoice
-from shedder.catalogue import Component
 from shedder.errors import ShedderError
-from shedder.extract import extract
-from shedder.loading import load_model
+from shedder.extraction.extract import extract
+from shedder.model.loading import load_model
+from shedder.model.trust import may_run_code, not_own_extraction
 from shedder.plan import Plan
-from shedder.recover import Evaluation, RecoverySettings, recover
-from shedder.trust import may_run_code, not_own_extraction
+from shedder.recovery.recover import Evaluation, RecoverySettings, recover
+from shedder.removal.catalogue import Component
 from tiny_models import build, save_tiny, tiny_tokenizer
 from conftest import run_cli
 from test_app import APP

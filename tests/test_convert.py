@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from shedder.catalogue import build_catalogue
-from shedder.convert import foreign_source, mamba_ssm_config, neox_tokenizer, padded_vocab
 from shedder.errors import ShedderError
-from shedder.loading import load_config, load_model
+from shedder.model.convert import foreign_source, mamba_ssm_config, neox_tokenizer, padded_vocab
+from shedder.model.loading import load_config, load_model
+from shedder.removal.catalogue import build_catalogue
 from tiny_models import build, save_tiny, tiny_tokenizer, token_ids
 
 # The tiny models of tests/tiny_models.py, described the way mamba-ssm's config.json does it.

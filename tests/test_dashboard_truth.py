@@ -14,12 +14,12 @@ from app import store
 from app.figures import (PART_OF_KIND, REMOVED_COLOUR, architecture_strip, group_heatmap, percent_scale,
                          signed_log_percent)
 from app.state import ModelChoice
-from shedder.catalogue import Component
 from shedder.errors import ShedderError
-from shedder.evaluation import AccuracyReport, TaskResult, average_difference, paired_difference
-from shedder.latency import compare_latency, latency_verdict, spread
-from shedder.masks import catalogue_of
+from shedder.measurement.evaluation import AccuracyReport, TaskResult, average_difference, paired_difference
 from shedder.plan import Plan
+from shedder.removal.catalogue import Component
+from shedder.removal.masks import catalogue_of
+from shedder.speed.latency import compare_latency, latency_verdict, spread
 from tiny_models import FAMILIES, build
 
 from test_app import APP, bamba_dir, finish_job  # noqa: F401  (bamba_dir: a fixture, a tiny Bamba saved as a folder)
@@ -207,9 +207,9 @@ def sidebar_setting(at: AppTest, tokens: int, window: int) -> None:
 
 
 def test_same_plan_same_setting_same_number_on_every_page(bamba_dir):
-    from shedder.calibration import calibration_windows
-    from shedder.loading import load_model
-    from shedder.perplexity import perplexity
+    from shedder.measurement.calibration import calibration_windows
+    from shedder.measurement.perplexity import perplexity
+    from shedder.model.loading import load_model
 
     at = open_page(bamba_dir, "pages/model.py")
     sidebar_setting(at, 1024, 128)  # changed once, in the sidebar
@@ -331,7 +331,7 @@ def describe_plan_script(model_dir: str):
 
     from app.measures import plan_file
     from app.state import ModelChoice, current_plan, evaluation_setting, new_plan, set_plan
-    from shedder.catalogue import Component
+    from shedder.removal.catalogue import Component
 
     choice = ModelChoice(model_dir)
     set_plan(choice, new_plan(choice, [Component("block", 1)]))

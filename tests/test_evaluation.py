@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from shedder.catalogue import Component
 from shedder.errors import ShedderError
-from shedder.evaluation import AccuracyReport, aggregate, evaluate_accuracy, sample_indices
-from shedder.tasks import PAPER_TASKS, get_task
+from shedder.measurement.evaluation import AccuracyReport, aggregate, evaluate_accuracy, sample_indices
+from shedder.measurement.tasks import PAPER_TASKS, get_task
+from shedder.removal.catalogue import Component
 from tiny_models import build, tiny_tokenizer
 
 
@@ -18,7 +18,7 @@ def tokenizer():
 
 def test_offline_scores_equal_lm_evals_evaluator_on_the_same_documents(tokenizer):
     """Same documents through lm-eval's own tasks (its YAML, its process_results) and evaluator."""
-    from shedder.harness import offline_tasks, run_tasks, wrap_model
+    from shedder.measurement.harness import offline_tasks, run_tasks, wrap_model
 
     model = build("llama")
     ours = evaluate_accuracy(model, tokenizer, PAPER_TASKS, limit=5, seed=1)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from shedder.catalogue import Component
 from shedder.errors import ShedderError
-from shedder.extract import build_extracted, count_params, extract
-from shedder.masks import catalogue_of, masked
+from shedder.extraction.extract import build_extracted, count_params, extract
 from shedder.plan import Plan
+from shedder.removal.catalogue import Component
+from shedder.removal.masks import catalogue_of, masked
 from tiny_models import FAMILIES, build, tiny_tokenizer, token_ids
 from conftest import run_cli
 
@@ -414,7 +414,7 @@ def test_refuses_a_plan_for_another_model(tmp_path):
 
 
 def test_a_full_disk_gives_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
-    import shedder.extract as extract_module
+    import shedder.extraction.extract as extract_module
 
     real = extract_module._write_model_code
 

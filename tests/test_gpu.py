@@ -9,10 +9,10 @@ import torch
 
 from reference import mamba1_without_scan, mamba2_without_scan
 from shedder.families import describe_model
-from shedder.calibration import cut_windows
-from shedder.catalogue import Component, build_catalogue
-from shedder.masks import masked
-from shedder.perplexity import perplexity
+from shedder.measurement.calibration import cut_windows
+from shedder.measurement.perplexity import perplexity
+from shedder.removal.catalogue import Component, build_catalogue
+from shedder.removal.masks import masked
 from tiny_models import build, token_ids
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -5,15 +5,15 @@ import json
 import pytest
 import torch
 
-from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
-from shedder.extract import build_extracted, extract
-from shedder.loading import load_model
-from shedder.masks import masked
+from shedder.extraction.extract import build_extracted, extract
+from shedder.formats.reference_format import from_reference, to_reference
+from shedder.model.loading import load_model
+from shedder.model.trust import may_run_code
 from shedder.plan import Plan
-from shedder.reference_format import from_reference, to_reference
-from shedder.search import Stage, naive_search, search
-from shedder.trust import may_run_code
+from shedder.removal.catalogue import Component, build_catalogue
+from shedder.removal.masks import masked
+from shedder.searching.search import Stage, naive_search, search
 from tiny_hymba import load_tiny_hymba, save_tiny_hymba
 from tiny_models import tiny_tokenizer, token_ids
 
@@ -116,7 +116,7 @@ def test_hymba_reference_format_reads_and_writes_the_hymba_pruning_keys(hymba):
 
 
 def test_hymba_search_equals_the_naive_search(hymba, tmp_path):
-    from shedder.calibration import Windows
+    from shedder.measurement.calibration import Windows
 
     windows = Windows(token_ids(batch=4, length=10, seed=3), "tokens", None)
     stages = [Stage(("block", "attn", "ssm"), 3), Stage(("mlp_channels",), 2)]
@@ -137,9 +137,9 @@ def test_hymba_cli_inspect_needs_consent_for_the_checkpoint_code(hymba_dir, caps
 
 
 def test_hymba_score_gives_each_components_exact_perplexity(hymba):
-    from shedder.calibration import Windows
-    from shedder.perplexity import perplexity
-    from shedder.scoring import score
+    from shedder.measurement.calibration import Windows
+    from shedder.measurement.perplexity import perplexity
+    from shedder.searching.scoring import score
 
     windows = Windows(token_ids(batch=4, length=10, seed=5), "tokens", None)
     base = [Component("block", 3)]

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from shedder import jobs
-from shedder.calibration import Windows
-from shedder.catalogue import Component
-from shedder.identity import model_fingerprint
+from shedder.measurement.calibration import Windows
+from shedder.model.identity import model_fingerprint
 from shedder.plan import Plan
+from shedder.removal.catalogue import Component
 from tiny_models import build, token_ids
 
 
@@ -91,8 +91,8 @@ def test_a_job_pauses_while_foreground_work_runs():
 
 
 def test_the_sensitivity_map_grows_resumes_and_equals_score(tmp_path):
-    from shedder.scoring import score
-    from shedder.sensitivity_map import BATCH_SIZE, fill_map, load_map
+    from shedder.searching.scoring import score
+    from shedder.searching.sensitivity_map import BATCH_SIZE, fill_map, load_map
 
     model = build("bamba")
     data = windows()
@@ -118,13 +118,13 @@ def test_the_sensitivity_map_grows_resumes_and_equals_score(tmp_path):
 
 
 def model_components(model, kinds):
-    from shedder.masks import catalogue_of
+    from shedder.removal.masks import catalogue_of
 
     return catalogue_of(model).components(kinds)
 
 
 def test_latency_refines_round_by_round_and_ends_final():
-    from shedder.refine import refining_latency
+    from shedder.measurement.refine import refining_latency
 
     model = build("mamba2")
     rounds = []
@@ -136,7 +136,7 @@ def test_latency_refines_round_by_round_and_ends_final():
 
 
 def test_subset_sizes_grow_to_the_limit_and_changed_documents_are_found():
-    from shedder.refine import changed_documents, subset_sizes
+    from shedder.measurement.refine import changed_documents, subset_sizes
 
     assert subset_sizes(100) == [10, 30, 100] and subset_sizes(5) == [5] and subset_sizes(20) == [10, 20]
     dense = {"tasks": {"piqa": {"paper_metric": "acc_norm", "per_doc": {"1": {"acc_norm": 1.0}, "4": {"acc_norm": 0.0},
@@ -147,7 +147,7 @@ def test_subset_sizes_grow_to_the_limit_and_changed_documents_are_found():
 
 
 def test_token_losses_average_to_the_models_own_loss_and_change_with_a_removal():
-    from shedder.token_loss import token_losses
+    from shedder.measurement.token_loss import token_losses
 
     model = build("mamba2")
     ids = token_ids(1, 20)[0]
@@ -161,10 +161,10 @@ def test_token_losses_average_to_the_models_own_loss_and_change_with_a_removal()
 
 
 def test_the_tour_is_fresh_for_its_weights_recomputed_when_stale_and_seeds_the_map(tmp_path):
-    from shedder.loading import load_model
-    from shedder.perplexity import PerplexitySetting
-    from shedder.sensitivity_map import load_map
-    from shedder.tour import files_digest, load_tour, make_tour, removed_after, seed_sensitivity, write_tour
+    from shedder.formats.tour import files_digest, load_tour, make_tour, removed_after, seed_sensitivity, write_tour
+    from shedder.measurement.perplexity import PerplexitySetting
+    from shedder.model.loading import load_model
+    from shedder.searching.sensitivity_map import load_map
     from tiny_models import save_tiny
 
     folder = tmp_path / "tiny"

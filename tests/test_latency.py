@@ -9,14 +9,14 @@ import torch
 from conftest import run_cli
 from tiny_models import build, save_tiny, token_ids
 
-from shedder.catalogue import Component
 from shedder.cli import main
-from shedder.cost_model import RECURRENT_STATE_BYTES, model_cost
 from shedder.errors import ShedderError
-from shedder.latency import BenchSettings, _generate, benchmark, extracted_model, kernel_backend
-from shedder.masks import catalogue_of
 from shedder.plan import Plan
-from shedder.static_decode import StaticDecoder, cache_bytes
+from shedder.removal.catalogue import Component
+from shedder.removal.masks import catalogue_of
+from shedder.speed.cost_model import RECURRENT_STATE_BYTES, model_cost
+from shedder.speed.latency import BenchSettings, _generate, benchmark, extracted_model, kernel_backend
+from shedder.speed.static_decode import StaticDecoder, cache_bytes
 
 TINY = dict(prompt_len=12, new_tokens=5, repeats=1, warmup=0)
 
@@ -91,7 +91,7 @@ def test_plan_times_the_extracted_smaller_model_and_compares_with_the_ideal():
 
 
 def test_paired_prefill_times_both_models_in_alternating_turns(monkeypatch):
-    from shedder import latency
+    from shedder.speed import latency
 
     model = build("mamba2")
     small = latency.extracted_model(model, Plan.for_model(model, [Component("block", 1)]))

@@ -6,10 +6,10 @@ import torch.nn.functional as F
 
 from reference import mamba1_without_scan, mamba2_without_scan
 
-from shedder.families import describe_model
-from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
-from shedder.masks import masked
+from shedder.families import describe_model
+from shedder.removal.catalogue import Component, build_catalogue
+from shedder.removal.masks import masked
 from tiny_models import FAMILIES, build, token_ids
 
 MAMBA1 = ["mamba", "falcon_mamba", "jamba"]

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from shedder.calibration import Windows
-from shedder.catalogue import Component
 from shedder.errors import ShedderError
-from shedder.extract import extract
+from shedder.extraction.extract import extract
 from shedder.folder_lock import lock_path, output_lock
+from shedder.measurement.calibration import Windows
 from shedder.paths import UMASK, write_text_atomic
 from shedder.plan import Plan
-from shedder.search import Stage, search
+from shedder.removal.catalogue import Component
+from shedder.searching.search import Stage, search
 from tiny_models import build, tiny_tokenizer, token_ids
 from conftest import ROOT
 
@@ -127,7 +127,7 @@ def test_two_extractions_into_one_folder_at_once(tmp_path):
 
 
 def test_a_second_recovery_into_a_busy_folder_is_refused(mamba2_dir, tmp_path):
-    from shedder.recover import Evaluation, RecoverySettings, recover
+    from shedder.recovery.recover import Evaluation, RecoverySettings, recover
 
     out = tmp_path / "recovered"
     with output_lock(out, "recovery"):

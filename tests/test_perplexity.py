@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from shedder.calibration import calibration_windows, cut_windows, load_text, tokenize_text, wiki_articles
-from shedder.catalogue import Component
 from shedder.errors import ShedderError
-from shedder.perplexity import perplexity
+from shedder.measurement.calibration import calibration_windows, cut_windows, load_text, tokenize_text, wiki_articles
+from shedder.measurement.perplexity import perplexity
+from shedder.removal.catalogue import Component
 from tiny_models import SAMPLE_TEXT, build, tiny_tokenizer
 
 FAMILIES_FOR_PPL = ["mamba", "mamba2", "bamba", "llama"]
@@ -40,7 +40,7 @@ def test_perplexity_equals_the_naive_loop(family, batch_size, stream):
 
 
 def test_perplexity_under_a_plan_equals_the_naive_loop_under_the_same_mask(stream):
-    from shedder.masks import masked
+    from shedder.removal.masks import masked
 
     model = build("bamba")
     windows = cut_windows(stream, seq_len=16, n_tokens=64)

@@ -4,11 +4,11 @@ import copy
 import pytest
 import torch
 
-from shedder.calibration import cut_windows
-from shedder.catalogue import Component
 from shedder.errors import ShedderError
+from shedder.measurement.calibration import cut_windows
 from shedder.plan import Plan
-from shedder.search import parse_stages, search
+from shedder.removal.catalogue import Component
+from shedder.searching.search import parse_stages, search
 from tiny_models import build, tiny_tokenizer, token_ids
 
 
@@ -65,8 +65,8 @@ def test_searched_plan_records_the_rounded_fingerprints(tmp_path):
 
 
 def test_extraction_records_the_extracted_weights_fingerprints_not_the_plans(tmp_path):
-    from shedder.extract import extract
-    from shedder.identity import model_fingerprint, rounded_fingerprints
+    from shedder.extraction.extract import extract
+    from shedder.model.identity import model_fingerprint, rounded_fingerprints
 
     model = build("mamba2")
     other = copy.deepcopy(model)

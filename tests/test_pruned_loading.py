@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from shedder.calibration import Windows
-from shedder.catalogue import Component
 from shedder.errors import ShedderError
-from shedder.extract import extract
-from shedder.loading import load_model
-from shedder.trust import not_own_extraction
-from shedder.masks import catalogue_of, masked
-from shedder.perplexity import perplexity
+from shedder.extraction.extract import extract
+from shedder.measurement.calibration import Windows
+from shedder.measurement.perplexity import perplexity
+from shedder.model.loading import load_model
+from shedder.model.trust import not_own_extraction
 from shedder.plan import Plan
+from shedder.removal.catalogue import Component
+from shedder.removal.masks import catalogue_of, masked
 from tiny_models import build, tiny_tokenizer, token_ids
 from conftest import run_cli
 

@@ -10,16 +10,16 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from shedder.calibration import cut_windows, tokenize_text  # noqa: E402
-from shedder.catalogue import Component  # noqa: E402
 from shedder.cli import main  # noqa: E402
 from shedder.errors import ShedderError  # noqa: E402
-from shedder.executor import RayOptions  # noqa: E402
-from shedder.loading import load_model  # noqa: E402
-from shedder.ray_executor import RayExecutor, check_reachable  # noqa: E402
-from shedder.ray_jobs import SearchJob, search_progress, submit_search  # noqa: E402
-from shedder.scoring import score  # noqa: E402
-from shedder.search import parse_stages, search  # noqa: E402
+from shedder.measurement.calibration import cut_windows, tokenize_text  # noqa: E402
+from shedder.model.loading import load_model  # noqa: E402
+from shedder.removal.catalogue import Component  # noqa: E402
+from shedder.searching.executor import RayOptions  # noqa: E402
+from shedder.searching.ray_executor import RayExecutor, check_reachable  # noqa: E402
+from shedder.searching.ray_jobs import SearchJob, search_progress, submit_search  # noqa: E402
+from shedder.searching.scoring import score  # noqa: E402
+from shedder.searching.search import parse_stages, search  # noqa: E402
 from tiny_models import SAMPLE_TEXT, build, tiny_tokenizer, train_briefly  # noqa: E402
 
 SEQ_LEN, N_WINDOWS, BATCH = 16, 6, 2
@@ -121,7 +121,7 @@ def test_search_on_ray_gives_the_local_plan_even_when_a_worker_dies(pool, checkp
             ray.kill(pool.workers[0])
             killed.append(done)
 
-    with caplog.at_level(logging.WARNING, logger="shedder.ray_executor"):
+    with caplog.at_level(logging.WARNING, logger="shedder.searching.ray_executor"):
         remote = search(model, windows, stages, batch_size=BATCH, on_candidate=kill_one_worker, executor=pool)
     assert killed and pool.replacements == 1 and "died" in caplog.text
     assert plan_and_ppls(remote) == plan_and_ppls(local)

@@ -11,16 +11,16 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import run_cli
-from shedder.bits_per_byte import bits_per_byte, position_byte_lengths
-from shedder.calibration import tokenize_text
-from shedder.catalogue import Component
 from shedder.cli import main
 from shedder.errors import ShedderError
-from shedder.extract import extract
-from shedder.lora import LoraSettings, add_lora, keep_mixers_off_fused_training_path, target_module_names
-from shedder.model_folders import extracted_dir, find_dense_model, local_dir, local_models, recovered_dir
+from shedder.extraction.extract import extract
+from shedder.measurement.bits_per_byte import bits_per_byte, position_byte_lengths
+from shedder.measurement.calibration import tokenize_text
+from shedder.model.model_folders import extracted_dir, find_dense_model, local_dir, local_models, recovered_dir
 from shedder.plan import Plan
-from shedder.recover import Evaluation, RecoverySettings, recover
+from shedder.recovery.lora import LoraSettings, add_lora, keep_mixers_off_fused_training_path, target_module_names
+from shedder.recovery.recover import Evaluation, RecoverySettings, recover
+from shedder.removal.catalogue import Component
 from tiny_models import FAMILIES, SAMPLE_TEXT, build, tiny_tokenizer, token_ids, train_briefly
 
 EVAL = Evaluation(tokens=512, seq_len=32)
@@ -193,11 +193,11 @@ def test_cli_recovers_resumes_and_refuses_held_out_data(models, tmp_path, capsys
 def test_dense_reference_is_found_in_the_zoo_and_dashboard_folders_are_listed(models, tmp_path, monkeypatch):
     import shutil
 
-    import shedder.loading
+    import shedder.model.loading
 
     zoo = tmp_path / "zoo"
     shutil.copytree(models["dense"], zoo / "tiny-dense")
-    monkeypatch.setattr(shedder.loading, "ZOO_DIR", zoo)
+    monkeypatch.setattr(shedder.model.loading, "ZOO_DIR", zoo)
     assert find_dense_model(local_dir(str(models["pruned"]))) == "tiny-dense"
     assert find_dense_model(local_dir(str(models["dense"]))) is None  # no plan.json: not an extraction
 
@@ -279,7 +279,7 @@ def test_a_pruned_layout_with_its_own_model_file_is_recovered_and_reloads(tmp_pa
         recovered = recover(str(tmp_path / "pruned"), tmp_path / "out", settings, EVAL, device="cpu")
     except ShedderError as exc:
         if "is not supported" in str(exc):
-            pytest.skip(f"shedder.loading does not load pruned layouts yet: {exc}")
+            pytest.skip(f"shedder.model.loading does not load pruned layouts yet: {exc}")
         raise
     assert {"modeling_shedder_pruned.py", "pruned_layers.py"} <= {p.name for p in (tmp_path / "out").iterdir()}
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True).eval()

@@ -12,18 +12,18 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from shedder.calibration import calibration_windows
-from shedder.catalogue import Component
 from shedder.cli import main
-from shedder.extract import extract
-from shedder.finetune import silenced_inputs
-from shedder.loading import load_model
-from shedder.trust import not_own_extraction
-from shedder.lora import keep_mixers_off_fused_training_path
-from shedder.masks import catalogue_of
-from shedder.perplexity import perplexity
+from shedder.extraction.extract import extract
+from shedder.measurement.calibration import calibration_windows
+from shedder.measurement.perplexity import perplexity
+from shedder.model.loading import load_model
+from shedder.model.trust import not_own_extraction
 from shedder.plan import Plan
-from shedder.recover import Evaluation, RecoverySettings, recover
+from shedder.recovery.finetune import silenced_inputs
+from shedder.recovery.lora import keep_mixers_off_fused_training_path
+from shedder.recovery.recover import Evaluation, RecoverySettings, recover
+from shedder.removal.catalogue import Component
+from shedder.removal.masks import catalogue_of
 from tiny_models import SAMPLE_TEXT, build, tiny_tokenizer, token_ids, train_briefly
 
 EVAL = Evaluation(tokens=256, seq_len=32)

@@ -3,14 +3,14 @@ import json
 import pytest
 import torch
 
-from shedder.calibration import cut_windows, tokenize_text
-from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
-from shedder.perplexity import perplexity
+from shedder.formats.reference_format import from_reference, to_reference
+from shedder.measurement.calibration import cut_windows, tokenize_text
+from shedder.measurement.perplexity import perplexity
 from shedder.plan import Plan
-from shedder.reference_format import from_reference, to_reference
-from shedder.scoring import block_influence, score, spearman, weight_magnitude
-from shedder.search import Stage, candidates_for, naive_search, parse_stages, search
+from shedder.removal.catalogue import Component, build_catalogue
+from shedder.searching.scoring import block_influence, score, spearman, weight_magnitude
+from shedder.searching.search import Stage, candidates_for, naive_search, parse_stages, search
 from tiny_models import SAMPLE_TEXT, build, tiny_tokenizer, train_briefly
 
 
@@ -169,7 +169,7 @@ def test_published_mamba2_config_imports_onto_a_64_layer_model():
     plan = from_reference(published, model)
     assert plan.removed[:2] == [Component("ssm", 63), Component("ssm", 54)] and len(plan.removed) == 22
     ids = torch.randint(0, 96, (1, 8))
-    from shedder.masks import masked
+    from shedder.removal.masks import masked
     with masked(model, plan), torch.no_grad():
         model(ids)
 
@@ -184,7 +184,7 @@ def test_rerunning_a_search_whose_stage_ran_out_of_candidates_adds_nothing(windo
 
 
 def test_a_bound_read_after_every_batch_stops_where_a_fixed_one_would(windows, trained_mamba2):
-    from shedder.evaluator import Evaluator
+    from shedder.measurement.evaluator import Evaluator
 
     evaluator = Evaluator(trained_mamba2, windows, batch_size=1)
     evaluator.set_base([])

@@ -2,15 +2,15 @@
 import pytest
 import torch
 
-from shedder.families import describe_model
-from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
-from shedder.executor import RayOptions
-from shedder.loading import load_model
-from shedder.perplexity import perplexity
-from shedder.search import parse_stages, search
-from shedder.sharding import balanced_device_map
-from shedder.calibration import cut_windows
+from shedder.families import describe_model
+from shedder.measurement.calibration import cut_windows
+from shedder.measurement.perplexity import perplexity
+from shedder.model.loading import load_model
+from shedder.model.sharding import balanced_device_map
+from shedder.removal.catalogue import Component, build_catalogue
+from shedder.searching.executor import RayOptions
+from shedder.searching.search import parse_stages, search
 from tiny_models import build, save_tiny, token_ids
 
 TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")

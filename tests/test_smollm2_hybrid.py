@@ -6,14 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from shedder import hybrid_from_llama as H
-from shedder import zoo
-from shedder.catalogue import build_catalogue
 from shedder.errors import ShedderError
-from shedder.extract import extract
-from shedder.loading import load_config, load_model
-from shedder.masks import masked
+from shedder.extraction.extract import extract
+from shedder.model import hybrid_from_llama as H
+from shedder.model import zoo
+from shedder.model.loading import load_config, load_model
 from shedder.plan import Plan
+from shedder.removal.catalogue import build_catalogue
+from shedder.removal.masks import masked
 
 NAME = "smollm2-hybrid"
 

@@ -4,9 +4,9 @@ import random
 import pytest
 
 from shedder.errors import ShedderError
-from shedder.evaluation import sample_indices
-from shedder.tasks import PAPER_TASKS, TASKS, get_task, parse_task_list
-from shedder.tasks.olmo_data import OlmesRequests, SavedSplit, arc_raw, openbookqa_raw
+from shedder.measurement.evaluation import sample_indices
+from shedder.measurement.tasks import PAPER_TASKS, TASKS, get_task, parse_task_list
+from shedder.measurement.tasks.olmo_data import OlmesRequests, SavedSplit, arc_raw, openbookqa_raw
 
 # Sizes of the splits lm-eval evaluates (lm-eval 0.4.13; the Mamba and Mamba-Shedder papers' suite).
 SPLIT_SIZES = {"lambada_openai": 5153, "hellaswag": 10042, "piqa": 1838, "arc_easy": 2376, "arc_challenge": 1172,
@@ -16,7 +16,7 @@ SPLIT_SIZES = {"lambada_openai": 5153, "hellaswag": 10042, "piqa": 1838, "arc_ea
 @pytest.fixture(scope="module")
 def lm_eval_tasks():
     """lm-eval's own task objects, from its YAML configs, fed the offline documents (no download)."""
-    from shedder.harness import offline_task
+    from shedder.measurement.harness import offline_task
 
     return {name: offline_task(name) for name in PAPER_TASKS}
 
@@ -83,7 +83,7 @@ def test_lambada_rebuilt_text_gives_back_the_olmes_requests():
 
 
 def test_registry_paths_are_the_configs_lm_eval_uses_and_hub_fails_clearly():
-    from shedder.harness import hub_tasks, lm_eval_tasks_dir, task_manager
+    from shedder.measurement.harness import hub_tasks, lm_eval_tasks_dir, task_manager
 
     manager = task_manager()
     for name, spec in TASKS.items():

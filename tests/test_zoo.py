@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from shedder import zoo
-from shedder.catalogue import Component, build_catalogue
 from shedder.errors import ShedderError
-from shedder.evaluation import evaluate_accuracy
-from shedder.loading import ZOO_DIR, load_model, zoo_names
+from shedder.measurement.evaluation import evaluate_accuracy
+from shedder.model import zoo
+from shedder.model.loading import ZOO_DIR, load_model, zoo_names
+from shedder.removal.catalogue import Component, build_catalogue
 
 DEMO_TYPES = {"demo-mamba2": "mamba2", "demo-hybrid": "bamba"}
 

@@ -26,8 +26,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from ..loading import load_model
-    from ..catalogue import catalogue_of
+    from ..model.loading import load_model
+    from ..removal.catalogue import catalogue_of
 
     model, _ = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
     catalogue = catalogue_of(model, args.channel_group_size)
@@ -68,7 +68,7 @@ def add_calibration_args(parser: argparse.ArgumentParser, default_tokens: int | 
 
 
 def windows_from_args(args: argparse.Namespace, tokenizer):
-    from ..calibration import calibration_windows
+    from ..measurement.calibration import calibration_windows
 
     return calibration_windows(args.calib, tokenizer, args.seq_len, args.tokens, args.seed)
 
@@ -83,8 +83,8 @@ def add_plan_args(parser: argparse.ArgumentParser, help: str, required: bool = F
 def load_plan_for(model, args: argparse.Namespace):
     """The plan of ``--plan`` (ours or a reference config) checked against ``model``, or an empty plan. A
     reference config's mapping onto this model is said on stderr: that format names no model."""
+    from ..formats.reference_format import plan_from_data
     from ..plan import Plan, read_plan_json
-    from ..reference_format import plan_from_data
 
     grouping = Plan(channel_group_size=args.channel_group_size, channel_reorder=getattr(args, "channel_reorder", None))
     if not args.plan:
@@ -107,8 +107,8 @@ def progress_bar(total: int, desc: str, disable: bool = False):
 
 
 def _ppl(args: argparse.Namespace) -> int:
-    from ..loading import load_model
-    from ..perplexity import perplexity, require_finite
+    from ..measurement.perplexity import perplexity, require_finite
+    from ..model.loading import load_model
 
     model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
     plan = load_plan_for(model, args)

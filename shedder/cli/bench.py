@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ShedderError
+from ..paths import check_output_file
 from . import add_plan_args, load_plan_for, progress_bar
 from .arg_types import NON_NEGATIVE, POSITIVE, SEED
-from ..paths import check_output_file
-from ..errors import ShedderError
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -63,8 +63,8 @@ def summary(report: dict) -> list[str]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..latency import BenchSettings, benchmark, save_report
-    from ..loading import load_model
+    from ..model.loading import load_model
+    from ..speed.latency import BenchSettings, benchmark, save_report
 
     settings = BenchSettings(prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                              batch_sizes=_batch_sizes(args.batch_sizes), repeats=args.repeats, warmup=args.warmup,

@@ -43,7 +43,7 @@ def register(subparsers, add_model_args: AddModelArgs) -> None:
 
 
 def _zoo(args: argparse.Namespace) -> int:
-    from ..zoo import zoo_models
+    from ..model.zoo import zoo_models
 
     models = zoo_models()
     if args.json:
@@ -71,8 +71,8 @@ def _bar(desc: str, unit: str):
 
 
 def _measure(model, tokenizer, args: argparse.Namespace, tasks: list[str], plan, windows, label: str) -> dict:
-    from ..evaluation import evaluate_accuracy
-    from ..perplexity import perplexity, require_finite
+    from ..measurement.evaluation import evaluate_accuracy
+    from ..measurement.perplexity import perplexity, require_finite
     from ..plan import Plan
 
     if plan is None:
@@ -92,12 +92,12 @@ def _measure(model, tokenizer, args: argparse.Namespace, tasks: list[str], plan,
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..calibration import calibration_windows
-    from . import load_plan_for
-    from ..paths import check_output_file
     from ..errors import ShedderError
-    from ..loading import load_model
-    from ..tasks import parse_task_list
+    from ..measurement.calibration import calibration_windows
+    from ..measurement.tasks import parse_task_list
+    from ..model.loading import load_model
+    from ..paths import check_output_file
+    from . import load_plan_for
 
     tasks = parse_task_list(args.tasks)
     if args.no_dense and not args.plan:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_plan_args, load_plan_for
 from ..paths import check_output_dir
+from . import add_plan_args, load_plan_for
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from ..extract import extract
-    from ..loading import load_model
+    from ..extraction.extract import extract
+    from ..model.loading import load_model
 
     check_output_dir(args.out)
     model, tokenizer = load_model(args.model, args.dtype, args.device, args.trust_remote_code)

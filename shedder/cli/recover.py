@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .arg_types import NON_NEGATIVE, POSITIVE, SEED, SEQ_LEN, real
 from ..paths import check_output_dir
+from .arg_types import NON_NEGATIVE, POSITIVE, SEED, SEQ_LEN, real
 
 
 def register(subparsers, add_model_args) -> None:
@@ -54,8 +54,8 @@ def register(subparsers, add_model_args) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from ..recover import Evaluation, RecoverySettings
-    from ..tasks import parse_task_list
+    from ..measurement.tasks import parse_task_list
+    from ..recovery.recover import Evaluation, RecoverySettings
 
     targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip()) if args.target_modules else None
     settings = RecoverySettings(
@@ -71,8 +71,8 @@ def _settings(args: argparse.Namespace):
 
 
 def _recover(args: argparse.Namespace) -> int:
+    from ..recovery.recover import recover
     from . import progress_bar
-    from ..recover import recover
 
     settings, evaluation = _settings(args)
     check_output_dir(args.out)

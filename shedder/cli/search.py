@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import ShedderError
+from ..paths import check_output_dir, check_output_file
 from . import add_calibration_args, add_plan_args, load_plan_for, progress_bar, windows_from_args
 from .arg_types import POSITIVE, nonempty
-from ..paths import check_output_dir, check_output_file
-from ..errors import ShedderError
 
 
 def _kinds(text: str) -> list[str]:
@@ -27,7 +27,7 @@ def _kinds(text: str) -> list[str]:
 
 def _kinds_of_model(model, kinds: list[str], channel_group_size: int | None, warn: bool = True) -> list[str]:
     """Those of ``kinds`` the model has (a warning names the others); refused when it has none of them."""
-    from ..catalogue import catalogue_of
+    from ..removal.catalogue import catalogue_of
 
     found = catalogue_of(model, channel_group_size).present(kinds)
     missing = [k for k in kinds if k not in found]
@@ -53,14 +53,14 @@ def add_executor_args(parser: argparse.ArgumentParser) -> None:
 def load_with_executor(args: argparse.Namespace, split: str = "windows"):
     """(model, tokenizer, executor options). With Ray, this process's copy (for the catalogue, the
     fingerprint and proxies) is on the CPU, in the dtype the workers will use."""
-    from ..loading import load_model
+    from ..model.loading import load_model
 
     if args.executor == "local":
         if args.ray_address or args.workers or args.gpus_per_worker:
             raise ShedderError("--ray-address, --workers and --gpus-per-worker need --executor ray.")
         return (*load_model(args.model, args.dtype, args.device, args.trust_remote_code), None)
-    from ..executor import RayOptions
-    from ..ray_executor import connect, worker_dtype
+    from ..searching.executor import RayOptions
+    from ..searching.ray_executor import connect, worker_dtype
 
     connect(args.ray_address)
     options = RayOptions(model=args.model, device=args.device, trust_remote_code=args.trust_remote_code,
@@ -72,8 +72,8 @@ def load_with_executor(args: argparse.Namespace, split: str = "windows"):
 
 def _score(args: argparse.Namespace) -> int:
     from ..kinds import GROUP_KINDS
-    from ..perplexity import require_finite
-    from ..scoring import block_influence, proxy_agreement, score, weight_magnitude
+    from ..measurement.perplexity import require_finite
+    from ..searching.scoring import block_influence, proxy_agreement, score, weight_magnitude
 
     kinds = _kinds(DEFAULT_SCORE_KINDS if args.kinds is None else args.kinds)
     check_output_file(args.out)
@@ -110,7 +110,7 @@ def _score(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from ..plan import Plan
-    from ..search import Stage, parse_stages, search
+    from ..searching.search import Stage, parse_stages, search
 
     if args.stages and args.targets:
         raise ShedderError("Give either --targets/--steps or --stages, not both.")
@@ -147,9 +147,9 @@ def _finished_steps(out: str) -> int:
 
 
 def _plan_convert(args: argparse.Namespace) -> int:
-    from ..loading import load_model
+    from ..formats.reference_format import is_reference_config, plan_from_data, to_reference
+    from ..model.loading import load_model
     from ..plan import Plan, read_plan_json
-    from ..reference_format import is_reference_config, plan_from_data, to_reference
 
     out = check_output_file(args.out)
     data = read_plan_json(args.input)

@@ -67,7 +67,7 @@ def _silenced(linear: nn.Linear, count: int, width: int) -> frozenset[int]:
 
 def _prune_parts(parts: LayerParts) -> LayerParts:
     """What is left to describe of one layer of a pruned model (see the module docstring)."""
-    from ..ssm_layout import mamba1_layout, mamba2_layout
+    from ..model.ssm_layout import mamba1_layout, mamba2_layout
 
     if parts.ssm is not None:
         try:  # a mixer without its scan has no A_log; one narrowed behind its gated norm has no Mamba-2 layout

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import ShedderError
 
 if TYPE_CHECKING:
-    from ..extract_layers import Layers
+    from ..extraction.extract_layers import Layers
 
 OUTPUT_PARAM_NAMES = {"down_proj", "output_linear", "fc2_latent_proj"}
 

@@ -25,7 +25,7 @@ from ..kinds.base import numel, rows_params
 from .base import HYBRID_TARGETS, Family, LayerParts, add_mlp, layers_of, same_layers_config
 
 if TYPE_CHECKING:
-    from ..extract_layers import Layers
+    from ..extraction.extract_layers import Layers
 
 
 def block_candidates(config) -> set[int]:

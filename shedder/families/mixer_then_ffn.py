@@ -14,7 +14,7 @@ from ..errors import ShedderError
 from .base import HYBRID_TARGETS, Family, LayerParts, add_attention, add_mlp, layers_of, same_layers_config
 
 if TYPE_CHECKING:
-    from ..extract_layers import Layers
+    from ..extraction.extract_layers import Layers
 
 
 def describe_with(ssm_version: int):

@@ -9,7 +9,7 @@ from torch import nn
 from .base import HYBRID_TARGETS, Family, LayerParts, add_attention, add_mlp, layers_of
 
 if TYPE_CHECKING:
-    from ..extract_layers import Layers
+    from ..extraction.extract_layers import Layers
 
 
 def describe(model: nn.Module) -> list[LayerParts]:

@@ -21,7 +21,7 @@ from ..errors import ShedderError
 from .base import HYBRID_TARGETS, Family, LayerParts, layers_of
 
 if TYPE_CHECKING:
-    from ..extract_layers import Layers
+    from ..extraction.extract_layers import Layers
 
 _HYBRID_ONLY = re.compile(r"^(linear|shared_transformer)\.")
 

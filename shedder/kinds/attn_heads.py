@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..pruned_modeling.pruned_layers import attention_head_slots
+from ..extraction.pruned_modeling.pruned_layers import attention_head_slots
 from .base import Kind, kept, path_in, rows_params
 
 

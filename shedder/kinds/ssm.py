@@ -15,7 +15,7 @@ Mamba-2 ``A_log``, ``D``, ``dt_bias``, the B/C/dt rows of ``in_proj`` and the B/
 from __future__ import annotations
 
 from ..errors import ShedderError
-from ..ssm_layout import mamba1_layout, mamba2_layout
+from ..model.ssm_layout import mamba1_layout, mamba2_layout
 from .base import Kind, bias_len, numel, path_in
 
 _ACTIVATIONS_ZERO_AT_ZERO = {"silu", "swish", "relu", "gelu"}

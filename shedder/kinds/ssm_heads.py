@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 # the template file keeps its private name: changing its text would make earlier extractions "not our own"
-from ..pruned_modeling.pruned_layers import _has_gated_norm as has_gated_norm
-from ..ssm_layout import mamba2_layout
+from ..extraction.pruned_modeling.pruned_layers import _has_gated_norm as has_gated_norm
+from ..model.ssm_layout import mamba2_layout
 from .base import Kind, kept, path_in, rows_params
 
 

@@ -1,0 +1,287 @@
+"""Exact, cheap calibration NLL of "the base plan plus one more component".
+
+Two exact savings over recomputing the whole model for every candidate (see the README, "Sensitivity and the search"):
+
+- **Prefix reuse.** Removing a component in layer i leaves layers < i untouched, so the hidden states
+  entering each layer under the base plan are computed once per step (``set_base``) and a candidate
+  in layer i only runs layers i.. . The earlier layers are skipped on the instance and layer i gets
+  the stored tensor; the model's own forward still builds masks, positions and Zamba2's embedding
+  input, so this needs no per-family code.
+- **Early stop.** The NLL sum only grows from batch to batch (every term is >= 0), so a candidate
+  whose partial sum already exceeds ``bound`` (the best complete candidate) cannot win and stops.
+
+Candidates of one layer can also run together (:meth:`Evaluator.evaluate_layer`): each runs its own
+layer on the stored input, then the layers after it run once for all of them, their windows stacked
+along the batch, which small models (bound by per-call overhead, not arithmetic) run several times
+faster. Every window's NLL is still its own row of the same computation; ``tests/test_search.py``
+checks that the sums equal one-at-a-time evaluation exactly.
+
+Work is counted in layer-forward token passes: one layer run over one token is 1.
+Batches are fixed (``batch_size`` windows each, in order) and sums are accumulated per batch in the
+same order as :func:`shedder.measurement.perplexity.perplexity`, so results are bit-identical to it.
+"""
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import ShedderError
+from ..families import describe_model
+from ..kinds.edits import Edits, passthrough
+from ..plan import Plan
+from ..removal.catalogue import Component
+from ..removal.masks import masked
+from .calibration import Windows
+from .perplexity import model_device, window_nll
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    component: Component | None
+    nll_sum: float  # complete sum, or the partial sum when stopped early
+    complete: bool
+    windows_done: int
+    n_windows: int
+    seq_len: int
+
+    @property
+    def ppl(self) -> float | None:
+        """Perplexity, or None when evaluation stopped early (see ``ppl_lower_bound``)."""
+        return math.exp(self.nll_sum / (self.n_windows * (self.seq_len - 1))) if self.complete else None
+
+    @property
+    def ppl_lower_bound(self) -> float:
+        """A lower bound on the perplexity (equal to it when complete)."""
+        return math.exp(self.nll_sum / (self.n_windows * (self.seq_len - 1)))
+
+
+@contextmanager
+def start_at_layer(model: nn.Module, start: int, holder: dict):
+    """Skip layers before ``start`` and feed layer ``start`` the tensor in ``holder["hidden"]``."""
+    family, layers = describe_model(model)
+    edits = Edits()
+    handle = None
+    try:
+        for parts in layers[:start]:
+            edits.override_forward(parts.layer, passthrough(parts.layer, family.block_output))
+
+        def inject(module, args, kwargs):
+            if "hidden_states" in kwargs:
+                return args, {**kwargs, "hidden_states": holder["hidden"]}
+            return (holder["hidden"], *args[1:]), kwargs
+
+        handle = layers[start].layer.register_forward_pre_hook(inject, with_kwargs=True)
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        edits.undo_all()
+
+
+class Evaluator:
+    """NLL sums of candidate removals on top of a base plan, over fixed calibration batches."""
+
+    def __init__(self, model: nn.Module, windows: Windows, batch_size: int = 8, grouping: Plan | None = None,
+                 state_budget_bytes: int | None = None, prefix_reuse: bool = True, group_layers: bool | None = None):
+        if len(windows) == 0:
+            raise ShedderError("No calibration windows.")
+        self.model = model
+        self.windows = windows
+        self.batches = [windows.ids[i:i + batch_size] for i in range(0, len(windows), batch_size)]
+        self.grouping = (grouping or Plan()).with_removed([])  # the channel grouping every evaluated plan uses
+        family, layers = describe_model(model)
+        self.n_layers = len(layers)
+        self.reads_from = family.reads_from  # layer -> the earliest layer whose work it reads (key-value sharing)
+        self._layer_modules = [parts.layer for parts in layers]
+        self._layers_independent = all(self.reads_from(model.config, i) == i for i in range(self.n_layers))
+        self.state_budget_bytes = state_budget_bytes
+        self.prefix_reuse = prefix_reuse
+        # evaluate_many runs candidates of one layer together; by default on a GPU, where small models are bound
+        # by per-call overhead (on a CPU it is slower: 0.82x and 0.91x, bench/results/layer_groups_cpu_*.json)
+        self.group_layers = model_device(model).type == "cuda" if group_layers is None else group_layers
+        self.work = 0  # layer-forward token passes so far
+        self.base: list[Component] = []
+        self._states: dict[int, list[torch.Tensor]] = {}  # layer -> per-batch input hidden states
+
+    # -- work accounting -------------------------------------------------------------------------
+    def _layers_run(self, removed: list[Component], start: int) -> int:
+        skipped = {c.layer for c in removed if c.kind == "block"}
+        return sum(1 for layer in range(start, self.n_layers) if layer not in skipped)
+
+    def _count(self, removed: list[Component], start: int, batch: torch.Tensor) -> None:
+        self.work += self._layers_run(removed, start) * batch.numel()
+
+    # -- base states -----------------------------------------------------------------------------
+    def _checkpoint_layers(self) -> list[int]:
+        """Which layers' inputs to keep: all of them, or every k-th when the budget is too small."""
+        hidden = self.model.config.hidden_size
+        per_layer = sum(b.numel() for b in self.batches) * hidden * 4  # float32 upper bound
+        budget = self.state_budget_bytes
+        if budget is None:
+            budget = default_state_budget(model_device(self.model))
+        if per_layer * self.n_layers <= budget:
+            return list(range(self.n_layers))
+        stride = max(1, math.ceil(per_layer * self.n_layers / max(budget, per_layer)))
+        return list(range(0, self.n_layers, stride))
+
+    def set_base(self, base: list[Component]) -> None:
+        """Run the base plan once over all batches, keeping the hidden states entering each layer."""
+        self.base = list(base)
+        self._states = {}
+        if not self.prefix_reuse:
+            return
+        keep = self._checkpoint_layers()
+        _, layers = describe_model(self.model)
+        captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in keep}
+        handles = []
+
+        def capture(layer_index):
+            def hook(module, args, kwargs):
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                captured[layer_index].append(hidden.detach().clone())
+            return hook
+
+        try:
+            for layer in keep:
+                handles.append(layers[layer].layer.register_forward_pre_hook(capture(layer), with_kwargs=True))
+            with masked(self.model, self.grouping.with_removed(self.base)), torch.no_grad():
+                for batch in self.batches:
+                    self.model(input_ids=batch.to(model_device(self.model)), use_cache=False)
+                    self._count(self.base, 0, batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._states = captured
+
+    def _start_for(self, layer: int) -> int:
+        """The latest stored layer input at or before ``layer``."""
+        return max(k for k in self._states if k <= layer)
+
+    # -- candidates ------------------------------------------------------------------------------
+    def evaluate(self, candidate: Component | None, bound: float | Callable[[], float] = math.inf,
+                 resume: CandidateResult | None = None) -> CandidateResult:
+        """NLL sum of ``base + [candidate]``; stops once the partial sum exceeds ``bound`` (a number, or a
+        function read after every batch, for a bound that may fall meanwhile).
+
+        ``resume``: an earlier, stopped evaluation of the same candidate to continue from; the sum
+        goes on in the same batch order, so the result is the same as evaluating in one go.
+        """
+        removed = self.base + ([candidate] if candidate is not None else [])
+        first = self.reads_from(self.model.config, candidate.layer) if candidate is not None else 0
+        start = self._start_for(first) if (candidate is not None and self._states) else 0
+        total = torch.zeros((), dtype=torch.float64)
+        done = 0
+        if resume is not None:
+            total += resume.nll_sum
+            done = resume.windows_done
+        first_batch = math.ceil(done / self.batches[0].shape[0])
+        holder: dict = {}
+        with masked(self.model, self.grouping.with_removed(removed)):
+            context = start_at_layer(self.model, start, holder) if start > 0 else _nothing()
+            with context:
+                for b, batch in enumerate(self.batches[first_batch:], start=first_batch):
+                    if start > 0:
+                        holder["hidden"] = self._states[start][b]
+                    total += window_nll(self.model, batch).sum()
+                    self._count(removed, start, batch)
+                    done += batch.shape[0]
+                    if float(total) > (bound() if callable(bound) else bound):
+                        break
+        complete = done == len(self.windows)
+        return CandidateResult(candidate, float(total), complete, done, len(self.windows), self.windows.seq_len)
+
+    # -- candidates of one layer together ----------------------------------------------------------
+    def groupable(self, layer: int) -> bool:
+        """Whether candidates of ``layer`` can run together: its input is stored, layers after it exist, and
+        no layer reads another layer's work (key-value sharing would need the earlier layers run again)."""
+        return (self.group_layers and self.prefix_reuse and self._layers_independent and layer in self._states
+                and layer + 1 < self.n_layers)
+
+    def _layer_output(self, removed: list[Component], layer: int, b: int) -> torch.Tensor:
+        """The hidden state leaving ``layer`` with ``removed`` masked, for window batch ``b``."""
+        holder, got = {"hidden": self._states[layer][b]}, {}
+
+        def stop(module, args, output):
+            got["hidden"] = output[0] if isinstance(output, tuple) else output
+            raise _LayerDone
+
+        handle = self._layer_modules[layer].register_forward_hook(stop)
+        try:
+            with masked(self.model, self.grouping.with_removed(removed)), start_at_layer(self.model, layer, holder):
+                try:
+                    self.model(input_ids=self.batches[b].to(model_device(self.model)), use_cache=False)
+                except _LayerDone:
+                    pass
+        finally:
+            handle.remove()
+        return got["hidden"]
+
+    def evaluate_many(self, candidates: list[Component], bound: float | Callable[[], float] = math.inf,
+                      ) -> Iterator[CandidateResult]:
+        """:meth:`evaluate` of each candidate, those of one :meth:`groupable` layer together; results come as
+        each group finishes (so not in the order asked)."""
+        by_layer: dict[int, list[Component]] = {}
+        for candidate in candidates:
+            by_layer.setdefault(candidate.layer, []).append(candidate)
+        for layer, group in by_layer.items():
+            if len(group) > 1 and self.groupable(layer):
+                yield from self.evaluate_layer(group, bound)
+            else:
+                yield from (self.evaluate(candidate, bound) for candidate in group)
+
+    def evaluate_layer(self, candidates: list[Component], bound: float | Callable[[], float] = math.inf,
+                       max_windows: int = 64) -> list[CandidateResult]:
+        """:meth:`evaluate` for several candidates of one :meth:`groupable` layer at once (the same results):
+        after each window batch the candidates whose partial sum exceeds ``bound`` stop. At most
+        ``max_windows`` windows run together; more candidates are split into groups."""
+        layer = candidates[0].layer
+        if any(c.layer != layer for c in candidates) or not self.groupable(layer):
+            raise ShedderError(f"Candidates {candidates} cannot be evaluated together.")
+        per_group = max(1, max_windows // self.batches[0].shape[0])
+        if len(candidates) > per_group:
+            return [r for i in range(0, len(candidates), per_group)
+                    for r in self.evaluate_layer(candidates[i:i + per_group], bound, max_windows)]
+        totals = {c: torch.zeros((), dtype=torch.float64) for c in candidates}
+        done = dict.fromkeys(candidates, 0)
+        live = list(candidates)
+        base = self.grouping.with_removed(self.base)
+        for b, batch in enumerate(self.batches):
+            holder = {"hidden": torch.cat([self._layer_output(self.base + [c], layer, b) for c in live])}
+            with masked(self.model, base), start_at_layer(self.model, layer + 1, holder):
+                nll = window_nll(self.model, batch.repeat(len(live), 1)).view(len(live), -1)
+            self.work += sum(self._layers_run(self.base + [c], layer) for c in live) * batch.numel()
+            limit = bound() if callable(bound) else bound
+            for c, rows in zip(live, nll):
+                totals[c] += rows.sum()
+                done[c] += batch.shape[0]
+            live = [c for c in live if float(totals[c]) <= limit]
+            if not live:
+                break
+        return [CandidateResult(c, float(totals[c]), done[c] == len(self.windows), done[c], len(self.windows),
+                                self.windows.seq_len) for c in candidates]
+
+
+class _LayerDone(Exception):
+    """Raised by a forward hook once the layer it watches has produced its output."""
+
+
+def default_state_budget(device: torch.device) -> int:
+    """Memory for stored layer inputs: 40% of free GPU memory, or a quarter of the machine's RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.4)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+@contextmanager
+def _nothing():
+    yield

@@ -1,0 +1,1 @@
+"""Recovery: LoRA or full fine-tuning of a pruned model, measured before and after."""

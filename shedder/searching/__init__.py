@@ -1,0 +1,2 @@
+"""Search: leave-one-out scores, the greedy search, the sensitivity map, and where candidate evaluations run
+(this process or Ray)."""

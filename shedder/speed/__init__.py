@@ -1,0 +1,1 @@
+"""Speed: measured latency, the static decode loop, and the analytic cost model."""
