@@ -43,9 +43,11 @@ def cancel(name: str) -> None:
         job.cancel()
 
 
-def panel(name: str, every: float = 1.0, cancel_label: str = "Cancel") -> None:
+def panel(name: str, every: float = 1.0, cancel_label: str = "Cancel",
+          show: Callable[[Job], None] | None = None) -> None:
     """The job ``name``'s progress (its phase, done of total, time left) and a Cancel button, refreshed every
-    ``every`` seconds while it runs; once it ends the page reruns to show the results."""
+    ``every`` seconds while it runs, with ``show(job)`` drawing its partial results under them; once it ends the
+    page reruns to show the results."""
 
     @st.fragment(run_every=every)
     def follow() -> None:
@@ -64,7 +66,9 @@ def panel(name: str, every: float = 1.0, cancel_label: str = "Cancel") -> None:
             if job.cancelled():
                 st.caption("Cancelling: it stops at its next layer.")
             elif st.button(cancel_label, key=f"cancel-{name}", help="Stops within seconds; what is finished is kept."):
-                job.cancel()
-                st.rerun(scope="fragment")
+                job.cancel()  # (the fragment's next run, within a second, draws it cancelling)
+                st.caption("Cancelling: it stops at its next layer.")
+            if show is not None:
+                show(job)
 
     follow()

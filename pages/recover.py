@@ -3,8 +3,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import store
-from app.recover_state import extract_plan, loss_curve, metrics_table, plan_folder, run_folder
+from app import jobs, store
+from app.recover_state import (RECOVERY_JOB, kept_checkpoint, loss_curve, metrics_table, plan_folder, run_folder,
+                               start_recovery)
 from app.sidebar import model_or_stop, model_sidebar, set_choice
 from app.state import ModelChoice, current_plan, evaluation_setting
 from shedder.errors import ShedderError
@@ -12,7 +13,7 @@ from shedder.measurement.calibration import HUB_SOURCES
 from shedder.model.loading import zoo_names
 from shedder.model.model_folders import local_models, read_json
 from shedder.paths import data_root, inside_data_root
-from shedder.recovery.recover import DEFAULT_LR, LOG_FILE, RESULT_FILE, Evaluation, RecoverySettings, recover
+from shedder.recovery.recover import CHECKPOINT, DEFAULT_LR, LOG_FILE, RESULT_FILE, Evaluation, RecoverySettings
 
 TEXT_NAMES = ("wiki", "wiki-train", "wiki-test", *HUB_SOURCES)
 INSIDE_ROOT = (f"Paths stay inside {data_root()} (relative ones start there) or the cache; SHEDDER_DATA_ROOT "
@@ -23,6 +24,48 @@ st.title("Recovery")
 st.caption("The paper's third stage: a short fine-tune of the pruned model, LoRA (merged into the weights "
            "afterwards) or every weight. Measured before and after on wiki-test, which is never trained on; "
            "the share of the pruning loss won back is (pruned - recovered) / (pruned - dense).")
+
+
+def live_loss(job) -> None:
+    """The running recovery's training loss so far, under its progress bar."""
+    partial = job.partial or {}
+    steps_seen = partial.get("steps") or []
+    if steps_seen:
+        last = steps_seen[-1]
+        st.caption(f"Step {last['step']} of {partial['total']}: loss {last['loss']:.4f}")
+        st.plotly_chart(loss_curve(steps_seen, partial["total"]), width="stretch", key="recovery-live")
+
+
+def show_ended(job) -> None:
+    """How this session's last recovery ended, when it failed or was cancelled: what of it is kept."""
+    partial = job.partial or {}
+    steps_seen = partial.get("steps") or []
+    every, total = partial.get("every", 0), partial.get("total", 0)
+    if job.state == "failed":
+        st.error(job.error)
+    elif job.state == "cancelled" and steps_seen:
+        reached = steps_seen[-1]["step"]
+        kept = kept_checkpoint(reached, total, every)
+        st.info(f"{job.label} was cancelled at training step {reached} of {total}. "
+                + (f"Its checkpoint of step {kept} is kept (one every {every} steps): pressing the button again with "
+                   f"the same settings continues from step {kept}." if kept else
+                   f"No checkpoint was written yet (the first comes at step {every or total}): pressing the button "
+                   "again trains from the start.")
+                + " The measurements of the dense and pruned models are stored and not repeated.")
+        st.plotly_chart(loss_curve(steps_seen, total), width="stretch", key="recovery-cancelled")
+        st.caption("The training loss until it was cancelled.")
+    elif job.state == "cancelled":
+        checkpoint = Path(partial.get("folder", "")) / CHECKPOINT
+        st.info(f"{job.label} was cancelled while {job.phase}, before a training step of this run. What it measured "
+                "is stored and not repeated" + (", and the checkpoint written before is kept" if checkpoint.is_file()
+                                                else "") + ": pressing the button again with the same settings continues.")
+
+
+recovering = jobs.running(RECOVERY_JOB)  # this session's recovery, whatever settings it has, shown on any visit
+if recovering is not None:
+    jobs.panel(RECOVERY_JOB, show=live_loss)
+elif jobs.current(RECOVERY_JOB) is not None:
+    show_ended(jobs.current(RECOVERY_JOB))
 
 what = st.radio("Recover", ["an extracted model", "the current plan"], horizontal=True)
 dense = None
@@ -95,36 +138,18 @@ except ShedderError as exc:
 finished = read_json(folder / RESULT_FILE)
 started = folder.is_dir() and not finished
 label = "Show the result" if finished else ("Continue recovery" if started else "Start recovery")
-st.caption(f"Runs in and writes the recovered model to `{store.shown_path(folder)}`. Any click elsewhere stops it; pressing "
-           "the button again continues from its last checkpoint. Code shipped in a model folder runs only when *Allow "
+st.caption(f"Runs in and writes the recovered model to `{store.shown_path(folder)}`, in the background: other pages "
+           "and other users keep working, and this page shows it when you come back. Cancel stops it within seconds; "
+           f"a checkpoint is written {f'every {every} steps' if every else 'after the last step only'} (More settings), and pressing the button again with the same "
+           "settings continues from the last one. Code shipped in a model folder runs only when *Allow "
            f"remote code* is ticked in the sidebar (now {'ticked' if choice.trust_remote_code else 'not ticked'}) or "
            "the folder is shedder's own extraction.")
-if not finished and st.button(label, type="primary"):
-    bar = st.progress(0.0, text="Preparing ...")
-    chart = st.empty()
-    seen: list[dict] = []
-
-    def on_step(record: dict, total: int) -> None:
-        seen.append(record)
-        bar.progress(record["step"] / total, text=f"Step {record['step']} of {total}: loss {record['loss']:.4f}")
-        if record["step"] == total or len(seen) % max(1, total // 50) == 0:
-            chart.plotly_chart(loss_curve(seen, total), width="stretch", key=f"live-loss-{len(seen)}")
-
-    def on_measure(stage: str, done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Measuring {stage}: {done} of {total}")
-
-    try:
-        if what == "the current plan":
-            with st.spinner("Extracting the current plan ..."):
-                extract_plan(model, tokenizer, plan)
-        recover(source, folder, settings, evaluation, dense, choice.device, "auto", choice.trust_remote_code,
-                on_step, on_measure)
-    except ShedderError as exc:
-        st.error(str(exc))
-        st.stop()
-    bar.empty()
-    chart.empty()
-    finished = read_json(folder / RESULT_FILE)
+if recovering is not None:
+    st.caption("Your recovery runs (above); cancel it, or let it finish, to start another.")
+elif not finished and st.button(label, type="primary"):
+    start_recovery(choice, source, folder, settings, evaluation, dense,
+                   current_plan(choice) if what == "the current plan" else None)
+    st.rerun()
 
 if finished:
     share = finished["recovered_share"]

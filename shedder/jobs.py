@@ -98,6 +98,8 @@ class Job:
         self.phase = "starting"
         self.done = 0
         self.total = 0
+        self.unit = ""  # what the current phase counts ("candidates", "steps")
+        self.after: float | None = None  # the work's estimate of the seconds its later phases take
         self.started = time.time()
         self.ended: float | None = None
         self._phase_started = time.perf_counter()
@@ -110,8 +112,11 @@ class Job:
             self.thread.start()
 
     # called by the work --------------------------------------------------------------------------------------
-    def update(self, done: int, total: int, phase: str | None = None) -> None:
-        """``done`` of ``total`` units of the current ``phase`` (a new phase restarts the time-left estimate)."""
+    def update(self, done: int, total: int, phase: str | None = None, unit: str | None = None,
+               after: float | None = None) -> None:
+        """``done`` of ``total`` ``unit``s of the current ``phase`` (a new phase restarts the time-left estimate);
+        ``after``: the seconds the work expects its later phases to take (None: not known), so that the job's
+        time left in all can be told."""
         with self._lock:
             if phase is not None and phase != self.phase:
                 self.phase = phase
@@ -120,6 +125,9 @@ class Job:
             if done > 0 and self._first_unit is None:
                 self._first_unit = time.perf_counter()
             self.done, self.total = done, total
+            if unit is not None:
+                self.unit = unit
+            self.after = after
 
     def publish(self, partial: Any) -> None:
         """Results so far, readable while the job runs (and kept when it is cancelled)."""
@@ -158,14 +166,22 @@ class Job:
             elapsed = time.perf_counter() - self._phase_started
             return elapsed / self.done * max(0, self.total - self.done)
 
+    def seconds_left_in_all(self) -> float | None:
+        """Time left in the current phase plus the work's estimate of its later phases (None when either is unknown)."""
+        left, after = self.seconds_left(), self.after
+        return None if left is None or after is None else left + after
+
     def describe(self) -> str:
-        """'scoring components: 5 of 24, about 12 s left'."""
+        """'scoring components: 5 of 24, about 12 s left'; 'step 3 of 8: 41 of 120 candidates, about 20 s left
+        (about 3 min in all)' when the work estimates its later phases."""
         text = self.phase
         if self.total:
-            text += f": {self.done:,} of {self.total:,}"
-            left = self.seconds_left()
+            text += f": {self.done:,} of {self.total:,}" + (f" {self.unit}" if self.unit else "")
+            left, in_all = self.seconds_left(), self.seconds_left_in_all()
             if left is not None and self.running and self.done < self.total:
                 text += f", about {format_seconds(left)} left"
+                if in_all is not None and in_all - left >= 1:
+                    text += f" (about {format_seconds(in_all)} in all)"
         if self.state == "cancelled":
             text += " (cancelled)"
         elif self.state == "failed":
@@ -198,6 +214,15 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def give_way(job: Job) -> None:
+    """A point where ``job`` may stop or give way: raises :class:`Cancelled` once it is cancelled, and waits while
+    foreground work runs."""
+    job.check()
+    if _foreground_count:
+        job.paused_s += wait_for_foreground(job.cancelled)
+        job.check()
+
+
 # --- a job's own model ---------------------------------------------------------------------------------------
 def private_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` for one job, taken under the model's lock (never mid-mask); the copy has its own
@@ -217,10 +242,7 @@ def guard(model: nn.Module, job: Job) -> Iterator[nn.Module]:
     from .families import describe_model
 
     def before_layer(module, args):
-        job.check()
-        if _foreground_count:
-            job.paused_s += wait_for_foreground(job.cancelled)
-            job.check()
+        give_way(job)
 
     _, layers = describe_model(model)
     handles = [parts.layer.register_forward_pre_hook(before_layer) for parts in layers]
@@ -229,3 +251,38 @@ def guard(model: nn.Module, job: Job) -> Iterator[nn.Module]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+# --- a job whose model is built where it cannot be reached (e.g. loaded from disk inside the library) ------
+_thread_jobs: dict[int, Job] = {}  # thread id -> the job every module forward in that thread answers to
+_thread_jobs_guard = threading.Lock()
+_global_hook = None
+
+
+def _before_any_module(module, args):
+    job = _thread_jobs.get(threading.get_ident())
+    if job is not None:
+        give_way(job)
+
+
+@contextmanager
+def guard_thread(job: Job) -> Iterator[None]:
+    """As :func:`guard`, for every model this thread runs inside the block (one it loads itself, say): each
+    module's forward first waits for foreground work and raises :class:`Cancelled` once ``job`` is cancelled.
+    Modules run by other threads are not touched (a process-wide hook that returns at once for them)."""
+    global _global_hook
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    me = threading.get_ident()
+    with _thread_jobs_guard:
+        _thread_jobs[me] = job
+        if _global_hook is None:
+            _global_hook = register_module_forward_pre_hook(_before_any_module)
+    try:
+        yield
+    finally:
+        with _thread_jobs_guard:
+            _thread_jobs.pop(me, None)
+            if not _thread_jobs and _global_hook is not None:
+                _global_hook.remove()
+                _global_hook = None

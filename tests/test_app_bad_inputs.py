@@ -16,7 +16,7 @@ from shedder.model.loading import load_model
 from shedder.paths import cache_dir, data_root, inside_data_root
 from shedder.plan import Plan
 from shedder.removal.catalogue import Component
-from test_app import APP, bamba_dir  # noqa: F401  (a fixture: a tiny Bamba saved as a local folder)
+from test_app import APP, bamba_dir, finish_job  # noqa: F401  (bamba_dir: a fixture, a tiny Bamba saved as a local folder)
 from test_app_pages import open_page
 from test_consent import foreign_remote_code_model  # noqa: F401  (a fixture: a foreign folder with a payload)
 from tiny_models import save_tiny
@@ -329,6 +329,7 @@ def test_the_recovery_page_runs_a_folders_code_only_with_the_box_ticked(bamba_di
     at.run()
     widget(at, "button", "Start recovery").click().run()
     assert not at.exception, at.exception
+    finish_job(at, "recovery")  # a background job; the page shows how it ended
     assert len(at.error) == 1
     if ticked:
         assert marker.exists()  # its code ran (and the architecture check refused it after)
