@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from search_cost import random_mamba2  # noqa: E402
 from shedder.measurement.calibration import cut_windows  # noqa: E402
-from shedder.measurement.evaluator import Evaluator  # noqa: E402
+from shedder.measurement.evaluator import EvalSettings, Evaluator  # noqa: E402
 from shedder.model.loading import resolve_device  # noqa: E402
 from shedder.removal.catalogue import Component  # noqa: E402
 from shedder.speed.cost_model import model_cost  # noqa: E402
@@ -117,7 +117,7 @@ def main() -> None:
               "matmul_peak_tflops": round(peak / 1e12, 1), "runs": []}
     tokens = args.windows * args.seq_len
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        evaluator = Evaluator(model, windows, batch_size, group_layers=False)
+        evaluator = Evaluator(model, windows, EvalSettings(batch_size=batch_size, group_layers=False))
         with torch.no_grad():
             evaluator.set_base([])
             evaluator.evaluate(candidates[0])  # warm-up: kernels compiled and tuned for this batch shape

@@ -22,14 +22,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.search_cost import sync  # noqa: E402
 from shedder.measurement.calibration import calibration_windows  # noqa: E402
-from shedder.measurement.evaluator import Evaluator  # noqa: E402
+from shedder.measurement.evaluator import EvalSettings, Evaluator  # noqa: E402
 from shedder.model.loading import load_model, resolve_device  # noqa: E402
 from shedder.removal.catalogue import catalogue_of  # noqa: E402
 from shedder.searching.executor import LocalExecutor  # noqa: E402
 
 
 def sweep(model, windows, kinds: list[str], batch_size: int, grouped: bool) -> tuple[float, list[float], int]:
-    evaluator = Evaluator(model, windows, batch_size, group_layers=grouped)
+    evaluator = Evaluator(model, windows, EvalSettings(batch_size=batch_size, group_layers=grouped))
     device = next(model.parameters()).device
     components = catalogue_of(model).components(kinds)
     sync(device)

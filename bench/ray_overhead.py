@@ -31,7 +31,7 @@ import ray  # noqa: E402
 from ray_scaling import save_checkpoint  # noqa: E402
 from search_cost import sync  # noqa: E402
 from shedder.measurement.calibration import cut_windows  # noqa: E402
-from shedder.measurement.evaluator import Evaluator  # noqa: E402
+from shedder.measurement.evaluator import EvalSettings, Evaluator  # noqa: E402
 from shedder.measurement.perplexity import model_device  # noqa: E402
 from shedder.model.loading import load_model  # noqa: E402
 from shedder.removal.masks import catalogue_of  # noqa: E402
@@ -53,7 +53,7 @@ class Timer:
             sys.setswitchinterval(switch_interval)
         self.model, _ = load_model(folder, dtype, device)
         self.device = model_device(self.model)
-        self.evaluator = Evaluator(self.model, windows, batch_size)
+        self.evaluator = Evaluator(self.model, windows, EvalSettings(batch_size=batch_size))
         self.evaluator.set_base([])
 
     def time(self, candidates) -> list[float]:
@@ -132,7 +132,8 @@ def main() -> None:
             ray.kill(actor)
             while ray.available_resources().get("GPU", 0) < gpus:
                 time.sleep(0.5)  # its GPU is free again before the next one loads
-        executor = RayExecutor(RayOptions(model=folder, device=args.device, workers=1), driver, windows, args.batch_size)
+        executor = RayExecutor(RayOptions(model=folder, device=args.device, workers=1), driver, windows,
+                               EvalSettings(batch_size=args.batch_size))
         try:
             executor.start_workers()
             worker = executor.workers[0]

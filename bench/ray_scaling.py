@@ -34,7 +34,7 @@ import ray  # noqa: E402
 
 from search_cost import random_mamba2  # noqa: E402
 from shedder.measurement.calibration import cut_windows  # noqa: E402
-from shedder.measurement.evaluator import Evaluator  # noqa: E402
+from shedder.measurement.evaluator import EvalSettings, Evaluator  # noqa: E402
 from shedder.model.loading import load_model  # noqa: E402
 from shedder.removal.catalogue import Component  # noqa: E402
 from shedder.removal.masks import catalogue_of  # noqa: E402
@@ -71,13 +71,13 @@ def local_run(folder: Path, dtype: str, device: str, windows, stages: list[Stage
     """The same search in this process without Ray (after the same warm-up), for Ray's own cost."""
     model, _ = load_model(str(folder), dtype, device)
     catalogue = catalogue_of(model)
-    evaluator = Evaluator(model, windows, batch_size)
+    evaluator = Evaluator(model, windows, EvalSettings(batch_size=batch_size))
     evaluator.set_base([])
     for candidate in candidates_for(catalogue, [], stages[0].targets)[:2]:
         evaluator.evaluate(candidate)
     del evaluator
     start = time.perf_counter()
-    record = search(model, windows, stages, batch_size=batch_size)
+    record = search(model, windows, stages, settings=EvalSettings(batch_size=batch_size))
     seconds = time.perf_counter() - start
     del model
     if torch.cuda.is_available():
@@ -222,12 +222,13 @@ def main() -> None:
         for n in counts:
             options = RayOptions(model=str(folder), device=args.device, workers=n, address=args.ray_address,
                                  gpus_per_worker=args.gpus_per_worker)
-            executor = RayExecutor(options, model, windows, args.batch_size)
+            executor = RayExecutor(options, model, windows, EvalSettings(batch_size=args.batch_size))
             try:
                 executor.start_workers()
                 warm_up(executor, model, stages[0].targets)
                 start = time.perf_counter()
-                record = search(model, windows, stages, batch_size=args.batch_size, executor=executor)
+                record = search(model, windows, stages, executor=executor,
+                                settings=EvalSettings(batch_size=args.batch_size))
                 seconds = time.perf_counter() - start
                 run = summarise(record, executor.timeline, executor.startup, n, seconds)
             finally:

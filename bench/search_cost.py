@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shedder.measurement.calibration import Windows, calibration_windows, cut_windows  # noqa: E402
+from shedder.measurement.evaluator import EvalSettings  # noqa: E402
 from shedder.measurement.perplexity import perplexity  # noqa: E402
 from shedder.model.loading import load_model, resolve_device, resolve_dtype  # noqa: E402
 from shedder.removal.catalogue import Component  # noqa: E402
@@ -74,7 +75,7 @@ def main() -> None:
     perplexity(model, Windows(windows.ids[: args.batch_size], windows.source, None), batch_size=args.batch_size)
     sync(device)
     start = time.perf_counter()
-    fast = search(model, windows, stages, batch_size=args.batch_size)
+    fast = search(model, windows, stages, settings=EvalSettings(batch_size=args.batch_size))
     sync(device)
     fast_seconds = time.perf_counter() - start
     result = {

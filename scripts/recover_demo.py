@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from shedder.extraction.extract import extract  # noqa: E402
 from shedder.measurement.calibration import calibration_windows  # noqa: E402
+from shedder.measurement.evaluator import EvalSettings  # noqa: E402
 from shedder.measurement.tasks import parse_task_list  # noqa: E402
 from shedder.model.loading import load_model, resolve_device  # noqa: E402
 from shedder.plan import Plan  # noqa: E402
@@ -109,7 +110,8 @@ def pruned_model(name: str, stages_text: str, args, work: Path) -> tuple[Path, d
         model, tokenizer = load_model(name, "float32", args.device)
         windows = calibration_windows("wiki", tokenizer, args.search_seq_len, args.search_tokens)
         start = time.perf_counter()
-        record = search(model, windows, parse_stages(stages_text), out_dir=work / "search", batch_size=4)
+        record = search(model, windows, parse_stages(stages_text), out_dir=work / "search",
+                        settings=EvalSettings(batch_size=4))
         log.info("%s: search done in %.0f s, removed %s", name, time.perf_counter() - start, record["removed"])
         extract(model, tokenizer, Plan.load(plan_file), extracted)
         del model

@@ -5,8 +5,9 @@ The public API, by layer (each name is imported on first use, so ``import shedde
 - model: ``load_model``, ``family_for``, ``supported_model_types``, ``may_run_code`` (consent for a folder's code)
 - removal: ``KINDS`` (what each component kind is), ``Component``, ``Catalogue``, ``build_catalogue``, ``masked``,
   ``Plan``
-- measurement: ``calibration_windows``, ``perplexity``, ``evaluate_accuracy``, ``score``
-- search: ``Stage``, ``parse_stages``, ``search``
+- measurement: ``calibration_windows``, ``perplexity``, ``evaluate_accuracy``, ``EvalSettings`` (how candidates
+  are evaluated: batch size, memory for stored states, prefix reuse, layer groups)
+- search: ``score``, ``Stage``, ``parse_stages``, ``search``
 - extraction and speed: ``extract``, ``build_extracted``, ``benchmark``
 - recovery: ``recover``, ``RecoverySettings``
 """
@@ -22,7 +23,7 @@ _LAZY = {  # public name: the module (under shedder) that defines it
     "load_model": "model.loading", "may_run_code": "model.trust",
     "family_for": "families", "supported_model_types": "families", "KINDS": "kinds", "Plan": "plan",
     "calibration_windows": "measurement.calibration", "perplexity": "measurement.perplexity",
-    "evaluate_accuracy": "measurement.evaluation",
+    "evaluate_accuracy": "measurement.evaluation", "EvalSettings": "measurement.evaluator",
     "score": "searching.scoring", "Stage": "searching.search", "parse_stages": "searching.search",
     "search": "searching.search",
     "extract": "extraction.extract", "build_extracted": "extraction.extract", "benchmark": "speed.latency",

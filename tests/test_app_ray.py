@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app.state import ModelChoice  # noqa: E402
 from shedder.measurement.calibration import calibration_windows  # noqa: E402
+from shedder.measurement.evaluator import EvalSettings  # noqa: E402
 from shedder.model.identity import model_fingerprint  # noqa: E402
 from shedder.model.loading import load_model  # noqa: E402
 from shedder.searching.search import parse_stages, search  # noqa: E402
@@ -153,7 +154,7 @@ def test_a_search_submitted_from_the_page_runs_on_the_cluster_and_is_followed(ma
     log = json.loads((out_dir / "log.json").read_text())
     assert log["settings"]["fingerprint"] == model_fingerprint(model) == out_dir.parent.name
     windows = calibration_windows("wiki", tokenizer, WINDOW, TOKENS)
-    local = search(model, windows, parse_stages("block,ssm:2"), batch_size=4)
+    local = search(model, windows, parse_stages("block,ssm:2"), settings=EvalSettings(batch_size=4))
     assert json.loads((out_dir / "plan.json").read_text())["removed"] == local["removed"]
     assert [s["ppl"] for s in log["steps"]] == [s["ppl"] for s in local["steps"]]
 

@@ -500,18 +500,18 @@ def test_eval_out_is_a_folder(models, tmp_path, capsys):
 def test_ctrl_c_during_a_search_keeps_the_finished_steps(models, tmp_path, calib, capsys, monkeypatch):
     import shedder.searching.search
 
-    real_save, out = shedder.searching.search._save, tmp_path / "run"
+    real_save, out = shedder.searching.search.save_run, tmp_path / "run"
 
     def save_then_interrupt(*args, **kwargs):
         real_save(*args, **kwargs)
         raise KeyboardInterrupt  # Ctrl-C right after the first step is written
 
-    monkeypatch.setattr(shedder.searching.search, "_save", save_then_interrupt)
+    monkeypatch.setattr(shedder.searching.search, "save_run", save_then_interrupt)
     argv = ["search", "--model", models["mamba2"], "--targets", "ssm", "--steps", "2", *calib, "--out", out]
     code, _, err = run(capsys, *argv)
     assert code == 130 and "Traceback" not in err
     assert "stopped after step 1 of 2" in err and "re-run the same command to resume" in err
-    monkeypatch.setattr(shedder.searching.search, "_save", real_save)
+    monkeypatch.setattr(shedder.searching.search, "save_run", real_save)
     code, out_text, err = run(capsys, *argv)
     assert code == 0, err
     assert len(json.loads((out / "log.json").read_text())["steps"]) == 2

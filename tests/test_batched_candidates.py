@@ -4,7 +4,7 @@ import math
 import pytest
 
 from shedder.measurement.calibration import cut_windows
-from shedder.measurement.evaluator import Evaluator
+from shedder.measurement.evaluator import EvalSettings, Evaluator
 from shedder.plan import Plan
 from shedder.removal.catalogue import Component, catalogue_of
 from shedder.searching.executor import LocalExecutor
@@ -29,7 +29,7 @@ def by_layer(model, base=()):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layer_group_equals_one_at_a_time(family):
     model = build(family)
-    evaluator = Evaluator(model, windows(), batch_size=4, group_layers=True)
+    evaluator = Evaluator(model, windows(), EvalSettings(batch_size=4, group_layers=True))
     base = [catalogue_of(model).components()[0]]
     evaluator.set_base(base)
     checked = 0
@@ -46,7 +46,7 @@ def test_layer_group_equals_one_at_a_time(family):
 
 def test_group_stops_early_exactly_where_one_at_a_time_stops():
     model = build("mamba2")
-    evaluator = Evaluator(model, windows(n=8), batch_size=2, group_layers=True)
+    evaluator = Evaluator(model, windows(n=8), EvalSettings(batch_size=2, group_layers=True))
     evaluator.set_base([])
     group = by_layer(model)[1]
     alone = [evaluator.evaluate(c) for c in group]
@@ -60,7 +60,7 @@ def test_group_stops_early_exactly_where_one_at_a_time_stops():
 
 def test_groups_larger_than_the_window_cap_are_split():
     model = build("mamba2")
-    evaluator = Evaluator(model, windows(), batch_size=4, group_layers=True)
+    evaluator = Evaluator(model, windows(), EvalSettings(batch_size=4, group_layers=True))
     evaluator.set_base([])
     group = by_layer(model)[1]
     assert [r.nll_sum for r in evaluator.evaluate_layer(group, max_windows=4)] == \
@@ -73,8 +73,8 @@ KINDS = ["block", "ssm", "attn", "mlp", "ssm_heads", "mlp_channels"]
 def test_score_sweep_in_layer_groups_equals_one_at_a_time_and_counts_the_same_work():
     model = build("bamba")
     components = catalogue_of(model).components(KINDS)
-    grouped = LocalExecutor(Evaluator(model, windows(), batch_size=4, group_layers=True)).score([], components)
-    single = LocalExecutor(Evaluator(model, windows(), batch_size=4, group_layers=False)).score([], components)
+    grouped = LocalExecutor(Evaluator(model, windows(), EvalSettings(4, group_layers=True))).score([], components)
+    single = LocalExecutor(Evaluator(model, windows(), EvalSettings(4, group_layers=False))).score([], components)
     assert grouped.base.nll_sum == single.base.nll_sum
     assert [(r.component, r.nll_sum) for r in grouped.results] == [(r.component, r.nll_sum) for r in single.results]
     assert grouped.work == single.work
@@ -84,7 +84,7 @@ def test_a_stopped_sweep_returns_the_finished_part_in_the_order_asked():
     model = build("mamba2")
     asked = catalogue_of(model).components(["block", "ssm", "ssm_heads"])
     calls = iter(range(1000))
-    outcome = LocalExecutor(Evaluator(model, windows(), batch_size=4, group_layers=True)).score(
+    outcome = LocalExecutor(Evaluator(model, windows(), EvalSettings(batch_size=4, group_layers=True))).score(
         [], asked, should_stop=lambda: next(calls) >= 3)
     assert [r.component for r in outcome.results] == asked[:len(outcome.results)] and len(outcome.results) < len(asked)
     assert all(r.complete for r in outcome.results)
@@ -95,22 +95,24 @@ def test_search_with_layer_groups_picks_the_same_plan_with_the_same_perplexities
     calibration, runs = windows(n=8), []
     for grouped in (True, False):
         grouping = Plan(channel_group_size=catalogue_of(model).channel_group_size)
-        executor = LocalExecutor(Evaluator(model, calibration, 4, grouping, group_layers=grouped))
-        runs.append(search(model, calibration, parse_stages("block,ssm,attn,mlp:3"), batch_size=4, executor=executor))
+        settings = EvalSettings(batch_size=4, group_layers=grouped)
+        executor = LocalExecutor(Evaluator(model, calibration, settings, grouping))
+        runs.append(search(model, calibration, parse_stages("block,ssm,attn,mlp:3"), settings=settings,
+                           executor=executor))
     assert runs[0]["removed"] == runs[1]["removed"]
     assert [s["ppl"] for s in runs[0]["steps"]] == [s["ppl"] for s in runs[1]["steps"]]
 
 
 def test_cpu_default_is_one_at_a_time():
-    assert not Evaluator(build("mamba2"), windows(), batch_size=4).group_layers
+    assert not Evaluator(build("mamba2"), windows(), EvalSettings(batch_size=4)).group_layers
 
 
 def test_groupable_refuses_the_last_layer_and_missing_states():
     model = build("mamba2")
-    evaluator = Evaluator(model, windows(), batch_size=4, prefix_reuse=False, group_layers=True)
+    evaluator = Evaluator(model, windows(), EvalSettings(batch_size=4, prefix_reuse=False, group_layers=True))
     evaluator.set_base([])
     assert not evaluator.groupable(0)
-    evaluator = Evaluator(model, windows(), batch_size=4, group_layers=True)
+    evaluator = Evaluator(model, windows(), EvalSettings(batch_size=4, group_layers=True))
     evaluator.set_base([])
     last = len(by_layer(model)) - 1
     assert evaluator.groupable(0) and not evaluator.groupable(last)

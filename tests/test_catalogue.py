@@ -162,3 +162,18 @@ def test_the_public_api_resolves():
         assert getattr(shedder, name) is not None, name
     with pytest.raises(AttributeError):
         shedder.no_such_name  # noqa: B018
+
+
+def test_no_layer_package_hides_a_public_function():
+    """With every module imported, ``shedder.search``, ``shedder.extract`` ... are still what ``__all__`` names."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import shedder
+
+    for found in pkgutil.walk_packages(shedder.__path__, "shedder."):
+        if not found.name.endswith("__main__"):
+            importlib.import_module(found.name)
+    for name in shedder.__all__:
+        assert not inspect.ismodule(getattr(shedder, name)), name

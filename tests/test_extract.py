@@ -416,13 +416,13 @@ def test_refuses_a_plan_for_another_model(tmp_path):
 def test_a_full_disk_gives_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
     import shedder.extraction.extract as extract_module
 
-    real = extract_module._write_model_code
+    real = extract_module.write_model_code
 
     def disk_full(directory, *args):
         real(directory, *args)  # the weights and half the files are written by now
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(extract_module, "_write_model_code", disk_full)
+    monkeypatch.setattr(extract_module, "write_model_code", disk_full)
     model = build("mamba2")
     with pytest.raises(ShedderError, match="disk is full"):
         extract(model, tiny_tokenizer(), Plan.for_model(model, _c("ssm", 1)), tmp_path / "out")

@@ -8,6 +8,7 @@ import torch
 from shedder.errors import ShedderError
 from shedder.extraction.extract import build_extracted, extract
 from shedder.formats.reference_format import from_reference, to_reference
+from shedder.measurement.evaluator import EvalSettings
 from shedder.model.loading import load_model
 from shedder.model.trust import may_run_code
 from shedder.plan import Plan
@@ -120,7 +121,7 @@ def test_hymba_search_equals_the_naive_search(hymba, tmp_path):
 
     windows = Windows(token_ids(batch=4, length=10, seed=3), "tokens", None)
     stages = [Stage(("block", "attn", "ssm"), 3), Stage(("mlp_channels",), 2)]
-    fast = search(hymba, windows, stages, tmp_path / "search", batch_size=2)
+    fast = search(hymba, windows, stages, tmp_path / "search", settings=EvalSettings(batch_size=2))
     naive, _ = naive_search(hymba, windows, stages, batch_size=2)
     assert [Component.from_dict(c) for c in fast["removed"]] == naive
     assert json.loads((tmp_path / "search" / "plan.json").read_text())["model"]["model_type"] == "hymba"
@@ -143,7 +144,7 @@ def test_hymba_score_gives_each_components_exact_perplexity(hymba):
 
     windows = Windows(token_ids(batch=4, length=10, seed=5), "tokens", None)
     base = [Component("block", 3)]
-    base_ppl, scores, _ = score(hymba, windows, ["block", "attn", "ssm", "mlp"], base, batch_size=2)
+    base_ppl, scores, _ = score(hymba, windows, ["block", "attn", "ssm", "mlp"], base, EvalSettings(batch_size=2))
     assert base_ppl == perplexity(hymba, windows, base, batch_size=2).ppl
     assert [str(s.component) for s in scores][:3] == ["block@0", "ssm@0", "attn@0"]
     for s in scores:  # a key-value consumer (layer 2) is recomputed from the layer it reads: still exact

@@ -9,6 +9,7 @@ import torch
 
 from shedder import jobs
 from shedder.measurement.calibration import Windows
+from shedder.measurement.evaluator import EvalSettings
 from shedder.model.identity import model_fingerprint
 from shedder.plan import Plan
 from shedder.removal.catalogue import Component
@@ -110,7 +111,7 @@ def test_the_sensitivity_map_grows_resumes_and_equals_score(tmp_path):
     calls.clear()
     fill_map(model, data, stored, more, progress=lambda d, t: calls.append((d, t)))
     assert calls[-1] == (len(more) - stop_after, len(more) - stop_after)  # only what was missing
-    base, scores, _ = score(model, data, ["block", "ssm"], batch_size=BATCH_SIZE)
+    base, scores, _ = score(model, data, ["block", "ssm"], settings=EvalSettings(batch_size=BATCH_SIZE))
     final = load_map(fingerprint, "test", 96, 16)
     assert final.base_ppl == pytest.approx(base, rel=1e-9)
     mine = {(r["kind"], r["layer"]): r["ppl"] for r in final.scores(more)}

@@ -15,7 +15,7 @@ from shedder.plan import Plan
 from shedder.removal.catalogue import Component
 from shedder.removal.masks import catalogue_of
 from shedder.speed.cost_model import RECURRENT_STATE_BYTES, model_cost
-from shedder.speed.latency import BenchSettings, _generate, benchmark, extracted_model, kernel_backend
+from shedder.speed.latency import BenchSettings, benchmark, extracted_model, generate_exactly, kernel_backend
 from shedder.speed.static_decode import StaticDecoder, cache_bytes
 
 TINY = dict(prompt_len=12, new_tokens=5, repeats=1, warmup=0)
@@ -55,11 +55,11 @@ def test_cli_report_has_every_field_with_sane_values(mamba2_dir, tmp_path):
 def test_static_decode_loop_gives_exactly_generates_tokens(family):
     model = build(family)
     prompt = token_ids(batch=2, length=10)
-    free = _generate(model, prompt, 6)
+    free = generate_exactly(model, prompt, 6)
     # make a token greedy decoding would pick the end-of-sequence token: generate's min_new_tokens
     # then forbids it, and the static loop must do the same to match
     model.generation_config.eos_token_id = int(free[0, 2])
-    expected = _generate(model, prompt, 6)
+    expected = generate_exactly(model, prompt, 6)
     assert not torch.equal(expected, free)
     decoder = StaticDecoder(model, batch=2, prompt_len=10, new_tokens=6)
     decoder.prepare(prompt)
@@ -96,7 +96,7 @@ def test_paired_prefill_times_both_models_in_alternating_turns(monkeypatch):
     model = build("mamba2")
     small = latency.extracted_model(model, Plan.for_model(model, [Component("block", 1)]))
     order = []
-    timed = latency._timed
+    timed = latency.timed
 
     def noting(run, device):
         seconds = timed(run, device)
@@ -110,7 +110,7 @@ def test_paired_prefill_times_both_models_in_alternating_turns(monkeypatch):
         calls.append(self.model is small)
         return real_prefill(self, prompt)
 
-    monkeypatch.setattr(latency, "_timed", noting)
+    monkeypatch.setattr(latency, "timed", noting)
     monkeypatch.setattr(latency.StaticDecoder, "prefill", prefill)
     report = latency.paired_prefill(model, small, BenchSettings(prompt_len=8, new_tokens=2, repeats=1, warmup=0))
     timed_calls = calls[-2 * 21:]  # after the untimed warm-up
@@ -202,4 +202,4 @@ def test_cuda_graph_replay_gives_the_eager_loops_tokens(family):
     assert torch.equal(decoder.run(prompt), expected)
     assert torch.equal(decoder.run(prompt), expected)  # replays after an in-place reset
     if family == "mamba2":  # same cache layers as generate, so the same kernels: identical tokens
-        assert torch.equal(expected, _generate(model, prompt, 8))
+        assert torch.equal(expected, generate_exactly(model, prompt, 8))

@@ -6,6 +6,7 @@ import torch
 
 from shedder.errors import ShedderError
 from shedder.measurement.calibration import cut_windows
+from shedder.measurement.evaluator import EvalSettings
 from shedder.plan import Plan
 from shedder.removal.catalogue import Component
 from shedder.searching.search import parse_stages, search
@@ -58,7 +59,7 @@ def test_a_bad_rounded_fingerprint_field_is_refused():
 def test_searched_plan_records_the_rounded_fingerprints(tmp_path):
     model = build("mamba2")
     windows = cut_windows(token_ids(batch=1, length=4 * 16, seed=1).reshape(-1), 16, source="random")
-    search(model, windows, parse_stages("block:1"), out_dir=tmp_path, batch_size=2)
+    search(model, windows, parse_stages("block:1"), out_dir=tmp_path, settings=EvalSettings(batch_size=2))
     plan = Plan.load(tmp_path / "plan.json")
     assert plan.rounded_fingerprints == Plan.for_model(model).rounded_fingerprints
     plan.check(lower(model, torch.bfloat16), strict_weights=True)

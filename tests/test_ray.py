@@ -13,6 +13,7 @@ ray = pytest.importorskip("ray")
 from shedder.cli import main  # noqa: E402
 from shedder.errors import ShedderError  # noqa: E402
 from shedder.measurement.calibration import cut_windows, tokenize_text  # noqa: E402
+from shedder.measurement.evaluator import EvalSettings  # noqa: E402
 from shedder.model.loading import load_model  # noqa: E402
 from shedder.removal.catalogue import Component  # noqa: E402
 from shedder.searching.executor import RayOptions  # noqa: E402
@@ -23,6 +24,7 @@ from shedder.searching.search import parse_stages, search  # noqa: E402
 from tiny_models import SAMPLE_TEXT, build, tiny_tokenizer, train_briefly  # noqa: E402
 
 SEQ_LEN, N_WINDOWS, BATCH = 16, 6, 2
+SETTINGS = EvalSettings(batch_size=BATCH)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def checkpoint(tmp_path_factory):
 def pool(cluster, checkpoint):
     """Two workers kept open across the tests below (their start is most of the time)."""
     folder, model, windows = checkpoint
-    executor = RayExecutor(RayOptions(model=str(folder), device="cpu", workers=2), model, windows, BATCH)
+    executor = RayExecutor(RayOptions(model=str(folder), device="cpu", workers=2), model, windows, SETTINGS)
     yield executor
     executor.close()
 
@@ -72,7 +74,7 @@ def test_a_submitted_search_runs_detached_and_reports_progress(cluster, checkpoi
                     tokens=SEQ_LEN * N_WINDOWS, seq_len=SEQ_LEN, batch_size=BATCH, device="cpu", workers=1)
     name = submit_search(job, address=None)
     assert name.startswith("shedder-search-")
-    local = search(model, windows, parse_stages("block,ssm:2"), batch_size=BATCH)  # while it runs
+    local = search(model, windows, parse_stages("block,ssm:2"), settings=SETTINGS)  # while it runs
     deadline, progress = time.time() + 120, {}
     while time.time() < deadline:
         progress = search_progress(out)
@@ -96,7 +98,7 @@ def test_cli_search_on_ray(cluster, checkpoint, tmp_path, capsys):
     assert main([*common, "--workers", "2", "--out", str(tmp_path / "bad")]) == 2
     assert "--gpus-per-worker need --executor ray" in capsys.readouterr().err
     assert main([*common, "--executor", "ray", "--workers", "1", "--out", str(tmp_path / "run")]) == 0
-    local = search(model, windows, parse_stages("block,ssm:2"), batch_size=BATCH)
+    local = search(model, windows, parse_stages("block,ssm:2"), settings=SETTINGS)
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["removed"] == local["removed"]
 
 
@@ -105,15 +107,15 @@ def test_score_on_ray_equals_local(pool, checkpoint, split):
     folder, model, windows = checkpoint
     pool.options = dataclasses.replace(pool.options, split=split)
     base = [Component("ssm", 0)]
-    local = score(model, windows, ["block", "ssm"], base, batch_size=BATCH)
-    remote = score(model, windows, ["block", "ssm"], base, batch_size=BATCH, executor=pool)
+    local = score(model, windows, ["block", "ssm"], base, settings=SETTINGS)
+    remote = score(model, windows, ["block", "ssm"], base, settings=SETTINGS, executor=pool)
     assert remote[0] == local[0] and remote[1] == local[1]  # base perplexity and every score, exactly
 
 
 def test_search_on_ray_gives_the_local_plan_even_when_a_worker_dies(pool, checkpoint, caplog):
     folder, model, windows = checkpoint
     stages = parse_stages("block,ssm:3")
-    local = search(model, windows, stages, batch_size=BATCH)
+    local = search(model, windows, stages, settings=SETTINGS)
     killed = []
 
     def kill_one_worker(done, total):  # mid-step: the dead worker's queued candidates must re-run elsewhere
@@ -122,7 +124,7 @@ def test_search_on_ray_gives_the_local_plan_even_when_a_worker_dies(pool, checkp
             killed.append(done)
 
     with caplog.at_level(logging.WARNING, logger="shedder.searching.ray_executor"):
-        remote = search(model, windows, stages, batch_size=BATCH, on_candidate=kill_one_worker, executor=pool)
+        remote = search(model, windows, stages, settings=SETTINGS, on_candidate=kill_one_worker, executor=pool)
     assert killed and pool.replacements == 1 and "died" in caplog.text
     assert plan_and_ppls(remote) == plan_and_ppls(local)
     for ours, theirs in zip(remote["steps"], local["steps"]):
@@ -139,13 +141,13 @@ def test_search_on_ray_gives_the_local_plan_even_when_a_worker_dies(pool, checkp
 def test_a_search_stopped_mid_step_resumes_on_ray(pool, checkpoint, tmp_path):
     folder, model, windows = checkpoint
     stages = parse_stages("block:2;ssm:2")
-    whole = search(model, windows, stages, batch_size=BATCH)
+    whole = search(model, windows, stages, settings=SETTINGS)
     evaluated = []  # steps 0 and 1 have 8 and 7 candidates: stop two candidates into step 2
-    search(model, windows, stages, tmp_path / "run", batch_size=BATCH, executor=pool,
+    search(model, windows, stages, tmp_path / "run", settings=SETTINGS, executor=pool,
            on_candidate=lambda done, total: evaluated.append(done), should_stop=lambda: len(evaluated) >= 8 + 7 + 2)
     assert len(json.loads((tmp_path / "run" / "log.json").read_text())["steps"]) == 2
     resumed_steps = []
-    resumed = search(model, windows, stages, tmp_path / "run", batch_size=BATCH, on_step=resumed_steps.append,
+    resumed = search(model, windows, stages, tmp_path / "run", settings=SETTINGS, on_step=resumed_steps.append,
                      executor=pool)
     assert [s["step"] for s in resumed_steps] == [2, 3]  # finished steps are not recomputed
     assert plan_and_ppls(resumed) == plan_and_ppls(whole)
@@ -155,7 +157,7 @@ def test_a_search_stopped_mid_step_resumes_on_ray(pool, checkpoint, tmp_path):
 def test_an_open_executor_refuses_other_settings(pool, checkpoint):
     folder, model, windows = checkpoint
     with pytest.raises(ShedderError, match="other batch_size"):
-        search(model, windows, parse_stages("block:1"), batch_size=BATCH + 1, executor=pool)
+        search(model, windows, parse_stages("block:1"), settings=EvalSettings(batch_size=BATCH + 1), executor=pool)
 
 
 def test_a_dead_or_malformed_address_fails_at_once():
@@ -173,4 +175,5 @@ def test_a_dead_or_malformed_address_fails_at_once():
 def test_gpus_per_worker_needs_a_cluster_with_gpus(cluster, checkpoint):
     folder, model, windows = checkpoint
     with pytest.raises(ShedderError, match="needs GPUs, and the Ray cluster has none"):
-        RayExecutor(RayOptions(model=str(folder), device="auto", workers=1, gpus_per_worker=2), model, windows, BATCH)
+        RayExecutor(RayOptions(model=str(folder), device="auto", workers=1, gpus_per_worker=2), model, windows,
+                    SETTINGS)

@@ -6,6 +6,7 @@ import torch
 from shedder.errors import ShedderError
 from shedder.formats.reference_format import from_reference, to_reference
 from shedder.measurement.calibration import cut_windows, tokenize_text
+from shedder.measurement.evaluator import EvalSettings
 from shedder.measurement.perplexity import perplexity
 from shedder.plan import Plan
 from shedder.removal.catalogue import Component, build_catalogue
@@ -45,7 +46,7 @@ CASES = [
 def test_search_equals_the_naive_search(name, make, stages, reorder, windows):
     model = make()
     grouping = Plan(channel_reorder=reorder)
-    fast = search(model, windows, stages, batch_size=2, base=grouping)
+    fast = search(model, windows, stages, settings=EvalSettings(batch_size=2), base=grouping)
     naive, naive_work = naive_search(model, windows, stages, batch_size=2, grouping=grouping)
     assert [Component.from_dict(c) for c in fast["removed"]] == naive
     assert fast["work"] < naive_work
@@ -57,16 +58,18 @@ def test_search_equals_the_naive_search(name, make, stages, reorder, windows):
 
 def test_prefix_reuse_and_early_stop_each_keep_the_answer(windows, trained_mamba2):
     stages = [Stage(("block", "ssm"), 3)]
-    reference = search(trained_mamba2, windows, stages, batch_size=1, early_stop=False, prefix_reuse=False)
-    for options in (dict(early_stop=True, prefix_reuse=False), dict(early_stop=False, prefix_reuse=True),
-                    dict(state_budget_bytes=1)):  # budget 1 byte: states kept only every few layers
-        other = search(trained_mamba2, windows, stages, batch_size=1, **options)
-        assert other["removed"] == reference["removed"], options
-        assert other["work"] < reference["work"], options
+    reference = search(trained_mamba2, windows, stages, settings=EvalSettings(batch_size=1, prefix_reuse=False),
+                       early_stop=False)
+    for early_stop, settings in ((True, EvalSettings(batch_size=1, prefix_reuse=False)),
+                                 (False, EvalSettings(batch_size=1, prefix_reuse=True)),
+                                 (True, EvalSettings(batch_size=1, state_budget_bytes=1))):  # 1 byte: states kept
+        other = search(trained_mamba2, windows, stages, settings=settings, early_stop=early_stop)  # every few layers
+        assert other["removed"] == reference["removed"], (early_stop, settings)
+        assert other["work"] < reference["work"], (early_stop, settings)
 
 
 def test_every_candidate_is_logged_with_a_score_or_a_bound(windows, trained_mamba2):
-    record = search(trained_mamba2, windows, [Stage(("block", "ssm"), 2)], batch_size=1)
+    record = search(trained_mamba2, windows, [Stage(("block", "ssm"), 2)], settings=EvalSettings(batch_size=1))
     first = record["steps"][0]
     assert len(first["candidates"]) == 16
     stopped = [c for c in first["candidates"] if c["ppl"] is None]
@@ -79,20 +82,20 @@ def test_every_candidate_is_logged_with_a_score_or_a_bound(windows, trained_mamb
 def test_interrupted_search_resumes_to_the_same_plan(windows, tmp_path):
     model = deep_mamba2()
     stages = parse_stages("block:2;ssm:3")
-    whole = search(model, windows, stages, batch_size=2)
+    whole = search(model, windows, stages, settings=EvalSettings(batch_size=2))
     steps_seen = []
-    search(model, windows, stages, tmp_path / "run", batch_size=2,
+    search(model, windows, stages, tmp_path / "run", settings=EvalSettings(batch_size=2),
            on_step=steps_seen.append, should_stop=lambda: len(steps_seen) >= 3)
     log = json.loads((tmp_path / "run" / "log.json").read_text())
     assert len(log["steps"]) == 3
-    resumed = search(model, windows, stages, tmp_path / "run", batch_size=2)
+    resumed = search(model, windows, stages, tmp_path / "run", settings=EvalSettings(batch_size=2))
     assert resumed["removed"] == whole["removed"]
     assert sorted(p.name for p in (tmp_path / "run" / "steps").iterdir()) == [f"step_00{i}.json" for i in range(5)]
     plan = Plan.load(tmp_path / "run" / "plan.json")
     assert [c.to_dict() for c in plan.removed] == whole["removed"]
     plan.check(model, strict_weights=True)
     with pytest.raises(ShedderError, match="other settings.*stages"):
-        search(model, windows, parse_stages("block:3"), tmp_path / "run", batch_size=2)
+        search(model, windows, parse_stages("block:3"), tmp_path / "run", settings=EvalSettings(batch_size=2))
 
 
 def test_candidates_skip_what_earlier_removals_imply():
@@ -112,7 +115,7 @@ def test_candidates_skip_what_earlier_removals_imply():
 def test_score_equals_perplexity_of_each_removal(windows):
     model = bamba()
     base = [Component("ssm", 0)]
-    base_ppl, scores, work = score(model, windows, ["block", "attn", "mlp"], base, batch_size=4)
+    base_ppl, scores, work = score(model, windows, ["block", "attn", "mlp"], base, settings=EvalSettings(batch_size=4))
     assert base_ppl == perplexity(model, windows, base, batch_size=4).ppl
     assert len(scores) == 5 + 2 + 5
     for s in scores[::3]:
@@ -177,16 +180,16 @@ def test_published_mamba2_config_imports_onto_a_64_layer_model():
 def test_rerunning_a_search_whose_stage_ran_out_of_candidates_adds_nothing(windows, tmp_path):
     model = build("mamba2")  # 3 layers: the ssm stage ends after 3 steps, not 5
     stages = parse_stages("ssm:5;block:1")
-    first = search(model, windows, stages, tmp_path / "run", batch_size=2)
+    first = search(model, windows, stages, tmp_path / "run", settings=EvalSettings(batch_size=2))
     assert [c["kind"] for c in first["removed"]] == ["ssm", "ssm", "ssm", "block"]
-    again = search(model, windows, stages, tmp_path / "run", batch_size=2)
+    again = search(model, windows, stages, tmp_path / "run", settings=EvalSettings(batch_size=2))
     assert again["removed"] == first["removed"] and again["work"] == first["work"]
 
 
 def test_a_bound_read_after_every_batch_stops_where_a_fixed_one_would(windows, trained_mamba2):
     from shedder.measurement.evaluator import Evaluator
 
-    evaluator = Evaluator(trained_mamba2, windows, batch_size=1)
+    evaluator = Evaluator(trained_mamba2, windows, EvalSettings(batch_size=1))
     evaluator.set_base([])
     candidate = Component("ssm", 3)
     full = evaluator.evaluate(candidate)

@@ -5,6 +5,7 @@ import torch
 from shedder.errors import ShedderError
 from shedder.families import describe_model
 from shedder.measurement.calibration import cut_windows
+from shedder.measurement.evaluator import EvalSettings
 from shedder.measurement.perplexity import perplexity
 from shedder.model.loading import load_model
 from shedder.model.sharding import balanced_device_map
@@ -84,6 +85,7 @@ def test_spread_model_gives_one_gpus_numbers_and_plan(family, tmp_path):
     removed = removals_for_spread_test(one)
     assert perplexity(spread, windows, removed, batch_size=2).ppl == perplexity(one, windows, removed, batch_size=2).ppl
     stages = parse_stages("block,ssm:2")
-    on_one, on_two = search(one, windows, stages, batch_size=2), search(spread, windows, stages, batch_size=2)
+    settings = EvalSettings(batch_size=2)
+    on_one, on_two = search(one, windows, stages, settings=settings), search(spread, windows, stages, settings=settings)
     assert on_two["removed"] == on_one["removed"]
     assert [s["ppl"] for s in on_two["steps"]] == [s["ppl"] for s in on_one["steps"]]

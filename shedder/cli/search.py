@@ -72,6 +72,7 @@ def load_with_executor(args: argparse.Namespace, split: str = "windows"):
 
 def _score(args: argparse.Namespace) -> int:
     from ..kinds import GROUP_KINDS
+    from ..measurement.evaluator import EvalSettings
     from ..measurement.perplexity import require_finite
     from ..searching.scoring import block_influence, proxy_agreement, score, weight_magnitude
 
@@ -85,7 +86,8 @@ def _score(args: argparse.Namespace) -> int:
         def tick(done, total):
             bar.total = total
             bar.update(done - bar.n)
-        base_ppl, scores, work = score(model, windows, kinds, base, args.batch_size, tick, executor=executor)
+        settings = EvalSettings(batch_size=args.batch_size)
+        base_ppl, scores, work = score(model, windows, kinds, base, settings, tick, executor=executor)
     require_finite(base_ppl, args.model)
     proxies = {}
     if "block" in kinds:
@@ -109,6 +111,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from ..measurement.evaluator import EvalSettings
     from ..plan import Plan
     from ..searching.search import Stage, parse_stages, search
 
@@ -127,7 +130,7 @@ def _search(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"removed {step['removed']['kind']}@{step['removed']['layer']} ppl {step['ppl']:.3f}")
         try:
             grouping = Plan(channel_group_size=args.channel_group_size, channel_reorder=args.channel_reorder)
-            record = search(model, windows, stages, args.out, args.batch_size, grouping,
+            record = search(model, windows, stages, args.out, EvalSettings(batch_size=args.batch_size), grouping,
                             early_stop=not args.no_early_stop, on_step=on_step, executor=executor)
         except KeyboardInterrupt:
             bar.close()

@@ -136,7 +136,7 @@ def saved_layout(ops: dict[int, list[dict]]) -> dict:
     return {"format": "shedder-pruned-layout", "version": 1, "layers": layers}
 
 
-def _write_model_code(directory: Path, model_type: str, model_class: str, ops: dict[int, list[dict]]) -> None:
+def write_model_code(directory: Path, model_type: str, model_class: str, ops: dict[int, list[dict]]) -> None:
     """Copy the model files in and point the config at them (the layout; the family's model type stays, so that
     the tokenizer and config load without the code)."""
     for name in MODEL_FILES:
@@ -220,7 +220,7 @@ def _write(done: Extraction, tokenizer, plan: Plan, card: str, directory: Path) 
     done.model.save_pretrained(directory, safe_serialization=True, save_original_format=done.stock,
                                variant=None if done.stock else WEIGHTS_VARIANT)
     if not done.stock:
-        _write_model_code(directory, model_type, type(done.model).__name__, done.ops)
+        write_model_code(directory, model_type, type(done.model).__name__, done.ops)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     plan.save(directory / "plan.json")

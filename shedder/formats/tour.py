@@ -81,6 +81,7 @@ def make_tour(model: nn.Module, tokenizer, folder: str | Path, setting: Perplexi
     """Measure the tour of ``model`` (loaded from ``folder``): its sensitivity map of blocks and SSMs and a greedy
     search of ``steps`` steps over them, both on ``setting``. Kept under the cache (``save_to_cache``) and
     returned; None when ``should_stop()`` ended it early (the finished sensitivity scores are kept)."""
+    from ..measurement.evaluator import EvalSettings
     from ..searching.search import Stage, search
     from ..searching.sensitivity_map import BATCH_SIZE, fill_map, load_map
 
@@ -106,7 +107,8 @@ def make_tour(model: nn.Module, tokenizer, folder: str | Path, setting: Perplexi
 
     say("a greedy search", 0, steps)
     with tempfile.TemporaryDirectory() as out:
-        search(model, windows, [Stage(targets, steps)], out, BATCH_SIZE, on_step=on_step, should_stop=should_stop)
+        search(model, windows, [Stage(targets, steps)], out, EvalSettings(batch_size=BATCH_SIZE), on_step=on_step,
+               should_stop=should_stop)
     if len(trail) < steps:
         return None
     tour = {

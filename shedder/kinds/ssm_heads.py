@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 # the template file keeps its private name: changing its text would make earlier extractions "not our own"
-from ..extraction.pruned_modeling.pruned_layers import _has_gated_norm as has_gated_norm
+from ..extraction.pruned_modeling.pruned_layers import has_gated_norm
 from ..model.ssm_layout import mamba2_layout
 from .base import Kind, kept, path_in, rows_params
 

@@ -42,6 +42,18 @@ from .perplexity import model_device, window_nll
 
 
 @dataclass(frozen=True)
+class EvalSettings:
+    """How candidate removals are evaluated: the same for every candidate of a ``search`` or ``score`` run, and
+    what an executor opened once is checked against. Only ``batch_size`` (which windows share a batch) enters the
+    numbers; the rest changes what a run costs, never its answer."""
+
+    batch_size: int = 8  # calibration windows per batch
+    state_budget_bytes: int | None = None  # memory for stored layer inputs (None: a default for the device)
+    prefix_reuse: bool = True  # start each candidate at its own layer from the stored base states
+    group_layers: bool | None = None  # run one layer's candidates together (None: on a GPU only)
+
+
+@dataclass(frozen=True)
 class CandidateResult:
     component: Component | None
     nll_sum: float  # complete sum, or the partial sum when stopped early
@@ -87,12 +99,14 @@ def start_at_layer(model: nn.Module, start: int, holder: dict):
 class Evaluator:
     """NLL sums of candidate removals on top of a base plan, over fixed calibration batches."""
 
-    def __init__(self, model: nn.Module, windows: Windows, batch_size: int = 8, grouping: Plan | None = None,
-                 state_budget_bytes: int | None = None, prefix_reuse: bool = True, group_layers: bool | None = None):
+    def __init__(self, model: nn.Module, windows: Windows, settings: EvalSettings = EvalSettings(),
+                 grouping: Plan | None = None):
         if len(windows) == 0:
             raise ShedderError("No calibration windows.")
         self.model = model
         self.windows = windows
+        self.settings = settings
+        batch_size = settings.batch_size
         self.batches = [windows.ids[i:i + batch_size] for i in range(0, len(windows), batch_size)]
         self.grouping = (grouping or Plan()).with_removed([])  # the channel grouping every evaluated plan uses
         family, layers = describe_model(model)
@@ -100,10 +114,9 @@ class Evaluator:
         self.reads_from = family.reads_from  # layer -> the earliest layer whose work it reads (key-value sharing)
         self._layer_modules = [parts.layer for parts in layers]
         self._layers_independent = all(self.reads_from(model.config, i) == i for i in range(self.n_layers))
-        self.state_budget_bytes = state_budget_bytes
-        self.prefix_reuse = prefix_reuse
         # evaluate_many runs candidates of one layer together; by default on a GPU, where small models are bound
         # by per-call overhead (on a CPU it is slower: 0.82x and 0.91x, bench/results/layer_groups_cpu_*.json)
+        group_layers = settings.group_layers
         self.group_layers = model_device(model).type == "cuda" if group_layers is None else group_layers
         self.work = 0  # layer-forward token passes so far
         self.base: list[Component] = []
@@ -122,7 +135,7 @@ class Evaluator:
         """Which layers' inputs to keep: all of them, or every k-th when the budget is too small."""
         hidden = self.model.config.hidden_size
         per_layer = sum(b.numel() for b in self.batches) * hidden * 4  # float32 upper bound
-        budget = self.state_budget_bytes
+        budget = self.settings.state_budget_bytes
         if budget is None:
             budget = default_state_budget(model_device(self.model))
         if per_layer * self.n_layers <= budget:
@@ -134,7 +147,7 @@ class Evaluator:
         """Run the base plan once over all batches, keeping the hidden states entering each layer."""
         self.base = list(base)
         self._states = {}
-        if not self.prefix_reuse:
+        if not self.settings.prefix_reuse:
             return
         keep = self._checkpoint_layers()
         _, layers = describe_model(self.model)
@@ -200,7 +213,7 @@ class Evaluator:
     def groupable(self, layer: int) -> bool:
         """Whether candidates of ``layer`` can run together: its input is stored, layers after it exist, and
         no layer reads another layer's work (key-value sharing would need the earlier layers run again)."""
-        return (self.group_layers and self.prefix_reuse and self._layers_independent and layer in self._states
+        return (self.group_layers and self.settings.prefix_reuse and self._layers_independent and layer in self._states
                 and layer + 1 < self.n_layers)
 
     def _layer_output(self, removed: list[Component], layer: int, b: int) -> torch.Tensor:

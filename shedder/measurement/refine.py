@@ -16,7 +16,8 @@ from torch import nn
 from ..errors import ShedderError
 from ..plan import Plan
 from ..speed.cost_model import ideal_speedups, model_cost
-from ..speed.latency import _generate, _one_run, environment, extracted_model, latency_verdict, random_prompt, spread
+from ..speed.latency import (environment, extracted_model, generate_exactly, latency_verdict, random_prompt, spread,
+                             timed_generate)
 
 MIN_PAIRS = 3  # the fewest timed pairs a latency result is given for (quartiles need a few)
 
@@ -57,13 +58,13 @@ def refining_latency(model: nn.Module, plan: Plan, prompt_len: int, new_tokens: 
 
     for _ in range(warmup):
         for m in (model, small):
-            _generate(m, prompt, new_tokens)
+            generate_exactly(m, prompt, new_tokens)
     latest = None
     for n in range(repeats):
         if between_pairs is not None:
             between_pairs()
         for name, m in (("dense", model), ("extracted", small)):
-            head, total = _one_run(m, prompt, new_tokens)
+            head, total = timed_generate(m, prompt, new_tokens)
             first[name].append(1000 * head)
             times[name].append(1000 * total)
         done = n + 1

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ShedderError
 from ..measurement.calibration import Windows
-from ..measurement.evaluator import CandidateResult, Evaluator
+from ..measurement.evaluator import CandidateResult, EvalSettings, Evaluator
 from ..plan import Plan
 from ..removal.catalogue import Component
 
@@ -82,9 +82,9 @@ class Executor(Protocol):
               should_stop: ShouldStop = None) -> ScoreOutcome:
         """The base plan's and each component's complete NLL sum."""
 
-    def check_same(self, model: nn.Module, windows: Windows, batch_size: int, channel_group_size: int | None,
-                   channel_reorder: str | None, state_budget_bytes: int | None, prefix_reuse: bool) -> None:
-        """Raise ShedderError unless opened with these settings (an open executor passed on)."""
+    def check_same(self, model: nn.Module, windows: Windows, grouping: Plan, settings: EvalSettings) -> None:
+        """Raise ShedderError unless opened with this model, these windows, channel grouping and settings (an open
+        executor passed on)."""
 
     def close(self) -> None:
         ...
@@ -118,14 +118,11 @@ class LocalExecutor:
                 on_candidate(n + 1, len(candidates))
         return StepOutcome(results, best, evaluator.work - work_before)
 
-    def check_same(self, model, windows, batch_size, channel_group_size, channel_reorder, state_budget_bytes,
-                   prefix_reuse):
+    def check_same(self, model, windows, grouping, settings):
         evaluator = self.evaluator
-        same = (model is evaluator.model and windows is evaluator.windows and evaluator.prefix_reuse == prefix_reuse
-                and evaluator.state_budget_bytes == state_budget_bytes
+        same = (model is evaluator.model and windows is evaluator.windows and evaluator.settings == settings
                 and (evaluator.grouping.channel_group_size, evaluator.grouping.channel_reorder)
-                == (channel_group_size, channel_reorder)
-                and evaluator.batches[0].shape[0] == min(batch_size, len(windows)))
+                == (grouping.channel_group_size, grouping.channel_reorder))
         if not same:
             raise ShedderError("This executor was opened for another model, windows or settings; open a new one.")
 
@@ -155,25 +152,22 @@ class LocalExecutor:
 
 
 class open_executor:
-    """``with open_executor(executor, model, windows, ...) as runner:`` local when ``executor`` is None,
-    on new Ray workers for :class:`RayOptions` (stopped on exit), or an executor already open (kept
-    open; it checks that it was opened with these settings)."""
+    """``with open_executor(executor, model, windows, grouping, settings) as runner:`` local when ``executor`` is
+    None, on new Ray workers for :class:`RayOptions` (stopped on exit), or an executor already open (kept open; it
+    checks that it was opened with these settings). ``grouping``: the plan whose channel grouping every evaluated
+    plan uses (what it removes does not matter here)."""
 
-    def __init__(self, executor: "RayOptions | Executor | None", model: nn.Module, windows: Windows, batch_size: int,
-                 grouping: Plan, state_budget_bytes: int | None = None, prefix_reuse: bool = True):
-        settings = dict(batch_size=batch_size, channel_group_size=grouping.channel_group_size,
-                        channel_reorder=grouping.channel_reorder, state_budget_bytes=state_budget_bytes,
-                        prefix_reuse=prefix_reuse)
+    def __init__(self, executor: "RayOptions | Executor | None", model: nn.Module, windows: Windows, grouping: Plan,
+                 settings: EvalSettings):
         self.owned = executor is None or isinstance(executor, RayOptions)
         if executor is None:
-            self.executor = LocalExecutor(Evaluator(model, windows, batch_size, grouping, state_budget_bytes,
-                                                    prefix_reuse))
+            self.executor = LocalExecutor(Evaluator(model, windows, settings, grouping))
         elif isinstance(executor, RayOptions):
             from .ray_executor import RayExecutor  # imports ray only when asked for
 
-            self.executor = RayExecutor(executor, model, windows, **settings)
+            self.executor = RayExecutor(executor, model, windows, settings, grouping)
         else:
-            executor.check_same(model, windows, **settings)
+            executor.check_same(model, windows, grouping, settings)
             self.executor = executor
 
     def __enter__(self) -> Executor:

@@ -32,7 +32,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import ray
@@ -41,14 +41,13 @@ from torch import nn
 
 from ..errors import ShedderError
 from ..measurement.calibration import Windows
-from ..measurement.evaluator import CandidateResult, Evaluator
+from ..measurement.evaluator import CandidateResult, EvalSettings, Evaluator
 from ..model.identity import model_fingerprint
 from ..model.loading import DTYPES, load_model, resolve_dtype
 from ..model.sharding import SPREAD, synchronize
 from ..paths import REPO_ROOT
 from ..plan import Plan
-from ..removal.catalogue import Component
-from ..removal.catalogue import catalogue_of
+from ..removal.catalogue import Component, catalogue_of
 from .executor import RayOptions, ScoreOutcome, StepOutcome, better
 
 log = logging.getLogger(__name__)
@@ -140,14 +139,14 @@ class TaskResult:
 class Replica:
     """A model replica on one worker, with an Evaluator over all windows or over one shard of them."""
 
-    def __init__(self, spec: dict, windows: Windows, batch_size: int, grouping: dict, fingerprint: str):
+    def __init__(self, spec: dict, windows: Windows, settings: EvalSettings, grouping: Plan, fingerprint: str):
         started = time.perf_counter()
         torch.set_num_threads(spec["cpus"])
         self.model, _ = load_model(spec["model"], spec["dtype"], spec["device"], spec["trust_remote_code"])
         if model_fingerprint(self.model) != fingerprint:
             raise ShedderError(f"The worker on {ray.util.get_node_ip_address()} loaded other weights for "
                                f"{spec['model']!r} than the driver has; every node must see the same checkpoint.")
-        self.windows, self.batch_size, self.grouping = windows, batch_size, grouping
+        self.windows, self.settings, self.grouping = windows, settings, grouping
         self.evaluator: Evaluator | None = None
         self.batch_range: tuple[int, int] | None = None
         self.base: list[Component] | None = None
@@ -166,13 +165,10 @@ class Replica:
             windows = self.windows
             if batch_range is not None:
                 first, last = batch_range
-                windows = Windows(windows.ids[first * self.batch_size:last * self.batch_size], windows.source,
-                                  windows.seed)
+                size = self.settings.batch_size
+                windows = Windows(windows.ids[first * size:last * size], windows.source, windows.seed)
             self.evaluator = None  # drop the old one's stored states first
-            grouping = Plan(channel_group_size=self.grouping["channel_group_size"],
-                            channel_reorder=self.grouping["channel_reorder"])
-            self.evaluator = Evaluator(self.model, windows, self.batch_size, grouping,
-                                       self.grouping["state_budget_bytes"], self.grouping["prefix_reuse"])
+            self.evaluator = Evaluator(self.model, windows, self.settings, self.grouping)
             self.batch_range, self.base = batch_range, None
         return self.evaluator
 
@@ -240,6 +236,16 @@ class Job:
     slot: int | None = None  # a shard's worker, or None for any worker
 
 
+def _grouping_of(model: nn.Module, grouping: Plan) -> Plan:
+    """The channel grouping the workers use: ``grouping``'s, its group size resolved for ``model``."""
+    return Plan(channel_group_size=catalogue_of(model, grouping.channel_group_size).channel_group_size,
+                channel_reorder=grouping.channel_reorder)
+
+
+def _grouping_fields(grouping: Plan) -> dict:
+    return {"channel_group_size": grouping.channel_group_size, "channel_reorder": grouping.channel_reorder}
+
+
 class RayExecutor:
     """Runs search steps and score sweeps on Ray workers; see the module docstring.
 
@@ -247,16 +253,12 @@ class RayExecutor:
     (they must use the same model, windows and batch settings; checked). Close it when done.
     """
 
-    def __init__(self, options: RayOptions, model: nn.Module, windows: Windows, batch_size: int = 8,
-                 channel_group_size: int | None = None, channel_reorder: str | None = None,
-                 state_budget_bytes: int | None = None, prefix_reuse: bool = True):
-        self.options, self.model, self.windows = options, model, windows
-        group_size = catalogue_of(model, channel_group_size).channel_group_size
-        self.settings = {"batch_size": batch_size, "channel_group_size": group_size, "channel_reorder": channel_reorder,
-                         "state_budget_bytes": state_budget_bytes, "prefix_reuse": prefix_reuse}
-        self.batch_size = batch_size
+    def __init__(self, options: RayOptions, model: nn.Module, windows: Windows, settings: EvalSettings = EvalSettings(),
+                 grouping: Plan | None = None):
+        self.options, self.model, self.windows, self.settings = options, model, windows, settings
+        self.grouping = _grouping_of(model, grouping or Plan())
         self.fingerprint = model_fingerprint(model)
-        self.n_batches = math.ceil(len(windows) / batch_size)
+        self.n_batches = math.ceil(len(windows) / settings.batch_size)
         self.started_ray = connect(options.address)
         self.use_gpu = self._check_resources()
         self.startup: dict = {}
@@ -269,13 +271,11 @@ class RayExecutor:
         self.tokens = itertools.count()
         self.run_id, self.started_workers = uuid.uuid4().hex[:8], 0
 
-    def check_same(self, model: nn.Module, windows: Windows, batch_size: int, channel_group_size: int | None,
-                   channel_reorder: str | None, state_budget_bytes: int | None, prefix_reuse: bool) -> None:
+    def check_same(self, model: nn.Module, windows: Windows, grouping: Plan, settings: EvalSettings) -> None:
         """Refuse a search or score whose settings differ from the ones the workers were started with."""
-        group_size = catalogue_of(model, channel_group_size).channel_group_size
-        asked = {"batch_size": batch_size, "channel_group_size": group_size, "channel_reorder": channel_reorder,
-                 "state_budget_bytes": state_budget_bytes, "prefix_reuse": prefix_reuse}
-        differ = [k for k in asked if asked[k] != self.settings[k]]
+        asked = {**asdict(settings), **_grouping_fields(_grouping_of(model, grouping))}
+        have = {**asdict(self.settings), **_grouping_fields(self.grouping)}
+        differ = [k for k in asked if asked[k] != have[k]]
         if model is not self.model and model_fingerprint(model) != self.fingerprint:
             differ.append("model")
         if windows is not self.windows and not torch.equal(windows.ids, self.windows.ids):
@@ -305,12 +305,11 @@ class RayExecutor:
         device = (SPREAD if options.gpus_per_worker > 1 else "cuda") if self.use_gpu else "cpu"
         spec = {"model": options.model, "dtype": _name_of(next(self.model.parameters()).dtype), "device": device, "trust_remote_code": options.trust_remote_code,
                 "cpus": options.cpus_per_worker}
-        grouping = {k: v for k, v in self.settings.items() if k != "batch_size"}
         self.started_workers += 1  # named, so that `ray list actors` shows what they are
         name = f"shedder-worker-{self.run_id}-{self.started_workers}"
         return Replica.options(name=name, num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker if self.use_gpu else 0,
                                runtime_env=runtime_env()).remote(
-            spec, self.windows_ref, self.batch_size, grouping, self.fingerprint)
+            spec, self.windows_ref, self.settings, self.grouping, self.fingerprint)
 
     def start_workers(self) -> None:
         """Start the workers (the first step or score does it anyway) and wait until they are ready."""

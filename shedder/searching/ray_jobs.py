@@ -68,6 +68,7 @@ class SearchRunner:
 
     def run(self) -> None:
         from ..measurement.calibration import calibration_windows
+        from ..measurement.evaluator import EvalSettings
         from ..model.loading import load_model
         from ..plan import Plan
         from .search import parse_stages, search
@@ -84,7 +85,8 @@ class SearchRunner:
                                  workers=job.workers, cpus_per_worker=job.cpus_per_worker,
                                  gpus_per_worker=job.gpus_per_worker)
             grouping = Plan(channel_group_size=job.channel_group_size, channel_reorder=job.channel_reorder)
-            record = search(model, windows, stages, out, job.batch_size, grouping, early_stop=job.early_stop,
+            record = search(model, windows, stages, out, EvalSettings(batch_size=job.batch_size), grouping,
+                            early_stop=job.early_stop,
                             should_stop=lambda: self.stopping, executor=options)
             _write_state(out, state="finished" if "removed" in record else "stopped", ended=time.time())
         except Exception as exc:  # the reader learns why from job.json

@@ -21,6 +21,7 @@ from torch import nn
 from ..families import describe_model
 from ..kinds import GROUP_KINDS, KINDS, Grouping
 from ..measurement.calibration import Windows
+from ..measurement.evaluator import EvalSettings
 from ..measurement.perplexity import model_device
 from ..plan import Plan, as_plan
 from ..removal.catalogue import Component, catalogue_of
@@ -40,9 +41,9 @@ class Score:
         return {**self.component.to_dict(), "ppl": self.ppl, "delta": self.delta}
 
 
-def score(model: nn.Module, windows: Windows, kinds: list[str], base: Plan | list[Component] = (), batch_size: int = 8,
-          progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-          state_budget_bytes: int | None = None, executor: RayOptions | Executor | None = None
+def score(model: nn.Module, windows: Windows, kinds: list[str], base: Plan | list[Component] = (),
+          settings: EvalSettings = EvalSettings(), progress: Progress | None = None,
+          should_stop: Callable[[], bool] | None = None, executor: RayOptions | Executor | None = None
           ) -> tuple[float, list[Score], int]:
     """(base perplexity, per-component scores in catalogue order, work in layer-token passes).
 
@@ -53,7 +54,7 @@ def score(model: nn.Module, windows: Windows, kinds: list[str], base: Plan | lis
     catalogue = catalogue_of(model, base.channel_group_size)
     done = set(base.removed)
     components = [c for c in catalogue.components(kinds) if c not in done]
-    with open_executor(executor, model, windows, batch_size, base, state_budget_bytes) as runner:
+    with open_executor(executor, model, windows, base, settings) as runner:
         outcome = runner.score(list(base.removed), components, progress, should_stop)
     base_ppl = outcome.base.ppl
     scores = [Score(r.component, r.ppl, r.ppl - base_ppl) for r in outcome.results]

@@ -29,7 +29,7 @@ from ..errors import ShedderError
 from ..folder_lock import output_lock
 from ..kinds import KINDS, implied_by
 from ..measurement.calibration import Windows
-from ..measurement.evaluator import CandidateResult
+from ..measurement.evaluator import CandidateResult, EvalSettings
 from ..measurement.perplexity import perplexity
 from ..model.identity import model_fingerprint, rounded_fingerprints
 from ..paths import write_text_atomic
@@ -114,12 +114,12 @@ def _result_record(result: CandidateResult) -> dict:
 
 
 def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str | Path | None = None,
-           batch_size: int = 8, base: Plan | list[Component] = (), early_stop: bool = True, prefix_reuse: bool = True,
-           state_budget_bytes: int | None = None, on_step: StepProgress | None = None,
-           on_candidate: CandidateProgress | None = None, should_stop: Callable[[], bool] | None = None,
-           executor: RayOptions | Executor | None = None) -> dict:
+           settings: EvalSettings = EvalSettings(), base: Plan | list[Component] = (), early_stop: bool = True,
+           on_step: StepProgress | None = None, on_candidate: CandidateProgress | None = None,
+           should_stop: Callable[[], bool] | None = None, executor: RayOptions | Executor | None = None) -> dict:
     """Run (or resume) the greedy search from ``base`` (a plan: what is removed already and how MLP channels are
-    grouped; or a list of components); returns the log (settings, steps, final ``removed``).
+    grouped; or a list of components); returns the log (settings, steps, final ``removed``). ``settings``: how
+    candidates are evaluated; ``early_stop``: drop a candidate once it cannot be a step's pick (exact).
 
     ``executor``: None evaluates candidates in this process; :class:`RayOptions` on new Ray workers, or an
     open :class:`~shedder.searching.ray_executor.RayExecutor` on its workers (same plan).
@@ -127,19 +127,20 @@ def search(model: nn.Module, windows: Windows, stages: list[Stage], out_dir: str
     base = as_plan(base)
     catalogue = catalogue_of(model, base.channel_group_size)
     grouping = replace(base.with_removed([]), rounded_fingerprints=rounded_fingerprints(model))
-    settings = SearchSettings(
+    logged = SearchSettings(
         fingerprint=model_fingerprint(model), stages=[[list(s.targets), s.steps] for s in stages],
         calib=windows.source, n_windows=len(windows), seq_len=windows.seq_len, seed=windows.seed,
-        batch_size=batch_size, channel_group_size=catalogue.channel_group_size, channel_reorder=base.channel_reorder,
+        batch_size=settings.batch_size, channel_group_size=catalogue.channel_group_size,
+        channel_reorder=base.channel_reorder,
         base=[c.to_dict() for c in base.removed],
     )
     out = Path(out_dir) if out_dir is not None else None
     with output_lock(out, "search") if out is not None else nullcontext():
-        record = _load_or_start(out, settings)
+        record = _load_or_start(out, logged)
         removed = list(base.removed) + [Component.from_dict(s["removed"]) for s in record["steps"]]
         rank = {c: i for i, c in enumerate(catalogue.components())}
         grouping.channel_group_size = catalogue.channel_group_size
-        with open_executor(executor, model, windows, batch_size, grouping, state_budget_bytes, prefix_reuse) as runner:
+        with open_executor(executor, model, windows, grouping, settings) as runner:
             _run_stages(runner, record, stages, removed, catalogue, rank, out, grouping, early_stop,
                         on_step, on_candidate, should_stop)
     return record
@@ -173,13 +174,13 @@ def _run_stages(runner, record: dict, stages: list[Stage], removed: list[Compone
                 "work": outcome.work, "params_removed": catalogue.params_of(removed),
             }
             record["steps"].append(step)
-            _save(out, record, removed, catalogue, grouping, step_index)
+            save_run(out, record, removed, catalogue, grouping, step_index)
             if on_step is not None:
                 on_step(step)
     record["removed"] = [c.to_dict() for c in removed]
     record["work"] = sum(s["work"] for s in record["steps"])
     if out is not None:
-        _save(out, record, removed, catalogue, grouping, step_index=None)
+        save_run(out, record, removed, catalogue, grouping, step_index=None)
 
 
 def _load_or_start(out: Path | None, settings: SearchSettings) -> dict:
@@ -218,7 +219,7 @@ def _read_log(path: Path) -> dict:
     return record
 
 
-def _save(out: Path | None, record: dict, removed: list[Component], catalogue: Catalogue,
+def save_run(out: Path | None, record: dict, removed: list[Component], catalogue: Catalogue,
           grouping: Plan, step_index: int | None) -> None:
     """Write the plan after a step (and as plan.json) and the log; ``step_index=None``: plan.json only."""
     if out is None:

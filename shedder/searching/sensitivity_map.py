@@ -82,7 +82,7 @@ def fill_map(model: nn.Module, windows: Windows, found: SensitivityMap, componen
              on_component: Callable[[SensitivityMap], None] | None = None) -> SensitivityMap:
     """Score those of ``components`` not in ``found`` yet, saving the map after each one; stops between
     components once ``should_stop()``. ``model`` must be the weights ``found`` names."""
-    from ..measurement.evaluator import Evaluator
+    from ..measurement.evaluator import EvalSettings, Evaluator
 
     todo = found.missing(components)
     if not todo and found.base_ppl is not None:
@@ -91,7 +91,7 @@ def fill_map(model: nn.Module, windows: Windows, found: SensitivityMap, componen
         from ..errors import ShedderError
 
         raise ShedderError("These weights are not the ones the sensitivity map was made for.")
-    evaluator = Evaluator(model, windows, batch_size=BATCH_SIZE)
+    evaluator = Evaluator(model, windows, EvalSettings(batch_size=BATCH_SIZE))
     started = time.perf_counter()
     evaluator.set_base([])
     base = evaluator.evaluate(None).ppl

@@ -188,7 +188,7 @@ class PeakMemory:
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _timed(run: Callable[[], object], device: torch.device) -> float:
+def timed(run: Callable[[], object], device: torch.device) -> float:
     """Seconds ``run`` takes: between CUDA events on a GPU (the GPU's own clock, so the host's wake-up after
     the synchronisation is not counted), by the wall clock on a CPU."""
     _sync(device)
@@ -218,7 +218,7 @@ class _FirstTokenClock(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def _generate(model: nn.Module, prompt: torch.Tensor, new_tokens: int, clock: _FirstTokenClock | None = None
+def generate_exactly(model: nn.Module, prompt: torch.Tensor, new_tokens: int, clock: _FirstTokenClock | None = None
               ) -> torch.Tensor:
     """Greedy ``generate`` of exactly ``new_tokens`` tokens (end-of-sequence suppressed until then)."""
     eos = eos_ids(model)
@@ -236,13 +236,13 @@ def _generate_runs(model: nn.Module, prompt: torch.Tensor, settings: BenchSettin
     """Per timed run of ``generate``: seconds to the first token, and seconds of the decode steps after it."""
     device = prompt.device
     for _ in range(settings.warmup):
-        _generate(model, prompt, settings.new_tokens)
+        generate_exactly(model, prompt, settings.new_tokens)
     first, decode, tokens = [], [], None
     for _ in range(settings.repeats):
         clock = _FirstTokenClock(device)
         _sync(device)
         start = time.perf_counter()
-        tokens = _generate(model, prompt, settings.new_tokens, clock)
+        tokens = generate_exactly(model, prompt, settings.new_tokens, clock)
         _sync(device)
         end = time.perf_counter()
         first.append(clock.first - start)
@@ -290,8 +290,8 @@ def _static_decode(model: nn.Module, prompt: torch.Tensor, settings: BenchSettin
         decoder.run(prompt)
     prefill, seconds = [], []
     for _ in range(settings.repeats):
-        prefill.append(_timed(lambda: decoder.prefill(prompt), device))
-        seconds.append(_timed(decoder.decode, device))
+        prefill.append(timed(lambda: decoder.prefill(prompt), device))
+        seconds.append(timed(decoder.decode, device))
     tokens = decoder.generated
     record = {
         "mode": decoder.mode,
@@ -451,7 +451,7 @@ def paired_prefill(dense: nn.Module, pruned: nn.Module, settings: BenchSettings)
     seconds: tuple[list[float], list[float]] = ([], [])
     for run in range(max(settings.repeats, PAIRED_PREFILL_RUNS)):
         for which in ((0, 1) if run % 2 == 0 else (1, 0)):
-            seconds[which].append(_timed(lambda: decoders[which].prefill(prompt), device))
+            seconds[which].append(timed(lambda: decoders[which].prefill(prompt), device))
     return {"dense_ms": _stats([1000 * t for t in seconds[0]]), "extracted_ms": _stats([1000 * t for t in seconds[1]]),
             "speedup": spread([d / p for d, p in zip(*seconds)]),
             "timer": "CUDA events" if device.type == "cuda" else "wall clock"}
@@ -485,13 +485,13 @@ def spread(values: list[float], digits: int = 4) -> dict:
             "min": round(min(values), digits), "max": round(max(values), digits), "runs": len(values)}
 
 
-def _one_run(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+def timed_generate(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """(seconds to the first token, seconds in all) of one greedy ``generate``."""
     device = prompt.device
     clock = _FirstTokenClock(device)
     _sync(device)
     start = time.perf_counter()
-    _generate(model, prompt, new_tokens, clock)
+    generate_exactly(model, prompt, new_tokens, clock)
     _sync(device)
     return clock.first - start, time.perf_counter() - start
 
@@ -530,10 +530,10 @@ def compare_latency(model: nn.Module, plan: Plan, prompt_len: int, new_tokens: i
     try:
         for _ in range(warmup):
             for m in (model, small):
-                _generate(m, prompt, new_tokens)
+                generate_exactly(m, prompt, new_tokens)
         for n in range(repeats):
             for name, m in (("dense", model), ("extracted", small)):
-                first, total = _one_run(m, prompt, new_tokens)
+                first, total = timed_generate(m, prompt, new_tokens)
                 runs[name]["first"].append(1000 * first)
                 runs[name]["total"].append(1000 * total)
             if progress is not None:

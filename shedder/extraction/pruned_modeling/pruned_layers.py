@@ -218,7 +218,7 @@ class SsmFreeMamba2Mixer(_ShortConv):
         self.out_proj = mixer.out_proj
         # Falcon-H1: multipliers on the mixer input and on in_proj's output, and an optional norm
         self.in_multiplier = getattr(mixer, "ssm_in_multiplier", None)
-        self.gated_norm = _has_gated_norm(mixer)
+        self.gated_norm = has_gated_norm(mixer)
         if hasattr(mixer, "mup_vector"):  # kept whole, so the family's own weight init can refill it on load
             self.register_buffer("mup_vector", mixer.mup_vector, persistent=False)
             self.mup = _Rows(range(2 * d_inner))  # the entries of mup_vector that in_proj's rows use
@@ -280,7 +280,7 @@ def remove_ssm(mixer: nn.Module) -> nn.Module:
 
 # --- groups -----------------------------------------------------------------------------------------
 
-def _has_gated_norm(mixer: nn.Module) -> bool:
+def has_gated_norm(mixer: nn.Module) -> bool:
     if isinstance(mixer, SsmFreeMamba2Mixer):
         return mixer.gated_norm
     return getattr(mixer, "mamba_rms_norm", True) and not isinstance(getattr(mixer, "norm", None), nn.Identity)
@@ -321,7 +321,7 @@ def _zero_columns(linear: nn.Linear, columns: Sequence[int]) -> None:
 def ssm_heads(mixer: nn.Module, kept: Sequence[int]) -> nn.Module:
     head_dim = mixer.head_dim
     channels = _head_rows(kept, head_dim)
-    if not _has_gated_norm(mixer):
+    if not has_gated_norm(mixer):
         if isinstance(mixer, SsmFreeMamba2Mixer):
             mixer.keep_heads(kept)
             return mixer
