@@ -4,20 +4,18 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import cluster_jobs, plan_io, store
+from app import cluster_jobs, jobs, plan_io, store
+from app.search_job import NAME as SEARCH_JOB, start_search
 from app.figures import counted, pareto_chart, search_trajectory, trajectory_point
 from app.pareto import MEASURE_HINT, X_AXES, Y_AXES, axes_points, plan_points
 from app.measures import accuracy_settings, latency_settings, plan_file
 from app.sidebar import model_or_stop, model_sidebar
 from app.state import evaluation_setting, fingerprint, masked_perplexity, new_plan, plan_perplexity, set_plan
 from shedder.errors import ShedderError
-from shedder.jobs import private_copy
-from shedder.measurement.calibration import calibration_windows
 from shedder.measurement.perplexity import PerplexitySetting
 from shedder.paths import data_root, inside_data_root
-from shedder.plan import Plan
 from shedder.removal.catalogue import KINDS, Component
-from shedder.searching.search import Stage, parse_stages, search
+from shedder.searching.search import Stage, parse_stages
 
 choice = model_sidebar()
 st.title("Search")
@@ -192,57 +190,57 @@ where = st.radio("Where the search runs", [HERE, CLUSTER], horizontal=True,
 ray_missing = cluster_jobs.ray_missing()
 on_cluster = None if ray_missing or not cluster_jobs.has_job(out_dir) else cluster_jobs.follow(out_dir)
 busy = on_cluster is not None and on_cluster.active  # these settings are being searched on the cluster
-run = False
+searching = jobs.running(SEARCH_JOB)  # this session's search in the dashboard, whatever settings it has
 if where == HERE:
     label = "Run search" if not done else ("Finished" if done >= total_steps else f"Resume ({done} of {total_steps} steps done)")
     c1, c2 = st.columns([1, 5])
-    run_slot, stop_slot = c1.empty(), c2.empty()
-    run = run_slot.button(label, type="primary", disabled=not stages or not calib or done >= total_steps or busy,
-                          key=f"run-{label}")
+    if c1.button(label, type="primary", disabled=not stages or not calib or done >= total_steps or busy
+                 or searching is not None, key=f"run-{label}"):
+        st.session_state.setdefault("search_runs", {})[fp] = str(out_dir)
+        start_search(choice, stages, out_dir, calib, tokens, seq_len, batch_size, group_size, reorder)
+        st.rerun()
     if busy:
-        stop_slot.caption("A search with these settings is running on the Ray cluster (below); it writes the same "
-                          "folder, so it must end (or be stopped) before one runs here.")
+        c2.caption("A search with these settings is running on the Ray cluster (below); it writes the same "
+                   "folder, so it must end (or be stopped) before one runs here.")
+    elif searching is not None:
+        c2.caption("Your search runs in the background (below); cancel it, or let it finish, to start another.")
+    elif not done:
+        c2.caption("Runs in the background on its own copy of the model: other pages and other users keep working. "
+                   "Every finished step is kept; Cancel stops it within seconds and the same settings resume it.")
 elif ray_missing:
     st.warning(f"{ray_missing} Searches can only run here.")
 else:
     submit_to_cluster()
-if run:
-    stop_slot.button("Stop", help="Stops at the next candidate; finished steps are kept and a re-run resumes.")
-    steps_seen = [done]
-    bar = st.progress(0.0, text="Loading calibration text ...")
-    live, removed_so_far = st.empty(), st.empty()
-    trail: list[dict] = []
 
-    def on_candidate(n: int, total: int) -> None:
-        bar.progress(n / total, text=f"Step {steps_seen[0] + 1} of {total_steps}: {n} of {total} candidates evaluated")
 
-    def on_step(step: dict) -> None:
-        steps_seen[0] += 1
-        trail.append(trajectory_point(step))
-        live.plotly_chart(search_trajectory(trail), width="stretch", key=f"live-{len(trail)}")
-        removed_so_far.caption("Removed so far: " + ", ".join(f"{t['label']} (perplexity {t['ppl']:.3f})" for t in trail))
+def live_steps(job) -> None:
+    """The running search's finished steps, drawn under its progress bar."""
+    trail = (job.partial or {}).get("trail") or []
+    if trail:
+        st.plotly_chart(search_trajectory(trail), width="stretch", key="search-live")
+        st.caption("Removed so far: " + ", ".join(f"{t['label']} (perplexity {t['ppl']:.3f})" for t in trail))
 
-    st.session_state.setdefault("search_runs", {})[fp] = str(out_dir)
-    try:
-        windows = calibration_windows(calib, tokenizer, seq_len, tokens)
-        # on its own copy of the model (taken under the model's lock): other sessions' toggles never wait for it
-        search(private_copy(model), windows, stages, out_dir, batch_size,
-               Plan(channel_group_size=group_size, channel_reorder=reorder), on_step=on_step, on_candidate=on_candidate)
-    except ShedderError as exc:
-        st.error(str(exc))
-    else:  # the same settings now name a finished search
-        run_slot.button("Finished", type="primary", disabled=True, key="run-Finished")
-    bar.empty()
-    live.empty()
-    removed_so_far.empty()
-    stop_slot.empty()
+
+if searching is not None:
+    jobs.panel(SEARCH_JOB, show=live_steps)
+else:
+    ended = jobs.current(SEARCH_JOB)
+    partial = (ended.partial or {}) if ended is not None else {}
+    if ended is not None and ended.state == "cancelled":
+        kept = partial.get("steps_done", 0)
+        st.info(f"{ended.label} was cancelled after {kept} of {partial.get('total_steps', '?')} steps. "
+                + ("Its finished steps are kept (Results below); " if kept else "No step had finished; ")
+                + "run it again with the same settings to resume after the last finished step.")
+    elif ended is not None and ended.state == "failed":
+        st.error(f"The search failed: {ended.error}")
 
 show_cluster_searches()
 
 # --- a finished (or stopped) search of this model ------------------------------------------------
 runs = store.searches(fp)
 if not runs:
-    st.info("No search of this model yet: choose the settings and press Run search.")
+    if searching is None:
+        st.info("No search of this model yet: choose the settings and press Run search.")
     st.stop()
 st.subheader("Results")
 
@@ -256,7 +254,8 @@ def describe(run) -> str:
 
 last = st.session_state.get("search_runs", {}).get(fp)
 index = next((i for i, r in enumerate(runs) if str(r) == last), 0)
-run_dir = st.selectbox("Search", runs, index=index, format_func=describe)
+described = {run: describe(run) for run in runs}  # as they are now (a running search's count grows meanwhile)
+run_dir = st.selectbox("Search", runs, index=index, format_func=described.get)
 log = store.read_log(run_dir)
 used = log["settings"]
 base = [Component.from_dict(c) for c in used["base"]]

@@ -105,6 +105,7 @@ def test_search_runs_shows_steps_and_hands_a_step_to_the_playground(bamba_dir):
     at.run()
     button(at, "Run search").click().run()
     assert not at.exception, at.exception
+    finish_job(at, "search")  # a background job; the page shows its steps once it ends
     (run_dir,) = at.session_state["search_runs"].values()
     log = json.loads((Path(run_dir) / "log.json").read_text())
     assert len(log["steps"]) == 2

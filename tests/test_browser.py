@@ -296,8 +296,10 @@ def search_and_save(page: Page, path: Path, calibration: str | None = None) -> N
         page.idle()
     page.slider_down("Tokens", 2)  # 4096 -> 1024 tokens: a quick search
     page.idle()
-    page.click_button("Run search")
-    page.find("h3", "Results", timeout=300)
+    page.click_button("Run search")  # a background job: its progress and Cancel, then its results
+    page.wait_text('[data-testid="stProgress"]', "Search of", timeout=60)
+    page.find('[data-testid="stButton"] button', "Finished", timeout=300)
+    page.find("h3", "Results", timeout=60)
     page.idle()
     assert page.metric("components removed") == "2"
     page.click_button("Save plan")

@@ -251,6 +251,7 @@ def test_same_plan_same_setting_same_number_on_every_page(bamba_dir):
     at.run()
     next(b for b in at.button if b.label == "Run search").click().run()
     assert not at.exception, at.exception
+    finish_job(at, "search")  # a background job; the page shows its steps once it ends
     searched = metrics(at)
     step = store.step_plan(Path(next(iter(at.session_state["search_runs"].values()))), 0)
     wiki = calibration_windows("wiki", tokenizer, 128, 1024)
