@@ -12,6 +12,9 @@ Two rules keep one user's long job from stalling another user's interactive work
 - **Foreground first.** Interactive work runs inside :func:`foreground`; a job's model copy pauses at every
   layer boundary while any foreground work runs (:func:`guard`), and raises :class:`Cancelled` there once the
   job is cancelled, so a cancel acts within one layer's time.
+- **But no starving.** A job waits at most ``MAX_WAIT`` seconds at a time and then runs as long as it waited
+  (``JOB_SHARE``) before it pauses again (:func:`give_way`): foreground work that never stops slows a job to about
+  half its speed, never to a halt.
 """
 from __future__ import annotations
 
@@ -55,11 +58,15 @@ def foreground_active() -> bool:
     return _foreground_count > 0
 
 
-def wait_for_foreground(cancelled: Callable[[], bool] = lambda: False, poll: float = 0.05) -> float:
-    """Block while foreground work runs (returns the seconds waited); returns early once ``cancelled()``."""
+def wait_for_foreground(cancelled: Callable[[], bool] = lambda: False, poll: float = 0.05,
+                        limit: float | None = None) -> float:
+    """Block while foreground work runs (returns the seconds waited); returns early once ``cancelled()``, or after
+    ``limit`` seconds."""
     start = time.perf_counter()
     with _foreground:
         while _foreground_count > 0 and not cancelled():
+            if limit is not None and time.perf_counter() - start >= limit:
+                break
             _foreground.wait(poll)
     return time.perf_counter() - start
 
@@ -105,6 +112,7 @@ class Job:
         self._phase_started = time.perf_counter()
         self._first_unit: float | None = None
         self.paused_s = 0.0  # seconds its model waited for foreground work
+        self.free_until = 0.0  # (perf_counter) it runs without pausing until then: its fair share (give_way)
         self.thread = threading.Thread(target=self._run, name=f"job: {label}", daemon=True)
         if start:
             with _running_guard:
@@ -214,12 +222,23 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+# Fair share: foreground work comes first, but a job is never starved by it. A job waits at most MAX_WAIT seconds
+# at a time, and after waiting w seconds it runs w * JOB_SHARE / (1 - JOB_SHARE) seconds without pausing, so that
+# under foreground work that never stops (one user toggling without a break, several users at once) it still gets
+# JOB_SHARE of the time. An occasional toggle still has the machine to itself: the job's free run after it ends
+# before the next one comes.
+JOB_SHARE = 0.5
+MAX_WAIT = 2.0
+
+
 def give_way(job: Job) -> None:
     """A point where ``job`` may stop or give way: raises :class:`Cancelled` once it is cancelled, and waits while
-    foreground work runs."""
+    foreground work runs (within its fair share, see ``JOB_SHARE``)."""
     job.check()
-    if _foreground_count:
-        job.paused_s += wait_for_foreground(job.cancelled)
+    if _foreground_count and time.perf_counter() >= job.free_until:
+        waited = wait_for_foreground(job.cancelled, limit=MAX_WAIT)
+        job.paused_s += waited
+        job.free_until = time.perf_counter() + waited * JOB_SHARE / (1 - JOB_SHARE)
         job.check()
 
 
