@@ -63,8 +63,8 @@ class SearchProgress:
         self.step_started = time.perf_counter()
         # the search first screens every candidate on its first batch (which orders the full evaluations), then
         # evaluates them one by one: the count starts with the first full evaluation
-        self.job.update(0, 0, f"{self.phase}: screening {self.candidates} candidates on their first batch",
-                        after=self._after(0))
+        rest = None if self.per_candidate is None else self.per_candidate * (self.candidates + sum(self.later))
+        self.job.update(0, 0, f"{self.phase}: screening {self.candidates} candidates on their first batch", after=rest)
 
     def _after(self, done_now: int) -> float | None:
         """Seconds the steps after this one should take: at the last finished step's seconds per candidate (later

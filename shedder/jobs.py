@@ -175,8 +175,12 @@ class Job:
             return elapsed / self.done * max(0, self.total - self.done)
 
     def seconds_left_in_all(self) -> float | None:
-        """Time left in the current phase plus the work's estimate of its later phases (None when either is unknown)."""
+        """Time left in the current phase plus the work's estimate of its later phases (None when either is unknown);
+        in a phase that counts nothing, the work's estimate of the rest (this phase included) less the phase's time
+        so far."""
         left, after = self.seconds_left(), self.after
+        if after is not None and not self.total:
+            return max(0.0, after - (time.perf_counter() - self._phase_started))
         return None if left is None or after is None else left + after
 
     def describe(self) -> str:
@@ -190,6 +194,8 @@ class Job:
                 text += f", about {format_seconds(left)} left"
                 if in_all is not None and in_all - left >= 1:
                     text += f" (about {format_seconds(in_all)} in all)"
+        elif self.running and (in_all := self.seconds_left_in_all()) is not None:
+            text += f", about {format_seconds(in_all)} left in all"
         if self.state == "cancelled":
             text += " (cancelled)"
         elif self.state == "failed":

@@ -236,3 +236,25 @@ def test_a_checkpoint_is_kept_only_where_the_training_wrote_one():
 
     assert kept_checkpoint(7, 400, 5) == 5 and kept_checkpoint(10, 400, 5) == 10 and kept_checkpoint(4, 400, 5) == 0
     assert kept_checkpoint(7, 400, 0) == 0 and kept_checkpoint(400, 400, 0) == 400
+
+
+def test_a_phase_that_counts_nothing_tells_the_time_left_in_all_from_the_works_estimate():
+    import threading
+
+    go_on = threading.Event()
+
+    def work(job):
+        job.update(0, 0, "step 2 of 5: screening 9 candidates on their first batch", after=30.0)
+        go_on.wait(10)
+        job.update(3, 9, "step 2 of 5", "candidates", after=None)
+        go_on.clear()
+        go_on.wait(10)
+
+    job = background.Job("estimate", work)
+    time.sleep(0.2)
+    assert job.describe() == "step 2 of 5: screening 9 candidates on their first batch, about 30 s left in all"
+    go_on.set()
+    time.sleep(0.2)
+    assert job.describe().startswith("step 2 of 5: 3 of 9 candidates, about ") and "in all" not in job.describe()
+    go_on.set()
+    assert job.wait(10)

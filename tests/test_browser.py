@@ -296,8 +296,10 @@ def search_and_save(page: Page, path: Path, calibration: str | None = None) -> N
         page.idle()
     page.slider_down("Tokens", 2)  # 4096 -> 1024 tokens: a quick search
     page.idle()
-    page.click_button("Run search")  # a background job: its progress and Cancel, then its results
-    page.wait_text('[data-testid="stProgress"]', "Search of", timeout=60)
+    page.click_button("Run search")  # a background job: its progress, the steps so far and Cancel, then its results
+    page.wait_text('[data-testid="stProgress"]', "step 2 of 2", timeout=300)
+    time.sleep(1.5)  # the first step's point drawn
+    page.screenshot(path.with_name("search-running.png"))
     page.find('[data-testid="stButton"] button', "Finished", timeout=300)
     page.find("h3", "Results", timeout=60)
     page.idle()
@@ -306,6 +308,31 @@ def search_and_save(page: Page, path: Path, calibration: str | None = None) -> N
     page.find('[data-testid="stAlert"]', "Saved as")
     page.idle()
     page.screenshot(path)
+
+
+def recover_and_cancel(page: Page, shots: Path) -> None:
+    """A short LoRA recovery of the model just extracted, as a background job: screenshot while it trains, Cancel,
+    and screenshot what the page says is kept."""
+    page.type_number("Steps", 60)
+    page.idle()
+    page.choose("Windows per step", "1")
+    page.idle()
+    page.slider_down("Window (tokens)", 3)  # 512 -> 64 tokens
+    page.idle()
+    page.slider_down("Held-out tokens", 3)  # 32,768 -> 512 tokens
+    page.idle()
+    page.wait_text('[data-testid="stExpander"] summary', "More settings").click()
+    page.type_number("Checkpoint every (steps)", 5)
+    page.idle()
+    page.click_button("Start recovery")
+    page.wait_text('[data-testid="stProgress"]', "training:", timeout=300)
+    page.wait_text('[data-testid="stCaptionContainer"]', "loss", timeout=60)
+    time.sleep(6)  # a few steps of the loss curve
+    page.screenshot(shots / "recover-running.png")
+    page.click_button("Cancel")
+    page.wait_text('[data-testid="stAlert"]', "was cancelled at training step", timeout=60)
+    page.idle()
+    page.screenshot(shots / "recover-cancelled.png")
 
 
 @pytest.fixture
@@ -360,8 +387,10 @@ def test_every_page_in_the_browser(page, demo, shots):
     page.go("Recovery")  # offers the model just extracted
     page.idle()
     page.screenshot(shots / "recover.png")
+    recover_and_cancel(page, shots)
     assert {p.name for p in shots.glob("*.png")} >= {"model.png", "method.png", "sensitivity.png", "playground.png",
-                                                     "search.png", "export.png", "recover.png"}
+                                                     "search.png", "search-running.png", "export.png", "recover.png",
+                                                     "recover-running.png", "recover-cancelled.png"}
 
 
 def test_every_page_on_the_hybrid(page, shots):
