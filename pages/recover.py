@@ -138,9 +138,10 @@ except ShedderError as exc:
 finished = read_json(folder / RESULT_FILE)
 started = folder.is_dir() and not finished
 label = "Show the result" if finished else ("Continue recovery" if started else "Start recovery")
+how_often = f"every {every} steps" if every else "after the last step only"
 st.caption(f"Runs in and writes the recovered model to `{store.shown_path(folder)}`, in the background: other pages "
            "and other users keep working, and this page shows it when you come back. Cancel stops it within seconds; "
-           f"a checkpoint is written {f'every {every} steps' if every else 'after the last step only'} (More settings), and pressing the button again with the same "
+           f"a checkpoint is written {how_often} (More settings), and pressing the button again with the same "
            "settings continues from the last one. Code shipped in a model folder runs only when *Allow "
            f"remote code* is ticked in the sidebar (now {'ticked' if choice.trust_remote_code else 'not ticked'}) or "
            "the folder is shedder's own extraction.")
