@@ -136,7 +136,7 @@ except ShedderError as exc:
     st.error(str(exc))
     st.stop()
 finished = read_json(folder / RESULT_FILE)
-started = folder.is_dir() and not finished
+started = (folder / CHECKPOINT).is_file() and not finished  # training resumes only from a checkpoint
 label = "Show the result" if finished else ("Continue recovery" if started else "Start recovery")
 how_often = f"every {every} steps" if every else "after the last step only"
 st.caption(f"Runs in and writes the recovered model to `{store.shown_path(folder)}`, in the background: other pages "
