@@ -202,6 +202,8 @@ if where == HERE:
     if busy:
         c2.caption("A search with these settings is running on the Ray cluster (below); it writes the same "
                    "folder, so it must end (or be stopped) before one runs here.")
+    elif searching is not None and done >= total_steps:
+        c2.caption("Your search has done its last step and is finishing (below).")
     elif searching is not None:
         c2.caption("Your search runs in the background (below); cancel it, or let it finish, to start another.")
     elif not done:

@@ -101,8 +101,9 @@ if step == 1:
                 f"{info['n_layers']} layers is a **block** (a residual layer) around an **SSM** (the Mamba-2 scan). "
                 f"**Perplexity** measures how well it predicts held-out text ({setting.describe()}): lower is better. "
                 "Removing parts raises it; the question is which parts cost least.")
-    st.dataframe(pd.DataFrame([{"kind": k, "what removing one does": KIND_HELP.get(k, ""), "parameters (all)": f"{v:,}"}
-                               for k, v in info["params"].items()]), hide_index=True)
+    # a static table wraps the long descriptions (a dataframe cuts them at the column's width)
+    st.table(pd.DataFrame([{"kind": k, "what removing one does": KIND_HELP.get(k, ""), "parameters (all)": f"{v:,}"}
+                           for k, v in info["params"].items()]).set_index("kind"))
     st.page_link("pages/model.py", label="The Model page draws every layer and measures this perplexity live")
 elif step == 2:
     st.subheader("2. Sensitivity: remove each part alone, measure")
