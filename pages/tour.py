@@ -1,5 +1,6 @@
-"""Guided tour: load, sensitivity, toggle, search and export on the embedded demo model, in five steps that open at
-once from results shipped with the model (recomputed in the background when its weights change)."""
+"""Guided tour: load, sensitivity, toggle, search and export on an embedded demo model (the Mamba-2 one or the
+hybrid), in five steps that open at once from results shipped with the model (recomputed in the background when its
+weights change)."""
 import json
 
 import pandas as pd
@@ -15,11 +16,15 @@ from shedder.model.loading import ZOO_DIR
 from shedder.plan import Plan
 from shedder.removal.catalogue import KIND_HELP, Component
 
-TOUR_MODEL = "demo-mamba2"
+TOUR_MODELS = {"demo-mamba2": "a small Mamba-2 language model", "demo-hybrid": "a small Mamba-2 / attention hybrid"}
 STEPS = {1: "Load", 2: "Sensitivity", 3: "Toggle", 4: "Search", 5: "Export"}
 
 model_sidebar()
 st.title("Guided tour")
+if st.session_state.get("tour_model") not in TOUR_MODELS:  # start on the loaded demo model, if it is one
+    st.session_state["tour_model"] = current_choice().spec if current_choice().spec in TOUR_MODELS else "demo-mamba2"
+TOUR_MODEL = st.radio("Tour model", list(TOUR_MODELS), key="tour_model", horizontal=True,
+                      format_func=lambda name: f"{name}: {TOUR_MODELS[name]}")
 st.caption(f"Five steps on the embedded demo model, {TOUR_MODEL}: load it, see which parts matter, remove one, let "
            "the greedy search choose, export the plan. The numbers were measured on this model and ship with it "
            "(recomputed when its weights change), so the tour opens at once; each step takes you to the page that "
@@ -30,7 +35,11 @@ if tour is None:
     if files_digest(folder) is None:
         st.warning(f"{TOUR_MODEL}'s weights are not installed (zoo/{TOUR_MODEL}/model.safetensors); the tour needs them.")
         st.stop()
-    if jobs.running("tour") is None and (jobs.current("tour") is None or jobs.current("tour").state != "failed"):
+    running = jobs.running("tour")
+    if running is not None and running.label != f"Measuring the tour's results of {TOUR_MODEL}":
+        jobs.panel("tour")  # another model's tour is being measured: one at a time
+        st.stop()
+    if running is None and (jobs.current("tour") is None or jobs.current("tour").state != "failed"):
         choice = ModelChoice(TOUR_MODEL)
         model, tokenizer = loaded(choice)
 
@@ -42,7 +51,7 @@ if tour is None:
                 return make_tour(copy, tokenizer, folder, progress=lambda phase, d, t: job.update(d, t, phase),
                                  should_stop=job.cancelled)
 
-        jobs.start("tour", "Measuring the tour's results", work)
+        jobs.start("tour", f"Measuring the tour's results of {TOUR_MODEL}", work)
     st.info(f"The shipped results do not match {TOUR_MODEL}'s weights (the model changed since they were measured): "
             "measuring them again, in the background. This happens once; the results are kept.")
     failed = jobs.current("tour")
@@ -91,14 +100,17 @@ step = st.session_state.get("tour_step") or at
 st.session_state["tour_at"] = step
 
 if step == 1:
-    st.subheader("1. Load: a small Mamba-2 language model")
+    st.subheader(f"1. Load: {TOUR_MODELS[TOUR_MODEL]}")
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("architecture", info["model_type"])
     c2.metric("layers", info["n_layers"])
     c3.metric("parameters", f"{info['total_params'] / 1e6:.2f} M")
     c4.metric("perplexity", f"{base:.3f}", help=f"Nothing removed, on {setting.describe()}")
+    anatomy = ("is a **block** (a residual layer) around an **SSM** (the Mamba-2 scan)" if "attn" not in info["params"]
+               else "is a **block** (a residual layer) holding either a Mamba-2 mixer, whose scan is its **SSM**, or an "
+                    "**attention** sub-block, and then an **MLP**")
     st.markdown(f"{TOUR_MODEL} ships inside the repository, so everything works offline. Each of its "
-                f"{info['n_layers']} layers is a **block** (a residual layer) around an **SSM** (the Mamba-2 scan). "
+                f"{info['n_layers']} layers {anatomy}. "
                 f"**Perplexity** measures how well it predicts held-out text ({setting.describe()}): lower is better. "
                 "Removing parts raises it; the question is which parts cost least.")
     # a static table wraps the long descriptions (a dataframe cuts them at the column's width)

@@ -1,7 +1,9 @@
-"""Rewrite the guided tour's shipped results of a zoo model (zoo/NAME/tour.json): its sensitivity map of blocks
-and SSMs and a short greedy search, on the dashboard's default evaluation setting (see shedder/formats/tour.py).
+"""Rewrite the guided tour's shipped results of a zoo model (zoo/NAME/tour.json): its sensitivity map of blocks,
+SSMs, attention and MLP sub-blocks (those it has) and a short greedy search, on the dashboard's default evaluation
+setting (see shedder/formats/tour.py).
 
     python scripts/make_tour.py demo-mamba2
+    python scripts/make_tour.py demo-hybrid
 """
 import argparse
 import logging

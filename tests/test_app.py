@@ -108,12 +108,45 @@ def test_playground_toggles_change_perplexity_and_plan(bamba_dir):
     assert int(metrics["parameters freed"].value.split()[0].replace(",", "")) > 0
 
 
-def test_the_shipped_tour_is_fresh_for_the_shipped_demo_model():
+@pytest.mark.parametrize("name", ["demo-mamba2", "demo-hybrid"])
+def test_the_shipped_tour_is_fresh_for_the_shipped_demo_model(name):
     from shedder.formats.tour import load_tour
     from shedder.model.loading import ZOO_DIR
 
-    assert load_tour(ZOO_DIR / "demo-mamba2") is not None, (
-        "zoo/demo-mamba2/tour.json does not match the model's weight files: run scripts/make_tour.py demo-mamba2")
+    assert load_tour(ZOO_DIR / name) is not None, (
+        f"zoo/{name}/tour.json does not match the model's weight files: run scripts/make_tour.py {name}")
+
+
+def test_the_hybrid_tour_maps_attention_and_mlps_and_hands_its_plan_to_the_hybrid():
+    import json
+
+    from shedder.model.loading import ZOO_DIR
+
+    tour = json.loads((ZOO_DIR / "demo-hybrid" / "tour.json").read_text())
+    assert tour["sensitivity"]["kinds"] == ["block", "ssm", "attn", "mlp"]
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.switch_page("pages/tour.py").run()
+    at.radio(key="tour_model").set_value("demo-hybrid").run()
+    assert not at.exception, at.exception
+    assert not at.info, "the shipped results are fresh: nothing to measure"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["architecture"] == "bamba"
+    assert metrics["perplexity"] == f"{tour['sensitivity']['base_ppl']:.3f}"
+    assert any("**attention** sub-block" in m.value for m in at.markdown)
+    next(b for b in at.button if b.label == "Next").click().run()
+    (chart,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    heat = next(t for t in chart["data"] if t["type"] == "heatmap")
+    assert set(heat["y"]) == {"block", "ssm", "attn", "mlp"}
+
+    at.session_state["tour_step"] = 4
+    at.run()
+    next(b for b in at.button if b.label.startswith("Use the plan after step")).click().run()
+    assert not at.exception, at.exception
+    at.switch_page("pages/playground.py").run()  # where the button took the user: the hybrid, with the tour's plan
+    steps = tour["search"]["steps"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["components removed"] == str(len(steps))
+    assert metrics["perplexity"] == f"{steps[-1]['ppl']:.3f}"
 
 
 def test_the_guided_tour_opens_from_the_shipped_results_and_hands_its_plans_on():

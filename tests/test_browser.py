@@ -533,6 +533,16 @@ def test_the_tour_a_heatmap_click_and_a_toggle_that_cancels_background_work(page
     assert page.metric("perplexity") == f"{cheapest['ppl']:.3f}" == expected_ppl(
         demo, Component(cheapest["kind"], cheapest["layer"]))
 
+    hybrid = json.loads((ROOT / "zoo" / "demo-hybrid" / "tour.json").read_text())
+    page.go("Guided tour")  # the same tour on the hybrid demo model: its map has attention and MLP rows
+    page.find('[data-testid="stRadio"] label', "demo-hybrid").click()
+    page.find("h3", "3. Toggle")
+    page.click_button("Back")
+    page.find("h3", "2. Sensitivity")
+    page.wait_text('[data-testid="stMarkdownContainer"] p', f"against {hybrid['sensitivity']['base_ppl']:.3f}")
+    page.idle()
+    page.screenshot(shots / "tour-hybrid-sensitivity.png")
+
 
 def test_one_session_scores_while_another_toggles(app_url, demo):
     """Session A scores sensitivity (a background job); session B's toggles are not blocked by it; A's Cancel acts

@@ -1,8 +1,8 @@
 """The guided tour's results, shipped with a zoo model (``zoo/<name>/tour.json``) so that the tour opens at once.
 
 A tour file holds what the tour shows before anything is measured: the model's size, its dense perplexity,
-the leave-one-out map of its blocks and SSMs (``shedder.searching.sensitivity_map``) and a short greedy search with the
-perplexity after every step, all on one perplexity setting (the dashboard's default evaluation setting, so the
+the leave-one-out map of its blocks, SSMs, attention and MLP sub-blocks, those it has
+(``shedder.searching.sensitivity_map``), and a short greedy search over them with the perplexity after every step, all on one perplexity setting (the dashboard's default evaluation setting, so the
 tour's numbers are the ones every page shows). It is keyed twice: by a hash of the weight and config files (read
 without loading the model, so a stale file is caught at once) and by the model's fingerprint. A stale or
 missing file is recomputed by :func:`make_tour` (the dashboard does it in the background and keeps the result
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 TOUR_FILE = "tour.json"
 VERSION = 1
-KINDS = ("block", "ssm")
+KINDS = ("block", "ssm", "attn", "mlp")  # those the model has
 SEARCH_STEPS = 4
 WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
 
@@ -78,8 +78,8 @@ def load_tour(folder: str | Path) -> dict | None:
 def make_tour(model: nn.Module, tokenizer, folder: str | Path, setting: PerplexitySetting | None = None,
               steps: int = SEARCH_STEPS, progress: Callable[[str, int, int], None] | None = None,
               should_stop: Callable[[], bool] | None = None, save_to_cache: bool = True) -> dict | None:
-    """Measure the tour of ``model`` (loaded from ``folder``): its sensitivity map of blocks and SSMs and a greedy
-    search of ``steps`` steps over them, both on ``setting``. Kept under the cache (``save_to_cache``) and
+    """Measure the tour of ``model`` (loaded from ``folder``): its sensitivity map of blocks, SSMs, attention and MLP
+    sub-blocks (those it has) and a greedy search of ``steps`` steps over them, both on ``setting``. Kept under the cache (``save_to_cache``) and
     returned; None when ``should_stop()`` ended it early (the finished sensitivity scores are kept)."""
     from ..measurement.evaluator import EvalSettings
     from ..searching.search import Stage, search
@@ -92,9 +92,9 @@ def make_tour(model: nn.Module, tokenizer, folder: str | Path, setting: Perplexi
     windows = calibration_windows(setting.text, tokenizer, setting.seq_len, setting.tokens)
     components = catalogue.components(list(KINDS))
     found = load_map(fingerprint, setting.text, setting.tokens, setting.seq_len)
-    say("scoring every block and SSM", 0, len(found.missing(components)))
-    fill_map(model, windows, found, components, should_stop=should_stop,
-             progress=lambda d, t: say("scoring every block and SSM", d, t))
+    scoring = "scoring every " + ", ".join(k for k in KINDS if catalogue.components([k]))
+    say(scoring, 0, len(found.missing(components)))
+    fill_map(model, windows, found, components, should_stop=should_stop, progress=lambda d, t: say(scoring, d, t))
     if should_stop is not None and should_stop():
         return None
     targets = tuple(k for k in KINDS if catalogue.components([k]))
