@@ -192,8 +192,8 @@ class Job:
             left, in_all = self.seconds_left(), self.seconds_left_in_all()
             if left is not None and self.running and self.done < self.total:
                 text += f", about {format_seconds(left)} left"
-                if in_all is not None and in_all - left >= 1:
-                    text += f" (about {format_seconds(in_all)} in all)"
+                if in_all is not None and in_all - left >= 1 and format_seconds(in_all) != format_seconds(left):
+                    text += f" (about {format_seconds(in_all)} in all)"  # only when it says something more
         elif self.running and (in_all := self.seconds_left_in_all()) is not None:
             text += f", about {format_seconds(in_all)} left in all"
         if self.state == "cancelled":
