@@ -21,7 +21,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,31 +34,9 @@ from shedder.measurement.evaluator import EvalSettings, Evaluator  # noqa: E402
 from shedder.model.loading import resolve_device  # noqa: E402
 from shedder.removal.catalogue import Component  # noqa: E402
 from shedder.speed.cost_model import model_cost  # noqa: E402
+from shedder.speed.latency import timed  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class Clock:
-    """Wall time of a region: CUDA events on a GPU (queued work included), perf_counter on a CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.start.record()
-        else:
-            self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            self.end.record()
-            self.end.synchronize()
-            self.seconds = self.start.elapsed_time(self.end) / 1e3
-        else:
-            self.seconds = time.perf_counter() - self.t0
 
 
 def matmul_peak(device: torch.device, repeats: int = 20) -> float:
@@ -69,11 +46,7 @@ def matmul_peak(device: torch.device, repeats: int = 20) -> float:
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
-    times = []
-    for _ in range(repeats):
-        with Clock(device) as clock:
-            a @ b
-        times.append(clock.seconds)
+    times = [timed(lambda: a @ b, device) for _ in range(repeats)]
     return 2 * n ** 3 / statistics.median(times)
 
 
@@ -122,15 +95,12 @@ def main() -> None:
             evaluator.set_base([])
             evaluator.evaluate(candidates[0])  # warm-up: kernels compiled and tuned for this batch shape
             work_before = evaluator.work
-            with Clock(device) as clock:
-                for candidate in candidates:
-                    evaluator.evaluate(candidate)
+            seconds = timed(lambda: [evaluator.evaluate(candidate) for candidate in candidates], device)
         work = evaluator.work - work_before
         flops = work * per_layer + len(candidates) * tokens * head
         run = {"batch_size": batch_size, "tokens_per_forward": batch_size * args.seq_len,
-               "seconds": round(clock.seconds, 4), "seconds_per_candidate": round(clock.seconds / len(candidates), 4),
-               "tflops": round(flops / clock.seconds / 1e12, 1),
-               "share_of_peak": round(flops / clock.seconds / peak, 3)}
+               "seconds": round(seconds, 4), "seconds_per_candidate": round(seconds / len(candidates), 4),
+               "tflops": round(flops / seconds / 1e12, 1), "share_of_peak": round(flops / seconds / peak, 3)}
         if device.type == "cuda":
             run["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 1)
             torch.cuda.reset_peak_memory_stats(device)

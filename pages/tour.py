@@ -35,8 +35,9 @@ if tour is None:
     if files_digest(folder) is None:
         st.warning(f"{TOUR_MODEL}'s weights are not installed (zoo/{TOUR_MODEL}/model.safetensors); the tour needs them.")
         st.stop()
+    measuring = f"Measuring the tour's results of {TOUR_MODEL}"
     running = jobs.running("tour")
-    if running is not None and running.label != f"Measuring the tour's results of {TOUR_MODEL}":
+    if running is not None and running.label != measuring:
         jobs.panel("tour")  # another model's tour is being measured: one at a time
         st.stop()
     if running is None and (jobs.current("tour") is None or jobs.current("tour").state != "failed"):
@@ -51,7 +52,7 @@ if tour is None:
                 return make_tour(copy, tokenizer, folder, progress=lambda phase, d, t: job.update(d, t, phase),
                                  should_stop=job.cancelled)
 
-        jobs.start("tour", f"Measuring the tour's results of {TOUR_MODEL}", work)
+        jobs.start("tour", measuring, work)
     st.info(f"The shipped results do not match {TOUR_MODEL}'s weights (the model changed since they were measured): "
             "measuring them again, in the background. This happens once; the results are kept.")
     failed = jobs.current("tour")

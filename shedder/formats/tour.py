@@ -90,14 +90,14 @@ def make_tour(model: nn.Module, tokenizer, folder: str | Path, setting: Perplexi
     catalogue = catalogue_of(model)
     fingerprint = model_fingerprint(model)
     windows = calibration_windows(setting.text, tokenizer, setting.seq_len, setting.tokens)
-    components = catalogue.components(list(KINDS))
+    targets = tuple(k for k in KINDS if catalogue.components([k]))  # the kinds this model has
+    components = catalogue.components(list(targets))
     found = load_map(fingerprint, setting.text, setting.tokens, setting.seq_len)
-    scoring = "scoring every " + ", ".join(k for k in KINDS if catalogue.components([k]))
+    scoring = "scoring every " + ", ".join(targets)
     say(scoring, 0, len(found.missing(components)))
     fill_map(model, windows, found, components, should_stop=should_stop, progress=lambda d, t: say(scoring, d, t))
     if should_stop is not None and should_stop():
         return None
-    targets = tuple(k for k in KINDS if catalogue.components([k]))
     steps = min(steps, len(components))
     trail = []
 
