@@ -35,10 +35,10 @@ def progress_texts(at: AppTest) -> list[str]:
 
 
 def start_search(at: AppTest, steps: int = STEPS):
-    """Set a one-stage search of SSM heads (many steps, quick ones) on 1,024 tokens and press Run search."""
+    """Set a one-stage search of SSM heads (many steps, quick ones) on 4,096 tokens and press Run search."""
     widget(at, "multiselect", "Candidates").set_value(["ssm_heads"]).run()  # then Steps has its range
     widget(at, "number_input", "Steps").set_value(steps)
-    widget(at, "select_slider", "Tokens").set_value(1024)
+    widget(at, "select_slider", "Tokens").set_value(4096)  # steps long enough (on a fast idle CPU too) for a time left in all
     widget(at, "select_slider", "Window").set_value(128)
     at.run()
     started = time.perf_counter()
