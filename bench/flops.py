@@ -12,6 +12,10 @@ slight underestimate). Evaluations use the search's own Evaluator (prefix reuse 
     python bench/flops.py --random-mamba2 64x2560 --batch-sizes 4,8,16 --windows 32 --seq-len 1024
     python bench/flops.py --random-mamba2 4x256 --device cpu --batch-sizes 2 --windows 4 --seq-len 64  # smoke
 
+``--profile`` adds where the GPU time of those evaluations goes (torch.profiler, first batch size): device time
+per kernel family (matmuls, the SSD scan, the convolution, norms, the loss, the rest) and the share of the wall
+time in which no kernel ran.
+
 Results go to bench/results/flops_<tag>.json.
 """
 from __future__ import annotations
@@ -19,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -50,6 +56,60 @@ def matmul_peak(device: torch.device, repeats: int = 20) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
+# kernel families by name; the first pattern that matches wins (matmul kernels are cuBLAS / CUTLASS / nvJet)
+KERNEL_FAMILIES = [
+    ("matmul", re.compile(r"gemm|cutlass|nvjet|xmma|cublas|matmul|_mm_|splitk", re.I)),
+    ("ssd scan (mamba-ssm Triton)", re.compile(r"chunk|state_passing|bmm|ssd", re.I)),
+    ("causal conv1d", re.compile(r"conv1d|causal_conv", re.I)),
+    ("norms", re.compile(r"norm|rms", re.I)),
+    ("loss (log-softmax, gather)", re.compile(r"softmax|nll|cross_entropy|gather|logsumexp", re.I)),
+    ("copies and casts", re.compile(r"copy|cast|memcpy|memset|cat", re.I)),
+]
+
+
+def kernel_family(name: str) -> str:
+    return next((family for family, pattern in KERNEL_FAMILIES if pattern.search(name)), "other elementwise")
+
+
+def profile_evaluations(run, device: torch.device) -> dict:
+    """Device time per kernel family while ``run()`` executes, and the share of wall time with no kernel running."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        wall = timed(run, device)
+    with tempfile.TemporaryDirectory() as tmp:  # the chrome trace is the stable format across torch versions
+        prof.export_chrome_trace(f"{tmp}/trace.json")
+        trace = json.loads(Path(f"{tmp}/trace.json").read_text(encoding="utf-8"))
+    families: dict[str, float] = {}
+    kernels: dict[str, float] = {}
+    intervals = []
+    for event in trace.get("traceEvents", []):
+        if event.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset") or "dur" not in event:
+            continue
+        name, seconds = event.get("name", "?"), event["dur"] / 1e6  # microseconds
+        families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + seconds
+        kernels[name] = kernels.get(name, 0.0) + seconds
+        intervals.append((event["ts"], event["ts"] + event["dur"]))
+    busy = _union_length(intervals) / 1e6
+    total = sum(families.values()) or 1e-12
+    return {"wall_seconds": round(wall, 4), "kernel_seconds": round(total, 4),
+            "gpu_busy_share_of_wall": round(busy / wall, 3),
+            "families": {k: {"seconds": round(v, 4), "share": round(v / total, 3)}
+                         for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": k[:120], "seconds": round(v, 4), "share": round(v / total, 3)}
+                            for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:15]]}
+
+
+def _union_length(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by possibly overlapping intervals (kernels on several streams may overlap)."""
+    covered, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            covered += stop - max(start, end)
+            end = stop
+    return covered
+
+
 def layer_and_head_flops(model, seq_len: int) -> tuple[float, float]:
     """Per token: one layer's ``2 x weights + mixing`` (layers are alike in these models) and the head's."""
     cost = model_cost(model)
@@ -67,6 +127,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--candidates", type=int, default=6, help="block candidates evaluated per batch size")
+    parser.add_argument("--profile", action="store_true", help="also profile kernels at the first batch size")
     parser.add_argument("--tag", default=None)
     args = parser.parse_args()
 
@@ -104,8 +165,12 @@ def main() -> None:
         if device.type == "cuda":
             run["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 1)
             torch.cuda.reset_peak_memory_stats(device)
+        if args.profile and not result["runs"]:
+            with torch.no_grad():
+                run["profile"] = profile_evaluations(
+                    lambda: [evaluator.evaluate(candidate) for candidate in candidates], device)
         result["runs"].append(run)
-        print(json.dumps(run), flush=True)
+        print(json.dumps({k: v for k, v in run.items() if k != "profile"}), flush=True)
         del evaluator
         if device.type == "cuda":
             torch.cuda.empty_cache()
