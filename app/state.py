@@ -65,6 +65,17 @@ def params_freed(choice: ModelChoice, plan: Plan) -> int:
     return catalogue(choice, plan.channel_group_size).params_of(plan.removed)
 
 
+# --- settings widgets that outlive a page switch --------------------------------------------------
+
+def remembered(key: str) -> dict:
+    """A settings widget's keyword arguments: ``key``, and its value kept for the whole browser session
+    (streamlit's ``persist_state``). Streamlit drops the value of a widget a run does not draw (every widget of
+    another page); these come back as the user left them, and another browser session starts from the defaults.
+    A kept value outlives a change of the widget's default, so a setting whose default depends on the model or
+    on another setting names them in its key: each gets its own value, starting from its own default."""
+    return {"key": key, "persist_state": "session"}
+
+
 # --- the session's current plan, shared by the Playground, Search and Export pages ---------------
 # Kept per model in session state (never in a widget's state, which streamlit drops on a page switch).
 # ``plan_version`` changes whenever a page other than the Playground replaces the plan, so the

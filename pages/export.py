@@ -8,7 +8,8 @@ from app import plan_io, store
 from app.figures import accuracy_bars, counted
 from app.measures import accuracy, accuracy_settings, against_dense, plan_file, use_accuracy_settings
 from app.sidebar import model_or_stop, model_sidebar
-from app.state import current_plan, evaluation_setting, fingerprint, new_plan, params_freed, plan_perplexity, set_plan
+from app.state import (current_plan, evaluation_setting, fingerprint, new_plan, params_freed, plan_perplexity,
+                       remembered, set_plan)
 from shedder.errors import ShedderError
 from shedder.extraction.extract import extract
 from shedder.formats.reference_format import to_reference
@@ -94,8 +95,8 @@ st.caption("Writes a physically smaller model (the removed parts deleted, the co
 default_folder = extracted_dir() / f"{cat.model_type}-{fp[:8]}-{len(plan.removed)}removed"
 if default_folder.resolve().is_relative_to(data_root()):
     default_folder = default_folder.resolve().relative_to(data_root())
-folder = st.text_input("Folder", value=str(default_folder), help=f"Inside {data_root()} (relative paths start "
-                       "there); SHEDDER_DATA_ROOT sets that folder")
+folder = st.text_input("Folder", value=str(default_folder), **remembered(f"export-folder-{default_folder}"),
+                       help=f"Inside {data_root()} (relative paths start there); SHEDDER_DATA_ROOT sets that folder")
 try:
     target = inside_data_root(folder, "The folder")
     st.caption(f"Writes to `{store.shown_path(target)}`")
@@ -122,7 +123,8 @@ saved = store.saved_plans(fp)
 if not saved:
     st.info("No saved plan for this model yet: save the current plan above, or a search step on the Search page.")
     st.stop()
-picked = st.multiselect("Plans", list(saved), default=list(saved)[:4])
+picked = st.multiselect("Plans", list(saved), default=list(saved)[:4],  # a plan saved since: the default again
+                        **remembered(f"export-plans-{fp}-{hash(tuple(saved))}"))
 setting = evaluation_setting()
 settings = accuracy_settings()
 c1, c2, c3 = st.columns([3, 1, 1])

@@ -4,6 +4,7 @@ import streamlit as st
 
 from app.anatomy_figure import anatomy_figure
 from app.sidebar import model_or_stop, model_sidebar
+from app.state import remembered
 from shedder.model.anatomy import distinct_layers, layer_anatomy
 from shedder.removal.catalogue import KIND_HELP, KINDS
 
@@ -24,7 +25,7 @@ st.subheader(f"One layer of {choice.spec}")
 layers = distinct_layers(model)
 anatomies = {i: layer_anatomy(model, cat, i) for i in layers}
 if len(layers) > 1:
-    layer = st.radio("Layer", layers, horizontal=True, key="anatomy_layer",
+    layer = st.radio("Layer", layers, horizontal=True, **remembered("anatomy_layer"),
                      format_func=lambda i: f"layer {i}: {anatomies[i].structure}",
                      help="The first layer of each kind this model has.")
 else:

@@ -10,7 +10,7 @@ from app.measures import (LATENCY_REPEATS, LATENCY_WARMUP, accuracy, accuracy_se
                           latency_settings, plan_file, refine_key, start_refining, use_accuracy_settings)
 from app.sidebar import model_or_stop, model_sidebar
 from app.state import (catalogue, continuation, current_plan, evaluation_setting, moot, params_freed, plan_perplexity,
-                       plan_version, sensitivity_map, token_loss_change, update_removed)
+                       plan_version, remembered, sensitivity_map, token_loss_change, update_removed)
 from shedder.errors import ShedderError
 from shedder.measurement.evaluation import ROUGH_STDERR
 from shedder.measurement.refine import changed_documents, document_text
@@ -109,7 +109,7 @@ limit = c2.number_input("Documents per task", min_value=5, max_value=5000, value
                         help="A seeded subsample: dense and pruned see the same documents")
 if tasks:
     settings = use_accuracy_settings(tasks, limit)
-live = c3.toggle("Live: refine latency and accuracy after every change", value=True, key="live-refine",
+live = c3.toggle("Live: refine latency and accuracy after every change", value=True, **remembered("live-refine"),
                  help="In the background, on its own copy of the model: the latency as timed pairs accumulate, then "
                       "the accuracy over growing document subsets. The next change cancels it; a change never waits.")
 lat_settings = latency_settings()
@@ -257,7 +257,7 @@ st.fragment(measurements, run_every=1.0 if refining is not None and refining.run
 # --- generations ---------------------------------------------------------------------------------
 st.subheader("Generations")
 with st.form("generate"):
-    prompt = st.text_input("Prompt", value="The history of the city")
+    prompt = st.text_input("Prompt", value="The history of the city", **remembered("playground-prompt"))
     go = st.form_submit_button("Generate")
 key = (choice.spec, removed, prompt)
 if go and prompt.strip():

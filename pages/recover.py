@@ -7,7 +7,7 @@ from app import jobs, store
 from app.recover_state import (RECOVERY_JOB, kept_checkpoint, loss_curve, metrics_table, plan_folder, run_folder,
                                start_recovery)
 from app.sidebar import model_or_stop, model_sidebar, set_choice
-from app.state import ModelChoice, current_plan, evaluation_setting
+from app.state import ModelChoice, current_plan, evaluation_setting, remembered
 from shedder.errors import ShedderError
 from shedder.measurement.calibration import HUB_SOURCES
 from shedder.model.loading import zoo_names
@@ -67,7 +67,7 @@ if recovering is not None:
 elif jobs.current(RECOVERY_JOB) is not None:
     show_ended(jobs.current(RECOVERY_JOB))
 
-what = st.radio("Recover", ["an extracted model", "the current plan"], horizontal=True)
+what = st.radio("Recover", ["an extracted model", "the current plan"], horizontal=True, **remembered("recover-what"))
 dense = None
 if what == "the current plan":
     model, tokenizer, cat = model_or_stop(choice)
@@ -81,7 +81,8 @@ if what == "the current plan":
     source = str(plan_folder(plan))
 else:
     extracted = {m.path: m for m in local_models() if m.kind == "extracted"}
-    other = st.text_input("Model folder (empty: choose one the dashboard extracted)", "", help=INSIDE_ROOT).strip()
+    other = st.text_input("Model folder (empty: choose one the dashboard extracted)", "", help=INSIDE_ROOT,
+                          **remembered("recover-folder")).strip()
     if other:
         try:
             source = str(inside_data_root(other, "The model folder"))
@@ -89,32 +90,39 @@ else:
             st.error(str(exc))
             st.stop()
     elif extracted:
-        source = st.selectbox("Extracted model", list(extracted),
+        source = st.selectbox("Extracted model", list(extracted), **remembered("recover-extracted"),
                               format_func=lambda p: f"{Path(p).name}: {extracted[p].description}")
     else:
         st.info("No extracted model yet: extract one on the Export page, give a folder, or recover the current plan.")
         st.stop()
 
 c1, c2, c3, c4 = st.columns(4)
-method = c1.radio("Method", ["lora", "full"], horizontal=True, help="LoRA: adapters on the Mamba mixers' in/out "
-                  "projections and attention/MLP projections, merged on save. full: every weight.")
-steps = int(c2.number_input("Steps", min_value=1, max_value=100_000, value=100))
-lr = c3.number_input("Peak learning rate", min_value=1e-7, max_value=1.0, value=DEFAULT_LR[method], format="%.1e")
-batch_size = int(c4.selectbox("Windows per step", [1, 2, 4, 8, 16, 32, 64], index=3))
+method = c1.radio("Method", ["lora", "full"], horizontal=True, **remembered("recover-method"),
+                  help="LoRA: adapters on the Mamba mixers' in/out projections and attention/MLP projections, merged "
+                  "on save. full: every weight.")
+steps = int(c2.number_input("Steps", min_value=1, max_value=100_000, value=100, **remembered("recover-steps")))
+lr = c3.number_input("Peak learning rate", min_value=1e-7, max_value=1.0, value=DEFAULT_LR[method], format="%.1e",
+                     **remembered(f"recover-lr-{method}"))  # each method its own default
+batch_size = int(c4.selectbox("Windows per step", [1, 2, 4, 8, 16, 32, 64], index=3,
+                              **remembered("recover-batch-size")))
 c1, c2, c3, c4 = st.columns(4)
-seq_len = int(c1.select_slider("Window (tokens)", [32, 64, 128, 256, 512, 1024, 2048], value=512))
-data = c2.text_input("Training text", "wiki",
+seq_len = int(c1.select_slider("Window (tokens)", [32, 64, 128, 256, 512, 1024, 2048], value=512,
+                               **remembered("recover-window")))
+data = c2.text_input("Training text", "wiki", **remembered("recover-text"),
                      help=f"wiki (the training split), or a path to a .txt file. {INSIDE_ROOT}")
-eval_tokens = c3.select_slider("Held-out tokens", ["512", "2048", "8192", "32768", "131072", "all"], value="32768")
+eval_tokens = c3.select_slider("Held-out tokens", ["512", "2048", "8192", "32768", "131072", "all"], value="32768",
+                               **remembered("recover-held-out"))
 dense_text = c4.text_input("Dense reference", dense or "", disabled=dense is not None,
+                           **(remembered("recover-dense") if dense is None else {}),  # else: the sidebar's model, shown
                            help="The unpruned model (zoo name or folder); empty: found from the folder's plan.json. "
                            + INSIDE_ROOT)
 with st.expander("More settings"):
     c1, c2, c3, c4 = st.columns(4)
-    rank = int(c1.number_input("LoRA rank", min_value=1, max_value=1024, value=16))
-    alpha = float(c2.number_input("LoRA alpha", min_value=0.1, value=32.0))
-    seed = int(c3.number_input("Seed", min_value=0, value=0))
-    every = int(c4.number_input("Checkpoint every (steps)", min_value=0, value=50))
+    rank = int(c1.number_input("LoRA rank", min_value=1, max_value=1024, value=16, **remembered("recover-rank")))
+    alpha = float(c2.number_input("LoRA alpha", min_value=0.1, value=32.0, **remembered("recover-alpha")))
+    seed = int(c3.number_input("Seed", min_value=0, value=0, **remembered("recover-seed")))
+    every = int(c4.number_input("Checkpoint every (steps)", min_value=0, value=50,
+                                **remembered("recover-checkpoint-every")))
 try:  # typed paths stay inside the data folder; names of texts and zoo models are not paths
     data = data.strip() if data.strip() in TEXT_NAMES else str(inside_data_root(data, "The training text"))
     if dense is None and dense_text.strip() and dense_text.strip() not in zoo_names():

@@ -10,7 +10,8 @@ from app.figures import counted, pareto_chart, search_trajectory, trajectory_poi
 from app.pareto import MEASURE_HINT, X_AXES, Y_AXES, axes_points, plan_points
 from app.measures import accuracy_settings, latency_settings, plan_file
 from app.sidebar import model_or_stop, model_sidebar
-from app.state import evaluation_setting, fingerprint, masked_perplexity, new_plan, plan_perplexity, set_plan
+from app.state import (evaluation_setting, fingerprint, masked_perplexity, new_plan, plan_perplexity, remembered,
+                       set_plan)
 from shedder.errors import ShedderError
 from shedder.measurement.perplexity import PerplexitySetting
 from shedder.paths import data_root, inside_data_root
@@ -37,17 +38,19 @@ def default_stages() -> str:
 
 
 st.subheader("Settings")
-mode = st.radio("What to search", ["one stage", "several stages"], horizontal=True,
+mode = st.radio("What to search", ["one stage", "several stages"], horizontal=True, **remembered("search-mode"),
                 help="One stage searches all chosen kinds together; stages run one after another.")
 try:
     if mode == "one stage":
         c1, c2 = st.columns([3, 1])
-        targets = c1.multiselect("Candidates", present, default=[k for k in ("block", "ssm") if k in present] or present[:1])
+        targets = c1.multiselect("Candidates", present, **remembered(f"search-candidates-{choice.spec}"),
+                                 default=[k for k in ("block", "ssm") if k in present] or present[:1])
         most = max(1, len(cat.components(targets)))
-        steps = c2.number_input("Steps", min_value=1, max_value=most, value=min(4, most))
+        steps = c2.number_input("Steps", min_value=1, max_value=most, value=min(4, most),
+                                **remembered(f"search-steps-{choice.spec}-{','.join(targets)}"))
         stages = [Stage(tuple(targets), int(steps))] if targets else []
     else:
-        text = st.text_input("Stages", value=default_stages(),
+        text = st.text_input("Stages", value=default_stages(), **remembered(f"search-stages-{choice.spec}"),
                              help="kinds:steps per stage, stages separated by ';', e.g. block,attn,mlp:3;mlp_channels:20;ssm:18")
         stages = parse_stages(text)
         missing = sorted({t for s in stages for t in s.targets} - set(present))
@@ -65,24 +68,26 @@ except ShedderError as exc:
     stages = []
 c1, c2, c3, c4 = st.columns(4)
 source = c1.selectbox("Calibration text", ["wiki", "wiki-test", "a .txt file"],
-                      help="wiki: Wikipedia lead sections (calibration split); wiki-test: the held-out tenth")
+                      help="wiki: Wikipedia lead sections (calibration split); wiki-test: the held-out tenth",
+                      **remembered("search-calib"))
 calib = source
 if source == "a .txt file":
     calib = c1.text_input("Path of the .txt file", help=f"Inside {data_root()} (relative paths start there) or the "
-                          "cache; SHEDDER_DATA_ROOT sets that folder").strip()
+                          "cache; SHEDDER_DATA_ROOT sets that folder", **remembered("search-calib-file")).strip()
     try:
         calib = str(inside_data_root(calib, "The calibration text")) if calib else ""
     except ShedderError as exc:
         st.error(str(exc))
         calib = ""
-tokens = c2.select_slider("Tokens", [1024, 2048, 4096, 8192, 16384, 65536], value=4096)
-seq_len = c3.select_slider("Window", [128, 256, 512, 1024, 2048], value=256)
-batch_size = int(c4.number_input("Batch size", min_value=1, max_value=64, value=4))
+tokens = c2.select_slider("Tokens", [1024, 2048, 4096, 8192, 16384, 65536], value=4096, **remembered("search-tokens"))
+seq_len = c3.select_slider("Window", [128, 256, 512, 1024, 2048], value=256, **remembered("search-window"))
+batch_size = int(c4.number_input("Batch size", min_value=1, max_value=64, value=4, **remembered("search-batch-size")))
 group_size, reorder = None, None
 if "mlp_channels" in present:
     c1, c2 = st.columns(2)
-    group_size = int(c1.number_input("MLP channels per group", min_value=1, value=cat.channel_group_size))
-    reorder = c2.radio("Channel order", [None, "l1"], horizontal=True,
+    group_size = int(c1.number_input("MLP channels per group", min_value=1, value=cat.channel_group_size,
+                                     **remembered(f"search-group-size-{choice.spec}")))
+    reorder = c2.radio("Channel order", [None, "l1"], horizontal=True, **remembered("search-channel-order"),
                        format_func=lambda r: "as stored" if r is None else "by weight L1 norm (reference)")
 
 settings = {"stages": [[list(s.targets), s.steps] for s in stages], "calib": calib, "tokens": tokens,
@@ -95,13 +100,16 @@ total_steps = sum(s.steps for s in stages)
 # --- searches on a Ray cluster (app/cluster_jobs.py): submitted here, followed in a fragment ---------
 def submit_to_cluster() -> None:
     c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
-    address = c1.text_input("Ray address", value="auto", help=(
+    address = c1.text_input("Ray address", value="auto", **remembered("search-ray-address"), help=(
         "auto: the cluster started with `ray start --head` on this machine; HOST:6379 for another head node; "
         "ray://HOST:10001 through Ray Client. The cluster writes the search's folder, so it must see this "
         "machine's disk (the same machine, or a shared file system)."))
-    workers = int(c2.number_input("Workers", min_value=1, max_value=512, value=2, help="One model replica each"))
-    device = c3.selectbox("Worker device", ["auto", "cpu", "cuda"], help="auto: GPUs for the workers when the cluster has GPUs")
+    workers = int(c2.number_input("Workers", min_value=1, max_value=512, value=2, help="One model replica each",
+                                  **remembered("search-ray-workers")))
+    device = c3.selectbox("Worker device", ["auto", "cpu", "cuda"], **remembered("search-ray-device"),
+                          help="auto: GPUs for the workers when the cluster has GPUs")
     gpus = int(c4.number_input("GPUs per worker", min_value=1, max_value=16, value=1, disabled=device == "cpu",
+                               **remembered("search-ray-gpus"),
                                help="Above 1: each replica's layers are spread over that many GPUs (a model too big for one)"))
     label = ("Submit to cluster" if not done else "Finished" if done >= total_steps
              else f"Resume on cluster ({done} of {total_steps} steps done)")
@@ -184,7 +192,7 @@ def show_cluster_searches() -> None:
 
 
 HERE, CLUSTER = "here (in the dashboard)", "a Ray cluster"
-where = st.radio("Where the search runs", [HERE, CLUSTER], horizontal=True,
+where = st.radio("Where the search runs", [HERE, CLUSTER], horizontal=True, **remembered("search-where"),
                  help="A Ray cluster: the search runs there on its own workers and goes on when the dashboard closes; "
                       "this page follows it (README, Scaling out).")
 ray_missing = cluster_jobs.ray_missing()
@@ -257,7 +265,8 @@ def describe(run) -> str:
 last = st.session_state.get("search_runs", {}).get(fp)
 index = next((i for i, r in enumerate(runs) if str(r) == last), 0)
 described = {run: describe(run) for run in runs}  # as they are now (a running search's count grows meanwhile)
-run_dir = st.selectbox("Search", runs, index=index, format_func=described.get)
+run_dir = st.selectbox("Search", runs, index=index, format_func=described.get,
+                       **remembered(f"search-run-{fp}-{last}"))  # a search started since: shown first again
 log = store.read_log(run_dir)
 used = log["settings"]
 base = [Component.from_dict(c) for c in used["base"]]
@@ -273,7 +282,8 @@ trajectory += [{**trajectory_point(step), "params": step["params_removed"]} for 
 if len(trajectory) == 1:
     st.info("This search has not finished a step yet.")
     st.stop()
-chosen = st.slider("Plan after step", 0, len(trajectory) - 1, len(trajectory) - 1,
+chosen = st.slider("Plan after step", 0, len(trajectory) - 1, len(trajectory) - 1,  # a new step: shown at once
+                   **remembered(f"search-step-{run_dir}-{len(trajectory)}"),
                    help="Every step's plan is saved; pick one to use, download or keep.")
 st.plotly_chart(search_trajectory(trajectory, chosen), width="stretch")
 plan = store.step_plan(run_dir, chosen - 1) if chosen else new_plan(choice, base, used["channel_group_size"],
@@ -315,8 +325,8 @@ st.caption(f"Every step of this search and every saved plan of this model; perpl
            "(the evaluation setting of every page). Accuracy and latency appear for plans measured in the Playground "
            "or on Export & compare (with the settings used there).")
 c1, c2 = st.columns(2)
-x_axis = c1.radio("Across", list(X_AXES), horizontal=True)
-y_axis = c2.radio("Up", list(Y_AXES), horizontal=True)
+x_axis = c1.radio("Across", list(X_AXES), horizontal=True, **remembered("search-pareto-x"))
+y_axis = c2.radio("Up", list(Y_AXES), horizontal=True, **remembered("search-pareto-y"))
 named = {f"step {p['step']}": ("search step" if p["step"] else "dense",
                                store.step_plan(run_dir, p["step"] - 1) if p["step"] else new_plan(choice, base))
          for p in trajectory}

@@ -8,7 +8,7 @@ from app import jobs
 from app.figures import (GROUP_COLUMNS, clicked_component, counted, group_heatmap, linear_scale, percent_scale,
                          sensitivity_heatmap, signed_log_percent)
 from app.sidebar import model_or_stop, model_sidebar
-from app.state import current_plan, evaluation_setting, sensitivity_map, set_plan, start_sensitivity
+from app.state import current_plan, evaluation_setting, remembered, sensitivity_map, set_plan, start_sensitivity
 from shedder.errors import ShedderError
 from shedder.removal.catalogue import GROUP_KINDS, SUB_BLOCK_KINDS, Component
 from shedder.searching.scoring import Score, proxy_agreement
@@ -25,7 +25,8 @@ PROXY_MEANING = {"block influence (1 - cos)": "block influence, 1 - cosine simil
                  "weight magnitude": "Frobenius norm of the columns of the output projection the head or channel group feeds"}
 
 present = list(dict.fromkeys(e.component.kind for e in cat))
-kinds = st.multiselect("Components", present, default=[k for k in present if k in SUB_BLOCK_KINDS])
+kinds = st.multiselect("Components", present, default=[k for k in present if k in SUB_BLOCK_KINDS],
+                       **remembered(f"sensitivity-kinds-{choice.spec}"))
 setting = evaluation_setting()
 calib, tokens, seq_len = setting.text, setting.tokens, setting.seq_len
 count = sum(1 for e in cat if e.component.kind in kinds)
@@ -81,7 +82,8 @@ if missing:
 
 base = result["base_ppl"]
 st.metric("perplexity with nothing removed", f"{base:.3f}", help=f"On {setting.describe()}")
-metric = st.radio("Colour by", ["perplexity change (measured)", *result["proxies"]], horizontal=True)
+metric = st.radio("Colour by", ["perplexity change (measured)", *result["proxies"]], horizontal=True,
+                  **remembered("sensitivity-colour"))
 plan = current_plan(choice)
 removed = plan.removed
 clicks = st.session_state.setdefault("heatmap_clicks", 0)

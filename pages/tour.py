@@ -9,7 +9,7 @@ import streamlit as st
 from app import jobs
 from app.figures import counted, percent_scale, search_trajectory, sensitivity_heatmap, signed_log_percent
 from app.sidebar import model_sidebar, set_choice
-from app.state import ModelChoice, current_choice, loaded, new_plan, set_plan
+from app.state import ModelChoice, current_choice, loaded, new_plan, remembered, set_plan
 from shedder.formats.tour import files_digest, load_tour, make_tour, removed_after, seed_sensitivity
 from shedder.measurement.perplexity import PerplexitySetting
 from shedder.model.loading import ZOO_DIR
@@ -23,7 +23,7 @@ model_sidebar()
 st.title("Guided tour")
 if st.session_state.get("tour_model") not in TOUR_MODELS:  # start on the loaded demo model, if it is one
     st.session_state["tour_model"] = current_choice().spec if current_choice().spec in TOUR_MODELS else "demo-mamba2"
-TOUR_MODEL = st.radio("Tour model", list(TOUR_MODELS), key="tour_model", horizontal=True,
+TOUR_MODEL = st.radio("Tour model", list(TOUR_MODELS), **remembered("tour_model"), horizontal=True,
                       format_func=lambda name: f"{name}: {TOUR_MODELS[name]}")
 st.caption(f"Five steps on the embedded demo model, {TOUR_MODEL}: load it, see which parts matter, remove one, let "
            "the greedy search choose, export the plan. The numbers were measured on this model and ship with it "
@@ -155,7 +155,7 @@ elif step == 4:
     trail = [{"step": 0, "ppl": base, "stage": 0, "label": "nothing removed"}]
     trail += [{"step": s["step"], "ppl": s["ppl"], "stage": 0, "label": str(Component.from_dict(s["removed"]))}
               for s in steps]
-    chosen = st.slider("Plan after step", 1, len(steps), len(steps), key="tour-search-step")
+    chosen = st.slider("Plan after step", 1, len(steps), len(steps), **remembered("tour-search-step"))
     st.plotly_chart(search_trajectory(trail, chosen), width="stretch")
     st.markdown(f"At every step the search removes each remaining candidate on top of what is already gone and keeps "
                 f"the cheapest ({tour['search']['stages'].replace(':', ', ')} steps here). Its first pick is the "

@@ -113,7 +113,7 @@ def test_a_page_switch_finds_the_running_search_and_starts_no_second_one(bamba_d
     job = start_search(at, steps=12)
     at.switch_page("pages/model.py").run()
     assert not at.exception, at.exception
-    at.switch_page("pages/search.py").run()  # its widgets start from their defaults again
+    at.switch_page("pages/search.py").run()  # its settings as left (app.state.remembered)
     assert not at.exception, at.exception
     assert at.session_state["jobs"]["search"] is job and job.running
     assert any(t.startswith("Search of") for t in progress_texts(at))  # the same job's progress, with Cancel
@@ -163,7 +163,7 @@ def recovery_page(bamba_dir, tmp_path, monkeypatch):
 
 
 def set_recovery(at: AppTest) -> None:
-    """The test's recovery settings (a page switch resets the page's widgets)."""
+    """The test's recovery settings."""
     widget(at, "text_input", MODEL_FOLDER).set_value("pruned").run()
     widget(at, "number_input", "Steps").set_value(RECOVERY_STEPS)
     widget(at, "text_input", "Training text").set_value("train.txt")
@@ -193,7 +193,8 @@ def test_a_recovery_runs_in_the_background_and_a_cancel_keeps_its_last_checkpoin
     at.switch_page("pages/recover.py").run()
     assert not at.exception, at.exception
     assert at.session_state["jobs"]["recovery"] is job and at.button(key="cancel-recovery")
-    set_recovery(at)  # the same settings again: their run is the one running, so no button starts another
+    # the settings as left (kept over the switch): their run is the one running, so no button starts another
+    assert widget(at, "number_input", "Steps").value == RECOVERY_STEPS and not at.error
     assert not any(b.label.endswith("recovery") for b in at.button)
     assert any(c.value.startswith("Your recovery runs (above)") for c in at.caption)
 
