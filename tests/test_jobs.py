@@ -136,6 +136,25 @@ def test_latency_refines_round_by_round_and_ends_final():
     assert result["extracted_ms"]["runs"] == 9 and result["ideal_speedup"] > 1
 
 
+def test_live_latency_times_the_extracted_model_on_the_dense_models_device(monkeypatch):
+    """Extraction builds on the CPU; on a GPU the live latency once timed a CPU copy against the GPU model."""
+    import shedder.measurement.refine as refine
+
+    moved, real = [], refine.extracted_model
+
+    def spy(model, plan):
+        small = real(model, plan)
+        to = small.to
+        small.to = lambda *args, **kwargs: moved.append(args[0] if args else kwargs.get("device")) or to(*args, **kwargs)
+        return small
+
+    monkeypatch.setattr(refine, "extracted_model", spy)
+    model = build("mamba2")
+    refine.refining_latency(model, Plan.for_model(model, [Component("block", 1)]), prompt_len=8, new_tokens=2,
+                            repeats=3, warmup=0)
+    assert moved == [next(model.parameters()).device]
+
+
 def test_subset_sizes_grow_to_the_limit_and_changed_documents_are_found():
     from shedder.measurement.refine import changed_documents, subset_sizes
 

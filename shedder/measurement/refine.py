@@ -31,7 +31,8 @@ def refining_latency(model: nn.Module, plan: Plan, prompt_len: int, new_tokens: 
     (a pause for foreground work, a cancellation check); it is never timed."""
     if repeats < MIN_PAIRS:
         raise ShedderError(f"Latency needs at least {MIN_PAIRS} timed runs per model to show its spread.")
-    small = extracted_model(model, plan) if plan.removed else model
+    # extraction builds on the CPU: the extracted model is timed on the dense model's device
+    small = extracted_model(model, plan).to(next(model.parameters()).device) if plan.removed else model
     prompt = random_prompt(model, 1, prompt_len, seed)
     times = {"dense": [], "extracted": []}
     first = {"dense": [], "extracted": []}
