@@ -188,7 +188,9 @@ def main() -> None:
     model.eval()
     with torch.no_grad():
         result = profile(model, args.prompt_len, args.steps, args.repeats)
-    result = {"model": name, "settings": vars(args) | {"out_dir": str(args.out_dir)},
+    out_dir = args.out_dir.resolve()
+    shown = out_dir.relative_to(ROOT) if out_dir.is_relative_to(ROOT) else out_dir  # no checkout path in results
+    result = {"model": name, "settings": vars(args) | {"out_dir": str(shown)},
               "environment": environment(model), **result}
     tag = args.tag or f"{device.type}_{name}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
