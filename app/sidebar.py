@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from pathlib import Path
 
 import streamlit as st
 
 from shedder.errors import ShedderError
+from shedder.jobs import Job, format_seconds
 from shedder.measurement.perplexity import PerplexitySetting
 from shedder.model.loading import zoo_names
 from shedder.model.model_folders import local_models
 
-from .state import (EVALUATION_TEXTS, EVALUATION_TOKENS, EVALUATION_WINDOWS, ModelChoice, catalogue, current_choice,
-                    evaluation_setting, loaded, set_evaluation_setting)
+from . import state
+from .state import (EVALUATION_TEXTS, EVALUATION_TOKENS, EVALUATION_WINDOWS, ModelChoice, cancel_load,
+                    catalogue, current_choice, default_choice, evaluation_setting, is_loaded, load_job, loaded,
+                    set_evaluation_setting)
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,10 @@ def model_or_stop(choice: ModelChoice):
     if not choice.spec:
         st.info("Choose a model in the sidebar.")
         st.stop()
+    if not is_loaded(choice):
+        job = load_job(choice)
+        if not job.wait(state.INLINE_LOAD_S):
+            _follow_load(choice, job)
     try:
         model, tokenizer = loaded(choice)
         cat = catalogue(choice)
@@ -143,6 +151,28 @@ def model_or_stop(choice: ModelChoice):
         _load_failed(choice, f"Could not load {choice.spec!r} ({type(exc).__name__}): {text}")
     st.session_state["last_loaded_choice"] = choice
     return model, tokenizer, cat
+
+
+def _follow_load(choice: ModelChoice, job: Job) -> None:
+    """A load that takes longer than a page run should: its phase, the time so far and a Cancel button, refreshed
+    every second; the page draws itself once the model is there. Stops the page."""
+
+    @st.fragment(run_every=1.0)
+    def follow() -> None:
+        if not job.running:
+            st.rerun(scope="app")
+        with st.container(border=True):
+            elapsed = format_seconds(max(0.0, time.time() - job.started))
+            st.info(f"{job.label}: {job.phase}, {elapsed} so far. The page opens when the model is there.")
+            if st.button("Cancel", key="cancel-load", help="Stops waiting at once and goes back to the model "
+                                                          "loaded before; the load ends in the background, unused."):
+                cancel_load(choice)
+                previous = st.session_state.get("last_loaded_choice")
+                set_choice(previous if previous is not None and previous != choice else default_choice())
+                st.rerun(scope="app")
+
+    follow()
+    st.stop()
 
 
 def _load_failed(choice: ModelChoice, message: str) -> None:

@@ -1,9 +1,13 @@
 """Session state and cached resources shared by the pages."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import streamlit as st
+
+from shedder.errors import ShedderError
+from shedder.jobs import Job
 
 from shedder.measurement.calibration import calibration_windows
 from shedder.measurement.perplexity import PerplexitySetting, perplexity
@@ -34,10 +38,63 @@ def current_choice() -> ModelChoice:
     return st.session_state.model_choice
 
 
+# --- loading a model off the page's thread ---------------------------------------------------------
+# One load per choice for all sessions. A page waits INLINE_LOAD_S for it in its own run (the demo models load
+# in about a second); a longer load goes on as a job the page follows with its elapsed time and a Cancel button.
+INLINE_LOAD_S = 3.0
+_loads: dict[ModelChoice, Job] = {}
+_loads_guard = threading.Lock()
+_ready: set[ModelChoice] = set()  # loads handed to ``loaded``'s cache
+
+
+def _load(choice: ModelChoice, job: Job):
+    """The load itself: (model, tokenizer), or the exception it raised (re-raised by ``loaded`` in the page)."""
+    job.update(0, 0, phase=f"loading {choice.spec} ({choice.device} device, {choice.dtype} dtype)")
+    try:
+        result = load_model(choice.spec, choice.dtype, choice.device, choice.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001  (model_or_stop says what went wrong)
+        return exc
+    job.check()  # cancelled meanwhile: the model is dropped here
+    return result
+
+
+def load_job(choice: ModelChoice) -> Job:
+    """The running (or finished, not yet cached) load of ``choice``; started when there is none."""
+    with _loads_guard:
+        job = _loads.get(choice)
+        if job is None or job.state in ("cancelled", "failed"):
+            job = Job(f"Loading {choice.spec}", lambda job: _load(choice, job))
+            _loads[choice] = job
+        return job
+
+
+def is_loaded(choice: ModelChoice) -> bool:
+    """Whether ``loaded(choice)`` returns without loading (as far as this process knows)."""
+    return choice in _ready
+
+
+def cancel_load(choice: ModelChoice) -> None:
+    """Stop waiting for a load: the page goes on at once; the load itself ends in the background, unused."""
+    with _loads_guard:
+        job = _loads.pop(choice, None)
+    if job is not None:
+        job.cancel()
+
+
 @st.cache_resource(show_spinner="Loading model ...", max_entries=3)
 def loaded(choice: ModelChoice):
     """(model, tokenizer), shared by all sessions; masked use is serialised by the model's lock."""
-    return load_model(choice.spec, choice.dtype, choice.device, choice.trust_remote_code)
+    job = load_job(choice)
+    job.wait()
+    with _loads_guard:
+        if _loads.get(choice) is job:
+            del _loads[choice]  # the cache holds the model from now on
+    if job.state != "done":
+        raise ShedderError(f"Loading {choice.spec} was {job.state}" + (f": {job.error}" if job.error else "."))
+    if isinstance(job.result, BaseException):
+        raise job.result
+    _ready.add(choice)
+    return job.result
 
 
 def catalogue(choice: ModelChoice, channel_group_size: int | None = None):
