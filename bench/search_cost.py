@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--skip-naive", action="store_true", help="only the optimised search")
+    parser.add_argument("--no-carry-over", action="store_true",
+                        help="the optimised search without carrying candidates' states to the next step")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -75,7 +77,8 @@ def main() -> None:
     perplexity(model, Windows(windows.ids[: args.batch_size], windows.source, None), batch_size=args.batch_size)
     sync(device)
     start = time.perf_counter()
-    fast = search(model, windows, stages, settings=EvalSettings(batch_size=args.batch_size))
+    fast = search(model, windows, stages,
+                  settings=EvalSettings(batch_size=args.batch_size, carry_over=not args.no_carry_over))
     sync(device)
     fast_seconds = time.perf_counter() - start
     result = {
@@ -83,10 +86,11 @@ def main() -> None:
         "device": str(device), "dtype": str(next(model.parameters()).dtype), "torch": torch.__version__,
         "machine": platform.machine(), "threads": torch.get_num_threads(),
         "windows": len(windows), "seq_len": windows.seq_len, "batch_size": args.batch_size,
-        "targets": args.targets, "steps": args.steps,
+        "targets": args.targets, "steps": args.steps, "carry_over": not args.no_carry_over,
         "optimised": {"plan": [str(Component.from_dict(c)) for c in fast["removed"]], "work": fast["work"],
                       "seconds": round(fast_seconds, 3),
                       "fully_evaluated": [s["evaluated_fully"] for s in fast["steps"]],
+                      "work_per_step": [s["work"] for s in fast["steps"]],
                       "candidates": [len(s["candidates"]) for s in fast["steps"]]},
     }
     if not args.skip_naive:

@@ -68,6 +68,17 @@ def test_prefix_reuse_and_early_stop_each_keep_the_answer(windows, trained_mamba
         assert other["work"] < reference["work"], (early_stop, settings)
 
 
+def test_carry_over_saves_work_and_changes_no_score(windows, trained_mamba2):
+    """Candidates before the pick start the next step at the layer where their states were kept: every candidate's
+    logged score or bound is bit for bit the same as without, for less work."""
+    stages = [Stage(("block", "ssm"), 5)]
+    without = search(trained_mamba2, windows, stages, settings=EvalSettings(batch_size=1, carry_over=False))
+    carried = search(trained_mamba2, windows, stages, settings=EvalSettings(batch_size=1))
+    assert carried["removed"] == without["removed"]
+    assert [s["candidates"] for s in carried["steps"]] == [s["candidates"] for s in without["steps"]]
+    assert carried["work"] < without["work"]
+
+
 def test_every_candidate_is_logged_with_a_score_or_a_bound(windows, trained_mamba2):
     record = search(trained_mamba2, windows, [Stage(("block", "ssm"), 2)], settings=EvalSettings(batch_size=1))
     first = record["steps"][0]

@@ -9,6 +9,11 @@ Two exact savings over recomputing the whole model for every candidate (see the 
   input, so this needs no per-family code.
 - **Early stop.** The NLL sum only grows from batch to batch (every term is >= 0), so a candidate
   whose partial sum already exceeds ``bound`` (the best complete candidate) cannot win and stops.
+- **Carry-over between steps.** A search step's pick is in some layer p, so for a candidate in layer i < q <= p
+  the hidden state entering layer q is the same under the next step's base (which adds the pick) as under this
+  one's. While a step runs, :meth:`Evaluator.carry_at` names a few layers its pick is likely in, and every
+  candidate keeps its state entering those after its own layer; the next step (``set_base``) starts each such
+  candidate at the latest of them that is not after the pick, instead of at its own layer.
 
 Candidates of one layer can also run together (:meth:`Evaluator.evaluate_layer`): each runs its own
 layer on the stored input, then the layers after it run once for all of them, their windows stacked
@@ -51,6 +56,7 @@ class EvalSettings:
     state_budget_bytes: int | None = None  # memory for stored layer inputs (None: a default for the device)
     prefix_reuse: bool = True  # start each candidate at its own layer from the stored base states
     group_layers: bool | None = None  # run one layer's candidates together (None: on a GPU only)
+    carry_over: bool = True  # a search's next step starts candidates before its pick where they kept states (carry_at)
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,11 @@ class Evaluator:
         self.work = 0  # layer-forward token passes so far
         self.base: list[Component] = []
         self._states: dict[int, list[torch.Tensor]] = {}  # layer -> per-batch input hidden states
+        self._carry_layers: list[int] = []  # this step keeps candidates' states entering these layers
+        self._carrying: dict[int, dict[Component, dict[int, torch.Tensor]]] = {}  # layer -> candidate -> batch -> state
+        self._carried_layer: int | None = None  # the layer the carried states enter (from the previous step)
+        self._carried: dict[Component, dict[int, torch.Tensor]] = {}  # candidate -> batch -> state
+        self._carry_bytes = 0
 
     # -- work accounting -------------------------------------------------------------------------
     def _layers_run(self, removed: list[Component], start: int) -> int:
@@ -144,7 +155,15 @@ class Evaluator:
         return list(range(0, self.n_layers, stride))
 
     def set_base(self, base: list[Component]) -> None:
-        """Run the base plan once over all batches, keeping the hidden states entering each layer."""
+        """Run the base plan once over all batches, keeping the hidden states entering each layer. When ``base``
+        is the previous base plus one pick in the layer the states were carried to or later, the carried states
+        serve this step (see the module docstring)."""
+        previous, carrying = self.base, self._carrying
+        extends = len(base) == len(previous) + 1 and list(base[:-1]) == previous
+        usable = [layer for layer in carrying if extends and layer <= base[-1].layer]
+        self._carried_layer = max(usable) if usable else None
+        self._carried = carrying[self._carried_layer] if usable else {}
+        self._carry_layers, self._carrying, self._carry_bytes = [], {}, 0
         self.base = list(base)
         self._states = {}
         if not self.settings.prefix_reuse:
@@ -176,6 +195,36 @@ class Evaluator:
         """The latest stored layer input at or before ``layer``."""
         return max(k for k in self._states if k <= layer)
 
+    # -- carry-over to the next step -------------------------------------------------------------------
+    def carry_at(self, layers: list[int]) -> None:
+        """From now until the next ``set_base``, every candidate keeps its hidden state entering each of ``layers``
+        after its own (per window batch, within the memory for stored states), for the next step of a search."""
+        usable = self.settings.carry_over and self.settings.prefix_reuse and self._layers_independent
+        self._carry_layers = sorted({layer for layer in layers if layer > 0}) if usable else []
+
+    @contextmanager
+    def _keeping(self, candidate: Component | None, start: int, at: dict):
+        """While the block runs, store ``candidate``'s hidden state entering each carry layer after its own, for
+        window batch ``at["b"]`` (only where the run computes that layer's input: it starts at or before it)."""
+        layers = [q for q in self._carry_layers if candidate is not None and candidate.layer < q and start <= q]
+        budget = self.settings.state_budget_bytes or default_state_budget(model_device(self.model)) if layers else 0
+
+        def keep(layer: int):
+            def hook(module, args, kwargs):
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                size = hidden.numel() * hidden.element_size()
+                if self._carry_bytes + size <= budget:
+                    self._carrying.setdefault(layer, {}).setdefault(candidate, {})[at["b"]] = hidden.detach().clone()
+                    self._carry_bytes += size
+            return hook
+
+        handles = [self._layer_modules[q].register_forward_pre_hook(keep(q), with_kwargs=True) for q in layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     # -- candidates ------------------------------------------------------------------------------
     def evaluate(self, candidate: Component | None, bound: float | Callable[[], float] = math.inf,
                  resume: CandidateResult | None = None) -> CandidateResult:
@@ -187,25 +236,33 @@ class Evaluator:
         """
         removed = self.base + ([candidate] if candidate is not None else [])
         first = self.reads_from(self.model.config, candidate.layer) if candidate is not None else 0
-        start = self._start_for(first) if (candidate is not None and self._states) else 0
+        own_start = self._start_for(first) if (candidate is not None and self._states) else 0
+        carried = self._carried.get(candidate, {}) if candidate is not None else {}
         total = torch.zeros((), dtype=torch.float64)
         done = 0
         if resume is not None:
             total += resume.nll_sum
             done = resume.windows_done
-        first_batch = math.ceil(done / self.batches[0].shape[0])
-        holder: dict = {}
+        b = math.ceil(done / self.batches[0].shape[0])
+        at: dict = {}
+        stopped = False
         with masked(self.model, self.grouping.with_removed(removed)):
-            context = start_at_layer(self.model, start, holder) if start > 0 else _nothing()
-            with context:
-                for b, batch in enumerate(self.batches[first_batch:], start=first_batch):
-                    if start > 0:
-                        holder["hidden"] = self._states[start][b]
-                    total += window_nll(self.model, batch).sum()
-                    self._count(removed, start, batch)
-                    done += batch.shape[0]
-                    if float(total) > (bound() if callable(bound) else bound):
-                        break
+            while b < len(self.batches) and not stopped:
+                start = self._carried_layer if b in carried else own_start  # a run of batches with one start
+                context = start_at_layer(self.model, start, at) if start > 0 else _nothing()
+                with context, self._keeping(candidate, start, at):
+                    while b < len(self.batches) and (self._carried_layer if b in carried else own_start) == start:
+                        if start > 0:
+                            at["hidden"] = carried[b] if b in carried else self._states[start][b]
+                        at["b"] = b
+                        batch = self.batches[b]
+                        total += window_nll(self.model, batch).sum()
+                        self._count(removed, start, batch)
+                        done += batch.shape[0]
+                        b += 1
+                        if float(total) > (bound() if callable(bound) else bound):
+                            stopped = True
+                            break
         complete = done == len(self.windows)
         return CandidateResult(candidate, float(total), complete, done, len(self.windows), self.windows.seq_len)
 

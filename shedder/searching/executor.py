@@ -24,6 +24,7 @@ from ..plan import Plan
 from ..removal.catalogue import Component
 
 CandidateProgress = Callable[[int, int], None]  # (candidates done, candidates in this step)
+CARRY_LAYERS = 3  # layers of the best-screened candidates where candidates keep states for the next step
 ShouldStop = Callable[[], bool] | None
 
 
@@ -104,6 +105,8 @@ class LocalExecutor:
         # evaluations, so a strong bound is found early and the rest can stop early.
         screened = {r.component: r for r in evaluator.evaluate_many(candidates, bound=-math.inf)} if early_stop else {}
         order = sorted(candidates, key=lambda c: (screened[c].nll_sum, rank[c])) if early_stop else candidates
+        # the layers of the likeliest picks: candidates keep their states there for the next step (exact either way)
+        evaluator.carry_at(list(dict.fromkeys(c.layer for c in order))[:CARRY_LAYERS] if early_stop else [])
         results: list[CandidateResult] = []
         best: CandidateResult | None = None
         for n, candidate in enumerate(order):
