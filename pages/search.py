@@ -87,8 +87,10 @@ if "mlp_channels" in present:
     c1, c2 = st.columns(2)
     group_size = int(c1.number_input("MLP channels per group", min_value=1, value=cat.channel_group_size,
                                      **remembered(f"search-group-size-{choice.spec}")))
-    reorder = c2.radio("Channel order", [None, "l1"], horizontal=True, **remembered("search-channel-order"),
-                       format_func=lambda r: "as stored" if r is None else "by weight L1 norm (reference)")
+    # a string for "as stored": a kept value of None would draw the radio with nothing selected
+    order = c2.radio("Channel order", ["stored", "l1"], horizontal=True, **remembered("search-channel-order"),
+                     format_func=lambda r: "as stored" if r == "stored" else "by weight L1 norm (reference)")
+    reorder = None if order == "stored" else order
 
 settings = {"stages": [[list(s.targets), s.steps] for s in stages], "calib": calib, "tokens": tokens,
             "seq_len": seq_len, "batch_size": batch_size, "channel_group_size": group_size, "channel_reorder": reorder}

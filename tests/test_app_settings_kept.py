@@ -33,6 +33,7 @@ def away_and_back(at: AppTest, page: str, away: str = "pages/model.py") -> None:
 def test_the_search_settings_and_the_step_shown_outlive_a_page_switch(bamba_dir):
     at = open_page(bamba_dir, "pages/search.py")
     defaults = settings(at)
+    assert defaults["Channel order"] == "stored"  # an option is selected: "as stored"
     widget(at, "multiselect", "Candidates").set_value(["ssm"]).run()
     widget(at, "number_input", "Steps").set_value(1)
     widget(at, "selectbox", "Calibration text").set_value("wiki-test")
