@@ -87,7 +87,8 @@ def profile_evaluations(run, device: torch.device) -> dict:
         if event.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset") or "dur" not in event:
             continue
         name, seconds = event.get("name", "?"), event["dur"] / 1e6  # microseconds
-        families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + seconds
+        family = kernel_family(name)
+        families[family] = families.get(family, 0.0) + seconds
         kernels[name] = kernels.get(name, 0.0) + seconds
         intervals.append((event["ts"], event["ts"] + event["dur"]))
     busy = _union_length(intervals) / 1e6

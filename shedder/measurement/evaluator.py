@@ -142,13 +142,16 @@ class Evaluator:
         self.work += self._layers_run(removed, start) * batch.numel()
 
     # -- base states -----------------------------------------------------------------------------
+    def _state_budget(self) -> int:
+        """Bytes for stored hidden states: the settings' own, or a default for the device."""
+        budget = self.settings.state_budget_bytes
+        return default_state_budget(model_device(self.model)) if budget is None else budget
+
     def _checkpoint_layers(self) -> list[int]:
         """Which layers' inputs to keep: all of them, or every k-th when the budget is too small."""
         hidden = self.model.config.hidden_size
         per_layer = sum(b.numel() for b in self.batches) * hidden * 4  # float32 upper bound
-        budget = self.settings.state_budget_bytes
-        if budget is None:
-            budget = default_state_budget(model_device(self.model))
+        budget = self._state_budget()
         if per_layer * self.n_layers <= budget:
             return list(range(self.n_layers))
         stride = max(1, math.ceil(per_layer * self.n_layers / max(budget, per_layer)))
@@ -160,7 +163,7 @@ class Evaluator:
         serve this step (see the module docstring)."""
         previous, carrying = self.base, self._carrying
         extends = len(base) == len(previous) + 1 and list(base[:-1]) == previous
-        usable = [layer for layer in carrying if extends and layer <= base[-1].layer]
+        usable = [layer for layer in carrying if layer <= base[-1].layer] if extends else []
         self._carried_layer = max(usable) if usable else None
         self._carried = carrying[self._carried_layer] if usable else {}
         self._carry_layers, self._carrying, self._carry_bytes = [], {}, 0
@@ -207,7 +210,7 @@ class Evaluator:
         """While the block runs, store ``candidate``'s hidden state entering each carry layer after its own, for
         window batch ``at["b"]`` (only where the run computes that layer's input: it starts at or before it)."""
         layers = [q for q in self._carry_layers if candidate is not None and candidate.layer < q and start <= q]
-        budget = self.settings.state_budget_bytes or default_state_budget(model_device(self.model)) if layers else 0
+        budget = self._state_budget() if layers else 0
 
         def keep(layer: int):
             def hook(module, args, kwargs):
@@ -246,12 +249,16 @@ class Evaluator:
         b = math.ceil(done / self.batches[0].shape[0])
         at: dict = {}
         stopped = False
+
+        def start_of(b: int) -> int:  # a carried batch starts where its state was kept
+            return self._carried_layer if b in carried else own_start
+
         with masked(self.model, self.grouping.with_removed(removed)):
             while b < len(self.batches) and not stopped:
-                start = self._carried_layer if b in carried else own_start  # a run of batches with one start
+                start = start_of(b)  # a run of batches with one start
                 context = start_at_layer(self.model, start, at) if start > 0 else _nothing()
                 with context, self._keeping(candidate, start, at):
-                    while b < len(self.batches) and (self._carried_layer if b in carried else own_start) == start:
+                    while b < len(self.batches) and start_of(b) == start:
                         if start > 0:
                             at["hidden"] = carried[b] if b in carried else self._states[start][b]
                         at["b"] = b

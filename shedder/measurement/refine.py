@@ -18,6 +18,7 @@ from ..plan import Plan
 from ..speed.cost_model import ideal_speedups, model_cost
 from ..speed.latency import (environment, extracted_model, generate_exactly, latency_verdict, random_prompt, spread,
                              timed_generate)
+from .perplexity import model_device
 
 MIN_PAIRS = 3  # the fewest timed pairs a latency result is given for (quartiles need a few)
 
@@ -32,7 +33,7 @@ def refining_latency(model: nn.Module, plan: Plan, prompt_len: int, new_tokens: 
     if repeats < MIN_PAIRS:
         raise ShedderError(f"Latency needs at least {MIN_PAIRS} timed runs per model to show its spread.")
     # extraction builds on the CPU: the extracted model is timed on the dense model's device
-    small = extracted_model(model, plan).to(next(model.parameters()).device) if plan.removed else model
+    small = extracted_model(model, plan).to(model_device(model)) if plan.removed else model
     prompt = random_prompt(model, 1, prompt_len, seed)
     times = {"dense": [], "extracted": []}
     first = {"dense": [], "extracted": []}
