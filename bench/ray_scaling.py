@@ -13,13 +13,19 @@ measured on the 1-worker run. Results go to bench/results/ray_scaling_<tag>.json
     python bench/ray_scaling.py --workers 1,2 --random-mamba2 32x1536 --dtype bfloat16 \\
         --windows 32 --seq-len 1024 --batch-size 4 --targets block,ssm --steps 3
     python bench/ray_scaling.py --small      # CPU, tiny, end to end in a minute or two
+
+``--concurrent-local`` also runs the first step without Ray on every GPU at once, one process each: with
+``--local`` (the same step alone) it tells whether the host's GPUs slow each other down without Ray.
+``--pin-cpus`` runs every worker (and those processes) on the CPUs of its GPU's NUMA node.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +45,7 @@ from shedder.model.loading import load_model  # noqa: E402
 from shedder.removal.catalogue import Component  # noqa: E402
 from shedder.removal.masks import catalogue_of  # noqa: E402
 from shedder.searching.executor import RayOptions  # noqa: E402
-from shedder.searching.ray_executor import RayExecutor  # noqa: E402
+from shedder.searching.ray_executor import RayExecutor, physical_gpu, pin_near_gpu  # noqa: E402
 from shedder.searching.search import Stage, candidates_for, search  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,8 +73,15 @@ def warm_up(executor: RayExecutor, model, targets: tuple[str, ...]) -> None:
     executor.timeline.clear()
 
 
-def local_run(folder: Path, dtype: str, device: str, windows, stages: list[Stage], batch_size: int) -> dict:
-    """The same search in this process without Ray (after the same warm-up), for Ray's own cost."""
+def random_windows(vocab_size: int, windows: int, seq_len: int):
+    stream = torch.randint(0, vocab_size, (windows * seq_len,), generator=torch.Generator().manual_seed(0))
+    return cut_windows(stream, seq_len, source="random tokens")
+
+
+def local_run(folder: Path, dtype: str, device: str, windows, stages: list[Stage], batch_size: int,
+              start_at: float | None = None) -> dict:
+    """The same search in this process without Ray (after the same warm-up), for Ray's own cost. ``start_at``: the
+    search waits for that time (so that processes on several GPUs search at the same time)."""
     model, _ = load_model(str(folder), dtype, device)
     catalogue = catalogue_of(model)
     evaluator = Evaluator(model, windows, EvalSettings(batch_size=batch_size))
@@ -76,6 +89,8 @@ def local_run(folder: Path, dtype: str, device: str, windows, stages: list[Stage
     for candidate in candidates_for(catalogue, [], stages[0].targets)[:2]:
         evaluator.evaluate(candidate)
     del evaluator
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - time.time()))
     start = time.perf_counter()
     record = search(model, windows, stages, settings=EvalSettings(batch_size=batch_size))
     seconds = time.perf_counter() - start
@@ -85,6 +100,30 @@ def local_run(folder: Path, dtype: str, device: str, windows, stages: list[Stage
     return {"executor": "local", "device": device, "seconds": round(seconds, 3), "work": record["work"],
             "plan": [str(Component.from_dict(c)) for c in record["removed"]],
             "step_seconds": [round(s["seconds"], 3) for s in record["steps"]]}
+
+
+def concurrent_local(folder: Path, args, gpus: int) -> list[dict]:
+    """The first step of the local search on every GPU at once, one process each, no Ray: whether the GPUs of this
+    host slow each other down on their own (compare with the step alone, from --local)."""
+    command = [sys.executable, __file__, "--child", str(folder), "--dtype", args.dtype, "--windows", str(args.windows),
+               "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--targets", args.targets,
+               "--steps", "1", "--start-at", str(time.time() + 45)] + (["--pin-cpus"] if args.pin_cpus else [])
+    children = [subprocess.Popen(command, env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}, stdout=subprocess.PIPE,
+                                 text=True) for i in range(gpus)]
+    return [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+
+
+def child_run(args) -> None:
+    """--child: one local search on this process's GPU, its record printed as JSON."""
+    pinned = pin_near_gpu() if args.pin_cpus else None
+    from transformers import AutoConfig
+    windows = random_windows(AutoConfig.from_pretrained(args.child).vocab_size, args.windows, args.seq_len)
+    stages = [Stage(tuple(args.targets.split(",")), args.steps)]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = local_run(Path(args.child), args.dtype, device, windows, stages, args.batch_size, args.start_at)
+    run["physical_gpu"] = physical_gpu(torch.device("cuda", 0)) if device == "cuda" else None
+    run["cpus"] = pinned
+    print(json.dumps(run), flush=True)
 
 
 def per_worker(timeline: list[dict], key: str) -> dict[int, list[dict]]:
@@ -125,6 +164,7 @@ def summarise(record: dict, timeline: list[dict], startup: dict, workers: int, s
         "worker_load_seconds": [round(w["load_seconds"], 2) for w in startup.get("workers", [])],
         "worker_devices": [f"{w['node']}:{w['device']}" for w in startup.get("workers", [])],
         "worker_physical_gpus": [w.get("physical", []) for w in startup.get("workers", [])],
+        "worker_cpus": [w.get("cpus") for w in startup.get("workers", [])],
     }
 
 
@@ -182,7 +222,14 @@ def main() -> None:
     parser.add_argument("--ray-address", default=None, help="a running cluster (default: a local one)")
     parser.add_argument("--tag", default=None, help="results file suffix (default: from the device)")
     parser.add_argument("--small", action="store_true", help="CPU smoke run: 6x128 model, 8 x 64 tokens, 2 steps")
+    parser.add_argument("--pin-cpus", action="store_true", help="workers run on the CPUs of their GPU's NUMA node")
+    parser.add_argument("--concurrent-local", action="store_true",
+                        help="also run the first step without Ray on every GPU at once (with --local: against one alone)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # a model folder: run as one of --concurrent-local's
+    parser.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child_run(args)
     if args.small:
         args.random_mamba2, args.dtype, args.device = "6x128", "float32", "cpu"
         args.windows, args.seq_len, args.batch_size, args.steps = 8, 64, 2, 2
@@ -204,7 +251,8 @@ def main() -> None:
     result = {"tag": tag, "machine": platform.machine(), "torch": torch.__version__, "ray": ray.__version__,
               "gpus": gpus, "gpu": gpu_name, "model": f"random mamba2 {args.random_mamba2}", "dtype": args.dtype,
               "windows": args.windows, "seq_len": args.seq_len, "batch_size": args.batch_size,
-              "targets": args.targets, "steps": args.steps, "gpus_per_worker": args.gpus_per_worker, "runs": []}
+              "targets": args.targets, "steps": args.steps, "gpus_per_worker": args.gpus_per_worker,
+              "pin_cpus": args.pin_cpus, "runs": []}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"ray_scaling_{tag}.json"
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,16 +260,18 @@ def main() -> None:
         save_checkpoint(args.random_mamba2, dtype, folder)
         model, _ = load_model(str(folder), args.dtype, "cpu")  # the driver's copy: catalogue, fingerprint
         result["params"] = sum(p.numel() for p in model.parameters())
-        stream = torch.randint(0, model.config.vocab_size, (args.windows * args.seq_len,),
-                               generator=torch.Generator().manual_seed(0))
-        windows = cut_windows(stream, args.seq_len, source="random tokens")
+        windows = random_windows(model.config.vocab_size, args.windows, args.seq_len)
         if args.local:
             device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
             result["local"] = local_run(folder, args.dtype, device, windows, stages, args.batch_size)
             print(f"local (no Ray): {result['local']['seconds']:.2f} s, steps {result['local']['step_seconds']}", flush=True)
+        if args.concurrent_local and gpus > 1:
+            result["concurrent_local"] = concurrent_local(folder, args, gpus)
+            path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+            print("first step on every GPU at once:", [r["step_seconds"] for r in result["concurrent_local"]], flush=True)
         for n in counts:
             options = RayOptions(model=str(folder), device=args.device, workers=n, address=args.ray_address,
-                                 gpus_per_worker=args.gpus_per_worker)
+                                 gpus_per_worker=args.gpus_per_worker, pin_cpus=args.pin_cpus)
             executor = RayExecutor(options, model, windows, EvalSettings(batch_size=args.batch_size))
             try:
                 executor.start_workers()

@@ -2,6 +2,7 @@
 (sharing the loaded model, as a streamlit server's sessions do), on a zoo model or folder.
 
     python bench/two_sessions.py --model demo-mamba2 [--toggles 10] [--out bench/results/two_sessions_cpu_demo-mamba2.json]
+    python bench/two_sessions.py --random-mamba2 64x2560 --device cuda    # the mamba2-2.7b shape, random weights
 
 Session B toggles components on the real Playground page (streamlit's AppTest, the default evaluation setting), each
 toggle giving a plan not measured before; each page run is timed from the changed widget to the finished script
@@ -46,9 +47,9 @@ from toggle_latency import summary, toggle_sequence  # noqa: E402
 APP = str(ROOT / "streamlit_app.py")
 
 
-def playground(model: str) -> AppTest:
+def playground(choice: ModelChoice) -> AppTest:
     app = AppTest.from_file(APP, default_timeout=600)
-    app.session_state["model_choice"] = ModelChoice(model)
+    app.session_state["model_choice"] = choice
     app.session_state["live-refine"] = False
     app.switch_page("pages/playground.py").run()
     if app.exception:
@@ -75,6 +76,9 @@ def toggles(app: AppTest, sequence: list[tuple[str, int]], picked: dict[str, lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo-mamba2")
+    parser.add_argument("--random-mamba2", metavar="LAYERSxWIDTH",
+                        help="instead of --model: a random-weight Mamba-2 of that shape (bench/dashboard_scale.py's)")
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--toggles", type=int, default=10)
     parser.add_argument("--pause", type=float, default=2.0, help="seconds before each toggle, as a person takes")
     parser.add_argument("--work", type=float, default=5.0, help="seconds A's job runs alone after B's toggle")
@@ -82,13 +86,17 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("SHEDDER_CACHE", tempfile.mkdtemp(prefix="two-sessions-bench-"))
 
-    b = playground(args.model)
+    if args.random_mamba2:
+        from dashboard_scale import random_mamba2_folder
+        args.model = str(random_mamba2_folder(args.random_mamba2))
+    choice = ModelChoice(args.model, device=args.device)
+    b = playground(choice)
     kinds = {p.label.split(":")[0]: [int(re.search(r"\d+", str(o)).group()) for o in p.options]  # labels may be shaded
              for p in b.pills}
     sequence = toggle_sequence(kinds, 2 * args.toggles)
     picked: dict[str, list[int]] = {kind: [] for kind in kinds}
     a = AppTest.from_file(APP, default_timeout=600)
-    a.session_state["model_choice"] = ModelChoice(args.model)
+    a.session_state["model_choice"] = choice
     # A scores on 8,192 tokens (its own evaluation setting): a map that lasts the whole benchmark
     a.session_state["evaluation_setting"] = PerplexitySetting(tokens=8192)
     a.switch_page("pages/sensitivity.py").run()
@@ -111,7 +119,9 @@ def main() -> None:
         progress.append(job.partial or 0)  # components in the map so far (published after each one)
     load_after = os.getloadavg()
     result = {
-        "model": args.model, "evaluation": "wiki-test, 2048 tokens, windows of 256 (the default setting)",
+        "model": args.random_mamba2 and f"random mamba2 {args.random_mamba2}" or args.model,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "cpu",
+        "evaluation": "wiki-test, 2048 tokens, windows of 256 (the default setting)",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},

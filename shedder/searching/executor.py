@@ -56,6 +56,7 @@ class RayOptions:
     gpus_per_worker: int = 1  # more than 1: each replica's layers are spread over that many GPUs
     split: str = "windows"  # score only: "windows" (calibration shards) or "candidates"
     pipeline_depth: int = 2  # tasks queued per worker, to hide dispatch latency
+    pin_cpus: bool = False  # a GPU worker runs on the CPUs of its GPU's NUMA node (where the machine says which)
     max_replacements: int = 3  # dead workers replaced per run before giving up
 
     def __post_init__(self):

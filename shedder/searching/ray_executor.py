@@ -114,6 +114,34 @@ def physical_gpu(device: torch.device) -> str:
     return f"{props.name} GPU-{uuid} {where}" if uuid is not None else f"{props.name} {where}"
 
 
+def near_cpus(device: torch.device) -> set[int] | None:
+    """The CPUs of ``device``'s NUMA node, as the machine lists them for its PCI address (None where it does not)."""
+    props = torch.cuda.get_device_properties(device)
+    pci = [getattr(props, f"pci_{part}_id", None) for part in ("domain", "bus", "device")]
+    if None in pci:
+        return None
+    try:
+        listed = open(f"/sys/bus/pci/devices/{pci[0]:04x}:{pci[1]:02x}:{pci[2]:02x}.0/local_cpulist").read().strip()
+    except OSError:
+        return None
+    cpus: set[int] = set()
+    for part in filter(None, listed.split(",")):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus or None
+
+
+def pin_near_gpu() -> str | None:
+    """Run this process on the CPUs nearest its first GPU (kernel launches and copies then stay on that socket);
+    a description of what it did, or None where it could not (no such list, or none of those CPUs allowed)."""
+    near = near_cpus(torch.device("cuda", 0))
+    allowed = near & os.sched_getaffinity(0) if near and hasattr(os, "sched_setaffinity") else set()
+    if not allowed:
+        return None
+    os.sched_setaffinity(0, allowed)
+    return f"{len(allowed)} CPUs {min(allowed)}-{max(allowed)}"
+
+
 def worker_dtype(dtype: str, device: str) -> str:
     """The dtype workers will use: ``auto`` means bfloat16 when they get GPUs, float32 otherwise. A driver
     loads its own copy (catalogue, fingerprint) with this dtype so that the weights match."""
@@ -142,6 +170,7 @@ class Replica:
     def __init__(self, spec: dict, windows: Windows, settings: EvalSettings, grouping: Plan, fingerprint: str):
         started = time.perf_counter()
         torch.set_num_threads(spec["cpus"])
+        self.pinned = pin_near_gpu() if spec.get("pin_cpus") and spec["device"] != "cpu" else None
         self.model, _ = load_model(spec["model"], spec["dtype"], spec["device"], spec["trust_remote_code"])
         if model_fingerprint(self.model) != fingerprint:
             raise ShedderError(f"The worker on {ray.util.get_node_ip_address()} loaded other weights for "
@@ -157,7 +186,7 @@ class Replica:
         devices = sorted({p.device for p in self.model.parameters()}, key=str)
         return {"node": ray.util.get_node_ip_address(), "pid": os.getpid(), "gpus": ray.get_gpu_ids(),
                 "device": ",".join(map(str, devices)), "physical": [physical_gpu(d) for d in devices if d.type == "cuda"],
-                "load_seconds": self.load_seconds}
+                "load_seconds": self.load_seconds, "cpus": self.pinned}
 
     def _use(self, batch_range: tuple[int, int] | None) -> Evaluator:
         """The Evaluator over batches ``[first, last)`` (None: all); one at a time, so stored states are freed."""
@@ -304,7 +333,7 @@ class RayExecutor:
         options = self.options
         device = (SPREAD if options.gpus_per_worker > 1 else "cuda") if self.use_gpu else "cpu"
         spec = {"model": options.model, "dtype": _name_of(next(self.model.parameters()).dtype), "device": device, "trust_remote_code": options.trust_remote_code,
-                "cpus": options.cpus_per_worker}
+                "cpus": options.cpus_per_worker, "pin_cpus": options.pin_cpus}
         self.started_workers += 1  # named, so that `ray list actors` shows what they are
         name = f"shedder-worker-{self.run_id}-{self.started_workers}"
         return Replica.options(name=name, num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker if self.use_gpu else 0,
