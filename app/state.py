@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import streamlit as st
 
@@ -218,24 +219,80 @@ def start_sensitivity(choice: ModelChoice, kinds: list[str], setting: Perplexity
     return jobs.start("sensitivity", f"Sensitivity of {len(components)} components", work)
 
 
-@st.cache_data(show_spinner="Measuring perplexity ...", max_entries=256)
-def masked_perplexity(choice: ModelChoice, removed: tuple, calib: str, tokens: int, seq_len: int,
-                      channel_group_size: int | None = None, channel_reorder: str | None = None) -> float:
-    """Perplexity with ``removed`` masked (a tuple of Components), cached per setting."""
+def _measure(model, windows, plan: Plan, progress=None) -> float:
     from shedder.jobs import foreground
 
+    with foreground():  # background jobs pause at their next layer meanwhile: a toggle never waits for them
+        return perplexity(model, windows, plan, batch_size=4, progress=progress).ppl
+
+
+class _NotCached(Exception):
+    """masked_perplexity found nothing cached and was not to measure it."""
+
+
+@st.cache_data(show_spinner="Measuring perplexity ...", max_entries=256)
+def masked_perplexity(choice: ModelChoice, removed: tuple, calib: str, tokens: int, seq_len: int,
+                      channel_group_size: int | None = None, channel_reorder: str | None = None,
+                      _measured: Callable[[], float | None] | None = None) -> float:
+    """Perplexity with ``removed`` masked (a tuple of Components), cached per setting. ``_measured`` (not part of
+    the cache key): what gives the value when it is not cached, instead of measuring it here (a job's result);
+    when it gives None, nothing is cached and _NotCached is raised."""
+    if _measured is not None:
+        value = _measured()
+        if value is None:
+            raise _NotCached
+        return value
     model, tokenizer = loaded(choice)
     windows = calibration_windows(calib, tokenizer, seq_len, tokens)
-    with foreground():  # background jobs pause at their next layer meanwhile: a toggle never waits for them
-        plan = Plan(list(removed), channel_group_size=channel_group_size, channel_reorder=channel_reorder)
-        return perplexity(model, windows, plan, batch_size=4).ppl
+    return _measure(model, windows, Plan(list(removed), channel_group_size=channel_group_size,
+                                         channel_reorder=channel_reorder))
 
 
-def plan_perplexity(choice: ModelChoice, plan: Plan, setting: PerplexitySetting | None = None) -> float:
-    """The plan's perplexity under ``setting`` (default: the session's one evaluation setting)."""
+def plan_perplexity(choice: ModelChoice, plan: Plan, setting: PerplexitySetting | None = None,
+                    measured: Callable[[], float | None] | None = None) -> float:
+    """The plan's perplexity under ``setting`` (default: the session's one evaluation setting); ``measured``: see
+    masked_perplexity."""
     setting = setting or evaluation_setting()
     return masked_perplexity(choice, tuple(plan.removed), setting.text, setting.tokens, setting.seq_len,
-                             plan.channel_group_size if plan.removed else None, plan.channel_reorder if plan.removed else None)
+                             plan.channel_group_size if plan.removed else None, plan.channel_reorder if plan.removed else None,
+                             _measured=measured)
+
+
+def known_perplexity(choice: ModelChoice, plan: Plan, setting: PerplexitySetting,
+                     measured: Callable[[], float | None] = lambda: None) -> float | None:
+    """The plan's perplexity if it is cached (by any page), else ``measured()`` (a finished job's result, cached from
+    then on), else None: never measured here."""
+    try:
+        return plan_perplexity(choice, plan, setting, measured)
+    except _NotCached:
+        return None
+
+
+DENSE_JOB = "dense-perplexity"
+
+
+def start_dense_perplexity(choice: ModelChoice, setting: PerplexitySetting) -> Job:
+    """Measure the perplexity with nothing removed on ``setting`` as this session's job ``DENSE_JOB`` (``job.key``:
+    the model and setting), with progress per batch of windows and Cancel acting between batches; the page caches
+    its result with ``known_perplexity``."""
+    from . import jobs
+
+    model, tokenizer = loaded(choice)
+
+    def work(job):
+        job.update(0, 0, "cutting the calibration text")
+        windows = calibration_windows(setting.text, tokenizer, setting.seq_len, setting.tokens)
+
+        def progress(done, total):
+            job.update(done, total, "measuring", "windows")
+            job.check()
+
+        progress(0, len(windows))
+        return _measure(model, windows, Plan(), progress)
+
+    job = jobs.start(DENSE_JOB, "Dense perplexity", work)
+    job.key = (choice, setting)
+    return job
 
 
 # --- the one evaluation setting every page measures perplexity with (chosen in the sidebar) ---------

@@ -2,10 +2,12 @@
 import pandas as pd
 import streamlit as st
 
+from app import jobs
 from app.figures import architecture_strip, counted, parameter_breakdown
 from app.sidebar import model_or_stop, model_sidebar
-from app.state import current_plan, evaluation_setting, new_plan, plan_perplexity
-from shedder.errors import ShedderError
+from app.state import (DENSE_JOB, INLINE_LOAD_S, current_plan, evaluation_setting, known_perplexity,
+                       start_dense_perplexity)
+from shedder.plan import Plan
 
 choice = model_sidebar()
 st.title("Model")
@@ -42,9 +44,30 @@ right.caption("Parameters each kind would free if physically removed (group kind
 
 st.subheader("Dense perplexity")
 setting = evaluation_setting()
-try:
-    ppl = plan_perplexity(choice, new_plan(choice), setting)
+job = jobs.current(DENSE_JOB)
+if job is not None and job.key != (choice, setting):
+    job = None  # it measures another model or setting
+
+
+def finished() -> float | None:
+    return job.result if job is not None and job.state == "done" else None
+
+
+ppl = known_perplexity(choice, Plan(), setting, finished)
+if ppl is None and job is None:
+    job = start_dense_perplexity(choice, setting)
+    job.wait(INLINE_LOAD_S)  # as for a load: a demo model's shows in this run, a large model's is followed
+    ppl = known_perplexity(choice, Plan(), setting, finished)
+if ppl is not None:
     st.metric("perplexity", f"{ppl:.3f}", help="Nothing removed. Change what it is measured on in the sidebar.")
     st.caption(f"On {setting.describe()}: the setting every page measures perplexity with.")
-except ShedderError as exc:
-    st.error(str(exc))
+elif job.running:
+    jobs.panel(DENSE_JOB)
+else:
+    if job.state == "failed":
+        st.error(f"Measuring the dense perplexity failed: {job.error}")
+    else:
+        st.info("Cancelled: the dense perplexity was not measured.")
+    if st.button("Compute again", key="dense-perplexity-again"):
+        start_dense_perplexity(choice, setting)
+        st.rerun()
