@@ -329,7 +329,9 @@ class Evaluator:
         live = list(candidates)
         base = self.grouping.with_removed(self.base)
         for b, batch in enumerate(self.batches):
-            holder = {"hidden": torch.cat([self._layer_output(self.base + [c], layer, b) for c in live])}
+            outputs = [self._layer_output(self.base + [c], layer, b) for c in live]
+            # a removed layer hands on its input, which in a model spread over GPUs may sit on the previous GPU
+            holder = {"hidden": torch.cat([o.to(outputs[0].device) for o in outputs])}
             with masked(self.model, base), start_at_layer(self.model, layer + 1, holder):
                 nll = window_nll(self.model, batch.repeat(len(live), 1)).view(len(live), -1)
             self.work += sum(self._layers_run(self.base + [c], layer) for c in live) * batch.numel()

@@ -42,7 +42,9 @@ from torch import nn
 from ..errors import ShedderError
 from ..measurement.calibration import Windows
 from ..measurement.evaluator import CandidateResult, EvalSettings, Evaluator
+from ..measurement.perplexity import model_device
 from ..model.identity import model_fingerprint
+from ..model.kernel_tuning import tuned_configs, use_configs
 from ..model.loading import DTYPES, load_model, resolve_dtype
 from ..model.sharding import SPREAD, synchronize
 from ..paths import REPO_ROOT
@@ -171,6 +173,7 @@ class Replica:
         started = time.perf_counter()
         torch.set_num_threads(spec["cpus"])
         self.pinned = pin_near_gpu() if spec.get("pin_cpus") and spec["device"] != "cpu" else None
+        use_configs(spec.get("kernel_configs") or {})  # a replacement worker runs its predecessors' choices
         self.model, _ = load_model(spec["model"], spec["dtype"], spec["device"], spec["trust_remote_code"])
         if model_fingerprint(self.model) != fingerprint:
             raise ShedderError(f"The worker on {ray.util.get_node_ip_address()} loaded other weights for "
@@ -200,6 +203,18 @@ class Replica:
             self.evaluator = Evaluator(self.model, windows, self.settings, self.grouping)
             self.batch_range, self.base = batch_range, None
         return self.evaluator
+
+    def tune(self, configs: dict) -> dict:
+        """Take ``configs`` (the driver's kernel choices), let the kernels choose the rest on one forward pass over
+        the first window batch, and return all the choices (shared with the other workers)."""
+        use_configs(configs)
+        with torch.no_grad():
+            self.model(input_ids=self.windows.ids[:self.settings.batch_size].to(model_device(self.model)),
+                       use_cache=False)
+        return tuned_configs()
+
+    def use_kernel_configs(self, configs: dict) -> int:
+        return use_configs(configs)
 
     @ray.method(concurrency_group="control")
     def set_bound(self, token: int, value: float) -> None:
@@ -299,6 +314,7 @@ class RayExecutor:
         self.timeline: list[dict] = []  # one record per finished task
         self.tokens = itertools.count()
         self.run_id, self.started_workers = uuid.uuid4().hex[:8], 0
+        self.kernel_configs: dict = {}  # the Mamba kernels' choices every worker runs (GPU workers)
 
     def check_same(self, model: nn.Module, windows: Windows, grouping: Plan, settings: EvalSettings) -> None:
         """Refuse a search or score whose settings differ from the ones the workers were started with."""
@@ -333,7 +349,7 @@ class RayExecutor:
         options = self.options
         device = (SPREAD if options.gpus_per_worker > 1 else "cuda") if self.use_gpu else "cpu"
         spec = {"model": options.model, "dtype": _name_of(next(self.model.parameters()).dtype), "device": device, "trust_remote_code": options.trust_remote_code,
-                "cpus": options.cpus_per_worker, "pin_cpus": options.pin_cpus}
+                "cpus": options.cpus_per_worker, "pin_cpus": options.pin_cpus, "kernel_configs": self.kernel_configs}
         self.started_workers += 1  # named, so that `ray list actors` shows what they are
         name = f"shedder-worker-{self.run_id}-{self.started_workers}"
         return Replica.options(name=name, num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker if self.use_gpu else 0,
@@ -350,7 +366,14 @@ class RayExecutor:
             infos = ray.get([w.info.remote() for w in self.workers])
         except ray.exceptions.RayActorError as exc:
             raise ShedderError(f"A Ray worker could not start: {_last_line(exc)}") from exc
-        self.startup.update(workers=infos, start_seconds=time.perf_counter() - clock)
+        if self.use_gpu:  # every worker runs the same kernel configurations (see shedder.model.kernel_tuning)
+            try:
+                self.kernel_configs = ray.get(self.workers[0].tune.remote(tuned_configs()))
+                ray.get([w.use_kernel_configs.remote(self.kernel_configs) for w in self.workers[1:]])
+            except ray.exceptions.RayActorError as exc:
+                raise ShedderError(f"A Ray worker failed while its kernels were tuned: {_last_line(exc)}") from exc
+        self.startup.update(workers=infos, start_seconds=time.perf_counter() - clock,
+                            tuned_kernels=len(self.kernel_configs))
 
     def _replace(self, slot: int, error: Exception) -> None:
         if getattr(error, "actor_init_failed", False):

@@ -1,0 +1,45 @@
+"""The Mamba kernels' tuned configurations go from one process to another (shedder.model.kernel_tuning), shown on
+stand-ins for Triton's autotuners (the real ones run on GPUs only)."""
+import sys
+import types
+
+from shedder.model.kernel_tuning import tuned_configs, use_configs
+
+
+class Autotuner:  # what the sharing relies on: Triton's class name and its cache of choices
+    def __init__(self):
+        self.cache = {}
+
+
+class Heuristics:  # a decorator wrapped around an autotuner
+    def __init__(self, fn):
+        self.fn = fn
+
+
+def kernels(monkeypatch, name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.scan, module.norm, module.plain = Autotuner(), Heuristics(Autotuner()), object()
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def test_choices_made_in_one_process_are_run_in_another(monkeypatch):
+    tuned = kernels(monkeypatch, "mamba_ssm.ops.triton.stand_in")
+    tuned.scan.cache[(256, 64, 128)] = "BLOCK 64x64, 4 warps"
+    tuned.norm.fn.cache[(2560,)] = "BLOCK 1024"
+    configs = tuned_configs()
+    assert configs == {"mamba_ssm.ops.triton.stand_in:scan": {(256, 64, 128): "BLOCK 64x64, 4 warps"},
+                       "mamba_ssm.ops.triton.stand_in:norm": {(2560,): "BLOCK 1024"}}
+
+    other = kernels(monkeypatch, "mamba_ssm.ops.triton.stand_in")  # the same module, loaded in another process
+    other.scan.cache[(128, 64, 64)] = "its own choice for another shape"
+    assert use_configs({**configs, "mamba_ssm.ops.triton.gone:kernel": {(1,): "x"}}) == 2
+    assert other.scan.cache == {(128, 64, 64): "its own choice for another shape", (256, 64, 128): "BLOCK 64x64, 4 warps"}
+    assert other.norm.fn.cache == {(2560,): "BLOCK 1024"}
+
+
+def test_other_packages_and_untuned_kernels_are_left_out(monkeypatch):
+    kernels(monkeypatch, "mamba_ssm.ops.triton.stand_in")  # nothing tuned yet
+    elsewhere = kernels(monkeypatch, "some_other_package.kernels")
+    elsewhere.scan.cache[(1,)] = "not ours"
+    assert tuned_configs() == {}
