@@ -23,11 +23,16 @@ def kernels(monkeypatch, name: str) -> types.ModuleType:
     return module
 
 
+def ours(configs: dict) -> dict:
+    """The stand-ins' entries (on a GPU machine the real kernels may have tuned too, in this process)."""
+    return {name: cache for name, cache in configs.items() if "stand_in" in name}
+
+
 def test_choices_made_in_one_process_are_run_in_another(monkeypatch):
     tuned = kernels(monkeypatch, "mamba_ssm.ops.triton.stand_in")
     tuned.scan.cache[(256, 64, 128)] = "BLOCK 64x64, 4 warps"
     tuned.norm.fn.cache[(2560,)] = "BLOCK 1024"
-    configs = tuned_configs()
+    configs = ours(tuned_configs())
     assert configs == {"mamba_ssm.ops.triton.stand_in:scan": {(256, 64, 128): "BLOCK 64x64, 4 warps"},
                        "mamba_ssm.ops.triton.stand_in:norm": {(2560,): "BLOCK 1024"}}
 
@@ -42,4 +47,4 @@ def test_other_packages_and_untuned_kernels_are_left_out(monkeypatch):
     kernels(monkeypatch, "mamba_ssm.ops.triton.stand_in")  # nothing tuned yet
     elsewhere = kernels(monkeypatch, "some_other_package.kernels")
     elsewhere.scan.cache[(1,)] = "not ours"
-    assert tuned_configs() == {}
+    assert not [name for name in tuned_configs() if "stand_in" in name or name.startswith("some_other_package")]
