@@ -65,7 +65,7 @@ import torch  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app.measures import ACCURACY_DEFAULTS  # noqa: E402
-from app.state import ModelChoice, default_choice  # noqa: E402
+from app.state import DENSE_JOB, ModelChoice, default_choice  # noqa: E402
 from latency_table import _random  # noqa: E402
 from shedder.measurement.perplexity import PerplexitySetting  # noqa: E402
 from shedder.model.convert import neox_tokenizer  # noqa: E402
@@ -219,7 +219,7 @@ def follow(name: str, at: AppTest, job_name: str, started: float, done, timeout:
 
 
 def stop_if_late(row: dict) -> None:
-    if row["timed_out"]:
+    if row.get("timed_out"):
         raise SystemExit(f"the {row['step']} step ran past --timeout and was cancelled; later steps were not run")
 
 
@@ -246,8 +246,14 @@ def drive(choice: ModelChoice, docs: int, timeout: float, poll: float, steps: li
     if at.session_state["model_choice"] != choice or at.error:
         raise SystemExit(f"the sidebar did not load {choice}: {[e.value for e in at.error]}")
 
-    steps.append(page_run("model page", at.switch_page("pages/model.py")))
+    started = time.perf_counter()
+    row = page_run("model page", at.switch_page("pages/model.py"), started)
+    job = at.session_state["jobs"].get(DENSE_JOB) if "jobs" in at.session_state else None
+    if job is not None and job.running:  # longer than the page waits for it: the page follows the job
+        row = follow("model page", at, DENSE_JOB, started, lambda job: False, timeout, poll)[0]
+    steps.append(row)
     shown["model page"] = metrics(at)
+    stop_if_late(row)
 
     checked(at.switch_page("pages/sensitivity.py").run())
     labelled(at.multiselect, "Components").set_value(KINDS)
