@@ -155,6 +155,25 @@ def test_live_latency_times_the_extracted_model_on_the_dense_models_device(monke
     assert moved == [next(model.parameters()).device]
 
 
+def test_a_cancel_during_the_warm_up_acts_before_the_next_run(monkeypatch):
+    """The warm-up runs (a first one may compile the GPU kernels for a long time) check for a cancel one by one."""
+    import shedder.measurement.refine as refine
+
+    runs = []
+    monkeypatch.setattr(refine, "generate_exactly", lambda m, prompt, n: runs.append("warm-up"))
+    monkeypatch.setattr(refine, "timed_generate", lambda m, prompt, n: runs.append("timed") or (0.1, 0.2))
+
+    def cancel_after_one_run():
+        if runs:
+            raise RuntimeError("cancelled")
+
+    model = build("mamba2")
+    with pytest.raises(RuntimeError, match="cancelled"):
+        refine.refining_latency(model, Plan.for_model(model, [Component("block", 1)]), prompt_len=8, new_tokens=2,
+                                repeats=3, warmup=2, between_pairs=cancel_after_one_run)
+    assert runs == ["warm-up"]
+
+
 def test_subset_sizes_grow_to_the_limit_and_changed_documents_are_found():
     from shedder.measurement.refine import changed_documents, subset_sizes
 

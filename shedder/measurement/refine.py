@@ -28,8 +28,8 @@ def refining_latency(model: nn.Module, plan: Plan, prompt_len: int, new_tokens: 
                      between_pairs: Callable[[], None] | None = None, round_size: int = 3) -> dict:
     """:func:`shedder.speed.latency.compare_latency`'s measurement (dense and extracted timed in turns, the same
     result fields), reported through ``on_round`` after every ``round_size`` pairs from :data:`MIN_PAIRS` on,
-    with ``final`` False until all ``repeats`` pairs are timed. ``between_pairs`` runs between timed pairs
-    (a pause for foreground work, a cancellation check); it is never timed."""
+    with ``final`` False until all ``repeats`` pairs are timed. ``between_pairs`` runs before every warm-up run
+    and between timed pairs (a pause for foreground work, a cancellation check); it is never timed."""
     if repeats < MIN_PAIRS:
         raise ShedderError(f"Latency needs at least {MIN_PAIRS} timed runs per model to show its spread.")
     # extraction builds on the CPU: the extracted model is timed on the dense model's device
@@ -60,6 +60,8 @@ def refining_latency(model: nn.Module, plan: Plan, prompt_len: int, new_tokens: 
 
     for _ in range(warmup):
         for m in (model, small):
+            if between_pairs is not None:  # a first run may compile the kernels: a cancel need not wait for all
+                between_pairs()
             generate_exactly(m, prompt, new_tokens)
     latest = None
     for n in range(repeats):
