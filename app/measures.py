@@ -197,7 +197,8 @@ def start_refining(choice: ModelChoice, plan: Plan, want_latency: bool, want_acc
         job.update(0, 0, "copying the model")
         copy = private_copy(model)
         if want_latency:
-            job.update(0, LATENCY_REPEATS, "latency: timing pairs")
+            def phase(text):
+                job.update(0, LATENCY_REPEATS if text == "timing pairs" else 0, f"latency: {text}")
 
             def between_pairs():
                 job.check()
@@ -211,7 +212,8 @@ def start_refining(choice: ModelChoice, plan: Plan, want_latency: bool, want_acc
 
             try:
                 measured = refining_latency(copy, plan, lat["prompt_len"], lat["new_tokens"], LATENCY_REPEATS,
-                                            LATENCY_WARMUP, on_round=on_round, between_pairs=between_pairs, round_size=1)
+                                            LATENCY_WARMUP, on_round=on_round, between_pairs=between_pairs, round_size=1,
+                                            phase=phase)
             except ShedderError as exc:  # e.g. a plan the extractor refuses: say why, and go on to accuracy
                 partial.pop("latency", None)
                 partial["latency_error"] = str(exc)

@@ -128,9 +128,11 @@ def test_latency_refines_round_by_round_and_ends_final():
     from shedder.measurement.refine import refining_latency
 
     model = build("mamba2")
-    rounds = []
+    rounds, phases = [], []
     result = refining_latency(model, Plan.for_model(model, [Component("block", 1)]), prompt_len=8, new_tokens=2,
-                              repeats=9, warmup=1, on_round=rounds.append, round_size=3)
+                              repeats=9, warmup=1, on_round=rounds.append, round_size=3, phase=phases.append)
+    assert phases == ["extracting the plan", "warming up: dense model, run 1 of 1",
+                      "warming up: extracted model, run 1 of 1", "timing pairs"]
     assert [r["speedup"]["runs"] for r in rounds] == [3, 6, 9]
     assert [r["final"] for r in rounds] == [False, False, True] and result is rounds[-1]
     assert result["extracted_ms"]["runs"] == 9 and result["ideal_speedup"] > 1

@@ -25,14 +25,18 @@ MIN_PAIRS = 3  # the fewest timed pairs a latency result is given for (quartiles
 
 def refining_latency(model: nn.Module, plan: Plan, prompt_len: int, new_tokens: int, repeats: int = 21,
                      warmup: int = 2, seed: int = 0, on_round: Callable[[dict], None] | None = None,
-                     between_pairs: Callable[[], None] | None = None, round_size: int = 3) -> dict:
+                     between_pairs: Callable[[], None] | None = None, round_size: int = 3,
+                     phase: Callable[[str], None] = lambda text: None) -> dict:
     """:func:`shedder.speed.latency.compare_latency`'s measurement (dense and extracted timed in turns, the same
     result fields), reported through ``on_round`` after every ``round_size`` pairs from :data:`MIN_PAIRS` on,
     with ``final`` False until all ``repeats`` pairs are timed. ``between_pairs`` runs before every warm-up run
-    and between timed pairs (a pause for foreground work, a cancellation check); it is never timed."""
+    and between timed pairs (a pause for foreground work, a cancellation check); it is never timed. ``phase``
+    is told what runs before the pairs: extraction, each warm-up run."""
     if repeats < MIN_PAIRS:
         raise ShedderError(f"Latency needs at least {MIN_PAIRS} timed runs per model to show its spread.")
     # extraction builds on the CPU: the extracted model is timed on the dense model's device
+    if plan.removed:
+        phase("extracting the plan")
     small = extracted_model(model, plan).to(model_device(model)) if plan.removed else model
     prompt = random_prompt(model, 1, prompt_len, seed)
     times = {"dense": [], "extracted": []}
@@ -58,11 +62,13 @@ def refining_latency(model: nn.Module, plan: Plan, prompt_len: int, new_tokens: 
                 "speedup": speedup, "ideal_speedup": ideal, "notes": latency_verdict(speedup, ideal), "params": params,
                 "device": device, "final": final, "target_repeats": repeats}
 
-    for _ in range(warmup):
-        for m in (model, small):
+    for run in range(warmup):
+        for name, m in (("dense", model), ("extracted", small)):
             if between_pairs is not None:  # a first run may compile the kernels: a cancel need not wait for all
                 between_pairs()
+            phase(f"warming up: {name} model, run {run + 1} of {warmup}")
             generate_exactly(m, prompt, new_tokens)
+    phase("timing pairs")
     latest = None
     for n in range(repeats):
         if between_pairs is not None:
