@@ -1,6 +1,7 @@
 """Session state and cached resources shared by the pages."""
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -11,11 +12,14 @@ from shedder.errors import ShedderError
 from shedder.jobs import Job
 
 from shedder.measurement.calibration import calibration_windows
-from shedder.measurement.perplexity import PerplexitySetting, perplexity
+from shedder.measurement.perplexity import PerplexitySetting, model_device, perplexity
 from shedder.model.identity import model_fingerprint
+from shedder.model.kernel_tuning import compile_kernels
 from shedder.model.loading import load_model, zoo_names
 from shedder.plan import Plan
 from shedder.removal.masks import catalogue_of, model_lock
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "demo-mamba2"
 
@@ -56,6 +60,13 @@ def _load(choice: ModelChoice, job: Job):
     except Exception as exc:  # noqa: BLE001  (model_or_stop says what went wrong)
         return exc
     job.check()  # cancelled meanwhile: the model is dropped here
+    if model_device(result[0]).type == "cuda":
+        job.update(0, 0, phase="running the model once: the GPU kernels compile on first use (up to a minute)")
+        try:
+            compile_kernels(result[0])
+        except Exception as exc:  # noqa: BLE001  (a model that cannot generate is still loaded; the pages say more)
+            log.warning("The model's first run failed: %s", exc)
+        job.check()
     return result
 
 

@@ -67,3 +67,19 @@ def test_cancel_goes_back_to_the_model_loaded_before(bamba_dir, monkeypatch, tmp
     finally:
         release.set()
         release_later.cancel()
+
+
+def test_a_load_on_a_gpu_runs_the_model_once_before_it_is_ready(monkeypatch):
+    """The GPU kernels compile on their first use: a load on a GPU runs the model once, so that this lands in the
+    load (followed, cancellable) and not in the first measurement. The GPU is stood in for."""
+    import torch
+
+    from shedder.jobs import Job
+
+    ran = []
+    monkeypatch.setattr(state, "model_device", lambda model: torch.device("cuda"))
+    monkeypatch.setattr(state, "compile_kernels", ran.append)
+    job = Job("Loading demo-mamba2", lambda job: state._load(ModelChoice("demo-mamba2"), job))
+    job.wait(300)
+    assert job.state == "done" and ran == [job.result[0]]
+    assert job.phase.startswith("running the model once")

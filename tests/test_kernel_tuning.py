@@ -48,3 +48,21 @@ def test_other_packages_and_untuned_kernels_are_left_out(monkeypatch):
     elsewhere = kernels(monkeypatch, "some_other_package.kernels")
     elsewhere.scan.cache[(1,)] = "not ours"
     assert not [name for name in tuned_configs() if "stand_in" in name or name.startswith("some_other_package")]
+
+
+def test_a_gpu_model_runs_once_when_loaded_and_a_cpu_model_does_not(monkeypatch):
+    """compile_kernels: one pass over a prompt and two generated tokens on a GPU (the kernels compile on first use);
+    nothing on a CPU. The GPU is stood in for by reporting the device as cuda."""
+    import torch
+
+    import shedder.measurement.perplexity as perplexity
+    from shedder.model.kernel_tuning import compile_kernels
+    from tiny_models import build
+
+    model = build("mamba2")
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(1))
+    assert compile_kernels(model) is False and calls == []
+    monkeypatch.setattr(perplexity, "model_device", lambda m: torch.device("cuda"))
+    assert compile_kernels(model, prompt_len=16) is True
+    assert len(calls) == 2  # the prompt's pass, then the second token's step

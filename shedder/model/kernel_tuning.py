@@ -52,3 +52,17 @@ def use_configs(configs: dict[str, dict]) -> int:
         if name in tuners:
             tuners[name].cache.update(cache)
     return sum(name in tuners for name in configs)
+
+
+def compile_kernels(model, prompt_len: int = 256) -> bool:
+    """On a GPU, run ``model`` once: a pass over a ``prompt_len``-token prompt and two generated tokens. The Mamba
+    kernels compile and tune themselves on first use, which can take tens of seconds on a machine that has not run
+    them before; done here (in a model's load), it does not land in the first measurement. False on a CPU (nothing
+    to compile)."""
+    from ..measurement.perplexity import model_device
+    from ..speed.latency import generate_exactly, random_prompt
+
+    if model_device(model).type != "cuda":
+        return False
+    generate_exactly(model, random_prompt(model, 1, prompt_len, seed=0), 2)
+    return True
