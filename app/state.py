@@ -230,11 +230,11 @@ def start_sensitivity(choice: ModelChoice, kinds: list[str], setting: Perplexity
     return jobs.start("sensitivity", f"Sensitivity of {len(components)} components", work)
 
 
-def _measure(model, windows, plan: Plan, progress=None) -> float:
+def _measure(model, windows, plan: Plan) -> float:
     from shedder.jobs import foreground
 
     with foreground():  # background jobs pause at their next layer meanwhile: a toggle never waits for them
-        return perplexity(model, windows, plan, batch_size=4, progress=progress).ppl
+        return perplexity(model, windows, plan, batch_size=4).ppl
 
 
 class _NotCached(Exception):
@@ -286,6 +286,8 @@ def start_dense_perplexity(choice: ModelChoice, setting: PerplexitySetting) -> J
     """Measure the perplexity with nothing removed on ``setting`` as this session's job ``DENSE_JOB`` (``job.key``:
     the model and setting), with progress per batch of windows and Cancel acting between batches; the page caches
     its result with ``known_perplexity``."""
+    from shedder.jobs import foreground
+
     from . import jobs
 
     model, tokenizer = loaded(choice)
@@ -299,7 +301,9 @@ def start_dense_perplexity(choice: ModelChoice, setting: PerplexitySetting) -> J
             job.check()
 
         progress(0, len(windows))
-        return _measure(model, windows, Plan(), progress)
+        # on the shared model, as a toggle measures (the same value), but taking it one batch at a time: a toggle
+        # of any session goes first between batches, and other jobs pause only while a batch runs
+        return perplexity(model, windows, Plan(), batch_size=4, progress=progress, around_batch=foreground).ppl
 
     job = jobs.start(DENSE_JOB, "Dense perplexity", work)
     job.key = (choice, setting)

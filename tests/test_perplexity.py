@@ -58,6 +58,40 @@ def test_progress_reports_every_batch(stream):
     assert calls == [(2, 5), (4, 5), (5, 5)]
 
 
+def test_a_batch_at_a_time_gives_the_same_perplexity_and_frees_the_model_between_batches(stream):
+    """around_batch: masks and the model's lock per batch (a shared model's other users go first between them)."""
+    import threading
+    from contextlib import contextmanager
+
+    from shedder.removal.masks import model_lock
+
+    model, windows = build("bamba"), cut_windows(stream, 16, 16 * 5)
+    removed = [Component("ssm", 0), Component("mlp_channels", 1, 3)]
+    entered, free_between = [], []
+
+    @contextmanager
+    def around():
+        entered.append(1)
+        yield
+
+    def try_lock():
+        free = model_lock(model).acquire(blocking=False)
+        if free:
+            model_lock(model).release()
+        free_between.append(free)
+
+    def lock_is_free(done, total):  # asked from another thread, as another session's toggle would
+        thread = threading.Thread(target=try_lock)
+        thread.start()
+        thread.join()
+
+    whole = perplexity(model, windows, removed, batch_size=2, progress=lock_is_free)
+    assert free_between == [False, False, False]  # the masks and the lock are held for the whole run
+    free_between.clear()
+    batched = perplexity(model, windows, removed, batch_size=2, progress=lock_is_free, around_batch=around)
+    assert batched.ppl == whole.ppl and len(entered) == 3 and free_between == [True, True, True]
+
+
 def test_windows_from_the_start_and_seeded_samples(stream):
     first = cut_windows(stream, 10, n_tokens=30)
     assert torch.equal(first.ids.reshape(-1), stream[:30])

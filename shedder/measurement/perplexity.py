@@ -7,8 +7,9 @@ from float32 log-probabilities, whatever the model's dtype.
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+from typing import Callable, ContextManager, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -82,16 +83,25 @@ def window_nll(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def perplexity(model: nn.Module, windows: Windows, plan: Plan | Iterable[Component] = (), batch_size: int = 8,
-               progress: Progress | None = None) -> PerplexityResult:
-    """Perplexity of ``model`` with ``plan`` (a plan, or a list of components) masked, over all ``windows``."""
+               progress: Progress | None = None, around_batch: Callable[[], ContextManager] | None = None
+               ) -> PerplexityResult:
+    """Perplexity of ``model`` with ``plan`` (a plan, or a list of components) masked, over all ``windows``.
+    ``around_batch``: each batch runs inside it and masks the model on its own, so that the model's lock is free
+    between batches (other users of a shared model go first there); the result is the same."""
     if len(windows) == 0:
         raise ShedderError("No calibration windows to evaluate.")
     if batch_size < 1:
         raise ShedderError("batch_size must be at least 1.")
     total = torch.zeros((), dtype=torch.float64)
-    with masked(model, plan):
+    with ExitStack() as whole:
+        if around_batch is None:
+            whole.enter_context(masked(model, plan))
         for start in range(0, len(windows), batch_size):
-            total += window_nll(model, windows.ids[start:start + batch_size]).sum()
+            with ExitStack() as each:
+                if around_batch is not None:
+                    each.enter_context(around_batch())
+                    each.enter_context(masked(model, plan))
+                total += window_nll(model, windows.ids[start:start + batch_size]).sum()
             if progress is not None:
                 progress(min(start + batch_size, len(windows)), len(windows))
     n_predictions = len(windows) * (windows.seq_len - 1)
