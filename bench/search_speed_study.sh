@@ -32,8 +32,9 @@ for model in smollm2-135m smollm2-hybrid; do
 done
 
 if [ "$GPUS" -ge 2 ]; then
-    # the same search on 1 and 2 Ray workers (one GPU each), same plan required
-    python bench/ray_scaling.py --workers 1,2 --local --random-mamba2 64x2560 --dtype bfloat16 --windows 32 \
+    # the same search on 1 and 2 Ray workers (one GPU each), same plan required; and its first step on both GPUs
+    # at once without Ray, one process each, to tell a slowdown of the host from one of Ray
+    python bench/ray_scaling.py --workers 1,2 --local --concurrent-local --random-mamba2 64x2560 --dtype bfloat16 --windows 32 \
         --seq-len 1024 --batch-size 4 --targets block,ssm --steps 2 >"$LOGS/ray_scaling.log" 2>&1 || echo "ray_scaling: see its log"
     # a replica spread over both GPUs gives one GPU's numbers and plan
     python -m pytest -q tests/test_sharding.py -p no:cacheprovider >"$LOGS/sharding.log" 2>&1 || true
