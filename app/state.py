@@ -230,13 +230,6 @@ def start_sensitivity(choice: ModelChoice, kinds: list[str], setting: Perplexity
     return jobs.start("sensitivity", f"Sensitivity of {len(components)} components", work)
 
 
-def _measure(model, windows, plan: Plan) -> float:
-    from shedder.jobs import foreground
-
-    with foreground():  # background jobs pause at their next layer meanwhile: a toggle never waits for them
-        return perplexity(model, windows, plan, batch_size=4).ppl
-
-
 class _NotCached(Exception):
     """masked_perplexity found nothing cached and was not to measure it."""
 
@@ -253,10 +246,13 @@ def masked_perplexity(choice: ModelChoice, removed: tuple, calib: str, tokens: i
         if value is None:
             raise _NotCached
         return value
+    from shedder.jobs import foreground
+
     model, tokenizer = loaded(choice)
     windows = calibration_windows(calib, tokenizer, seq_len, tokens)
-    return _measure(model, windows, Plan(list(removed), channel_group_size=channel_group_size,
-                                         channel_reorder=channel_reorder))
+    with foreground():  # background jobs pause at their next layer meanwhile: a toggle never waits for them
+        plan = Plan(list(removed), channel_group_size=channel_group_size, channel_reorder=channel_reorder)
+        return perplexity(model, windows, plan, batch_size=4).ppl
 
 
 def plan_perplexity(choice: ModelChoice, plan: Plan, setting: PerplexitySetting | None = None,

@@ -33,6 +33,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import ray
@@ -107,23 +108,28 @@ def check_reachable(address: str) -> None:
                            f"Start it with `ray start --head --port={port}` (README, Scaling out).") from exc
 
 
+def _pci_address(device: torch.device) -> str | None:
+    """``device``'s PCI address (domain:bus:device), where torch knows it."""
+    props = torch.cuda.get_device_properties(device)
+    pci = [getattr(props, f"pci_{part}_id", None) for part in ("domain", "bus", "device")]
+    return f"{pci[0]:04x}:{pci[1]:02x}:{pci[2]:02x}" if None not in pci else None
+
+
 def physical_gpu(device: torch.device) -> str:
     """Which physical GPU ``device`` is (its UUID and PCI address): every worker's ``cuda:0`` is a different one."""
     props = torch.cuda.get_device_properties(device)
     uuid = getattr(props, "uuid", None)
-    pci = [getattr(props, f"pci_{part}_id", None) for part in ("domain", "bus", "device")]
-    where = f"{pci[0]:04x}:{pci[1]:02x}:{pci[2]:02x}" if None not in pci else "pci unknown"
+    where = _pci_address(device) or "pci unknown"
     return f"{props.name} GPU-{uuid} {where}" if uuid is not None else f"{props.name} {where}"
 
 
 def near_cpus(device: torch.device) -> set[int] | None:
     """The CPUs of ``device``'s NUMA node, as the machine lists them for its PCI address (None where it does not)."""
-    props = torch.cuda.get_device_properties(device)
-    pci = [getattr(props, f"pci_{part}_id", None) for part in ("domain", "bus", "device")]
-    if None in pci:
+    address = _pci_address(device)
+    if address is None:
         return None
     try:
-        listed = open(f"/sys/bus/pci/devices/{pci[0]:04x}:{pci[1]:02x}:{pci[2]:02x}.0/local_cpulist").read().strip()
+        listed = Path(f"/sys/bus/pci/devices/{address}.0/local_cpulist").read_text().strip()
     except OSError:
         return None
     cpus: set[int] = set()
