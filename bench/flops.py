@@ -12,6 +12,9 @@ slight underestimate). Evaluations use the search's own Evaluator (prefix reuse 
     python bench/flops.py --random-mamba2 64x2560 --batch-sizes 4,8,16 --windows 32 --seq-len 1024
     python bench/flops.py --random-mamba2 4x256 --device cpu --batch-sizes 2 --windows 4 --seq-len 64  # smoke
 
+``--norms stock,fused`` times each batch size with transformers' own Mamba-2 norms and with mamba-ssm's fused
+norm kernels (``shedder.model.fused_norms``, what a model placed on a GPU runs); the default is ``fused``.
+
 ``--profile`` adds where the GPU time of those evaluations goes (torch.profiler, first batch size): device time
 per kernel family (matmuls, the SSD scan, the convolution, norms, the loss, the rest) and the share of the wall
 time in which no kernel ran.
@@ -37,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_cost import random_mamba2  # noqa: E402
 from shedder.measurement.calibration import cut_windows  # noqa: E402
 from shedder.measurement.evaluator import EvalSettings, Evaluator  # noqa: E402
+from shedder.model.fused_norms import use_fused_norms  # noqa: E402
 from shedder.model.loading import resolve_device  # noqa: E402
 from shedder.removal.catalogue import Component  # noqa: E402
 from shedder.speed.cost_model import model_cost  # noqa: E402
@@ -120,6 +124,33 @@ def layer_and_head_flops(model, seq_len: int) -> tuple[float, float]:
     return layers / len(cost.layers), head
 
 
+def time_evaluations(model, windows, candidates, batch_size: int, device: torch.device, per_layer: float,
+                     head: float, tokens: int, peak: float, profile: bool) -> dict:
+    """Time the block ``candidates``' evaluations at ``batch_size`` windows per forward: FLOP/s and share of peak."""
+    evaluator = Evaluator(model, windows, EvalSettings(batch_size=batch_size, group_layers=False))
+    with torch.no_grad():
+        evaluator.set_base([])
+        evaluator.evaluate(candidates[0])  # warm-up: kernels compiled and tuned for this batch shape
+        work_before = evaluator.work
+        seconds = timed(lambda: [evaluator.evaluate(candidate) for candidate in candidates], device)
+    work = evaluator.work - work_before
+    flops = work * per_layer + len(candidates) * tokens * head
+    run = {"batch_size": batch_size, "tokens_per_forward": batch_size * windows.seq_len,
+           "seconds": round(seconds, 4), "seconds_per_candidate": round(seconds / len(candidates), 4),
+           "tflops": round(flops / seconds / 1e12, 1), "share_of_peak": round(flops / seconds / peak, 3)}
+    if device.type == "cuda":
+        run["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 1)
+        torch.cuda.reset_peak_memory_stats(device)
+    if profile:
+        with torch.no_grad():
+            run["profile"] = profile_evaluations(
+                lambda: [evaluator.evaluate(candidate) for candidate in candidates], device)
+    del evaluator
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--random-mamba2", default="64x2560", help="LAYERSxWIDTH of the random-weight Mamba-2")
@@ -128,7 +159,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--candidates", type=int, default=6, help="block candidates evaluated per batch size")
-    parser.add_argument("--profile", action="store_true", help="also profile kernels at the first batch size")
+    parser.add_argument("--norms", default="fused", help="stock, fused or both (stock,fused): which Mamba-2 norms")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile kernels at the first batch size (of each --norms)")
     parser.add_argument("--tag", default=None)
     args = parser.parse_args()
 
@@ -151,30 +184,17 @@ def main() -> None:
               "flops_per_token_per_layer": round(per_layer), "head_flops_per_token": round(head),
               "matmul_peak_tflops": round(peak / 1e12, 1), "runs": []}
     tokens = args.windows * args.seq_len
-    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        evaluator = Evaluator(model, windows, EvalSettings(batch_size=batch_size, group_layers=False))
-        with torch.no_grad():
-            evaluator.set_base([])
-            evaluator.evaluate(candidates[0])  # warm-up: kernels compiled and tuned for this batch shape
-            work_before = evaluator.work
-            seconds = timed(lambda: [evaluator.evaluate(candidate) for candidate in candidates], device)
-        work = evaluator.work - work_before
-        flops = work * per_layer + len(candidates) * tokens * head
-        run = {"batch_size": batch_size, "tokens_per_forward": batch_size * args.seq_len,
-               "seconds": round(seconds, 4), "seconds_per_candidate": round(seconds / len(candidates), 4),
-               "tflops": round(flops / seconds / 1e12, 1), "share_of_peak": round(flops / seconds / peak, 3)}
-        if device.type == "cuda":
-            run["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 1)
-            torch.cuda.reset_peak_memory_stats(device)
-        if args.profile and not result["runs"]:
-            with torch.no_grad():
-                run["profile"] = profile_evaluations(
-                    lambda: [evaluator.evaluate(candidate) for candidate in candidates], device)
-        result["runs"].append(run)
-        print(json.dumps({k: v for k, v in run.items() if k != "profile"}), flush=True)
-        del evaluator
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    for norms in args.norms.split(","):
+        fused = use_fused_norms(norms == "fused")
+        if norms == "fused" and not fused:
+            print("fused norms unavailable here (no mamba-ssm, or SHEDDER_FUSED_NORMS=0): skipped", flush=True)
+            continue
+        for position, batch_size in enumerate(int(b) for b in args.batch_sizes.split(",")):
+            run = time_evaluations(model, windows, candidates, batch_size, device, per_layer, head, tokens, peak,
+                                   profile=args.profile and position == 0)
+            run = {"norms": norms, **run}
+            result["runs"].append(run)
+            print(json.dumps({k: v for k, v in run.items() if k != "profile"}), flush=True)
     tag = args.tag or f"{name.replace('NVIDIA ', '').replace(' ', '-')}_mamba2-{args.random_mamba2}"
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"flops_{tag}.json"

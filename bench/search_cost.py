@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shedder.measurement.calibration import Windows, calibration_windows, cut_windows  # noqa: E402
 from shedder.measurement.evaluator import EvalSettings  # noqa: E402
 from shedder.measurement.perplexity import perplexity  # noqa: E402
+from shedder.model.fused_norms import use_fused_norms  # noqa: E402
 from shedder.model.loading import load_model, resolve_device, resolve_dtype  # noqa: E402
 from shedder.removal.catalogue import Component  # noqa: E402
 from shedder.searching.search import Stage, naive_search, search  # noqa: E402
@@ -36,6 +37,8 @@ def random_mamba2(shape: str, device: torch.device, dtype: torch.dtype):
     config = Mamba2Config(vocab_size=50280, hidden_size=width, num_hidden_layers=layers, state_size=128,
                           expand=2, head_dim=64, num_heads=2 * width // 64, n_groups=1)
     torch.manual_seed(0)
+    if device.type == "cuda":
+        use_fused_norms()  # as for a model loaded onto a GPU (shedder.model.loading)
     return Mamba2ForCausalLM(config).to(device, dtype).eval()
 
 

@@ -199,6 +199,10 @@ class Evaluator:
         return max(k for k in self._states if k <= layer)
 
     # -- carry-over to the next step -------------------------------------------------------------------
+    def carries(self, candidate: Component) -> bool:
+        """Whether ``candidate`` starts from states carried over from the previous step (so later than its layer)."""
+        return bool(self._carried.get(candidate))
+
     def carry_at(self, layers: list[int]) -> None:
         """From now until the next ``set_base``, every candidate keeps its hidden state entering each of ``layers``
         after its own (per window batch, within the memory for stored states), for the next step of a search."""
@@ -280,19 +284,20 @@ class Evaluator:
         return (self.group_layers and self.settings.prefix_reuse and self._layers_independent and layer in self._states
                 and layer + 1 < self.n_layers)
 
-    def _layer_output(self, removed: list[Component], layer: int, b: int) -> torch.Tensor:
-        """The hidden state leaving ``layer`` with ``removed`` masked, for window batch ``b``."""
-        holder, got = {"hidden": self._states[layer][b]}, {}
+    def _layer_output(self, removed: list[Component], layer: int, batches: list[int]) -> torch.Tensor:
+        """The hidden state leaving ``layer`` with ``removed`` masked, for the window batches ``batches`` together."""
+        holder, got = {"hidden": torch.cat([self._states[layer][b] for b in batches])}, {}
 
         def stop(module, args, output):
             got["hidden"] = output[0] if isinstance(output, tuple) else output
             raise _LayerDone
 
+        ids = torch.cat([self.batches[b] for b in batches])
         handle = self._layer_modules[layer].register_forward_hook(stop)
         try:
             with masked(self.model, self.grouping.with_removed(removed)), start_at_layer(self.model, layer, holder):
                 try:
-                    self.model(input_ids=self.batches[b].to(model_device(self.model)), use_cache=False)
+                    self.model(input_ids=ids.to(model_device(self.model)), use_cache=False)
                 except _LayerDone:
                     pass
         finally:
@@ -313,41 +318,81 @@ class Evaluator:
                 yield from (self.evaluate(candidate, bound) for candidate in group)
 
     def evaluate_layer(self, candidates: list[Component], bound: float | Callable[[], float] = math.inf,
-                       max_windows: int = 64) -> list[CandidateResult]:
+                       max_windows: int | None = None, resume: dict[Component, CandidateResult] | None = None,
+                       ) -> list[CandidateResult]:
         """:meth:`evaluate` for several candidates of one :meth:`groupable` layer at once (the same results):
-        after each window batch the candidates whose partial sum exceeds ``bound`` stop. At most
-        ``max_windows`` windows run together; more candidates are split into groups."""
+        after each window batch the candidates whose partial sum exceeds ``bound`` stop, where one-at-a-time
+        evaluation stops. At most ``max_windows`` windows run in one forward (None: :func:`windows_per_forward`);
+        more candidates are split into groups, and fewer run several window batches per forward (after the first
+        batch, which runs alone: a screening reads only that). ``resume``: earlier, stopped evaluations of these
+        candidates, each after the same number of windows, to continue from."""
         layer = candidates[0].layer
         if any(c.layer != layer for c in candidates) or not self.groupable(layer):
             raise ShedderError(f"Candidates {candidates} cannot be evaluated together.")
-        per_group = max(1, max_windows // self.batches[0].shape[0])
+        batch_size = self.batches[0].shape[0]
+        if max_windows is None:
+            max_windows = windows_per_forward(self.model, self.windows.seq_len)
+        per_group = max(1, max_windows // batch_size)
         if len(candidates) > per_group:
             return [r for i in range(0, len(candidates), per_group)
-                    for r in self.evaluate_layer(candidates[i:i + per_group], bound, max_windows)]
-        totals = {c: torch.zeros((), dtype=torch.float64) for c in candidates}
-        done = dict.fromkeys(candidates, 0)
+                    for r in self.evaluate_layer(candidates[i:i + per_group], bound, max_windows, resume)]
+        earlier = [(resume or {}).get(c) for c in candidates]
+        starts = {r.windows_done if r is not None else 0 for r in earlier}
+        if len(starts) > 1:
+            raise ShedderError("Candidates evaluated together must resume after the same number of windows.")
+        totals = {c: torch.tensor(r.nll_sum if r is not None else 0.0, dtype=torch.float64)
+                  for c, r in zip(candidates, earlier)}
+        done = {c: r.windows_done if r is not None else 0 for c, r in zip(candidates, earlier)}
+        b = math.ceil(starts.pop() / batch_size)
         live = list(candidates)
         base = self.grouping.with_removed(self.base)
-        for b, batch in enumerate(self.batches):
-            outputs = [self._layer_output(self.base + [c], layer, b) for c in live]
+        while b < len(self.batches) and live:
+            per_forward = 1 if b == 0 else max(1, max_windows // (len(live) * batch_size))
+            chunk = list(range(b, min(b + per_forward, len(self.batches))))
+            ids = torch.cat([self.batches[i] for i in chunk])
+            outputs = [self._layer_output(self.base + [c], layer, chunk) for c in live]
             # a removed layer hands on its input, which in a model spread over GPUs may sit on the previous GPU
             holder = {"hidden": torch.cat([o.to(outputs[0].device) for o in outputs])}
             with masked(self.model, base), start_at_layer(self.model, layer + 1, holder):
-                nll = window_nll(self.model, batch.repeat(len(live), 1)).view(len(live), -1)
-            self.work += sum(self._layers_run(self.base + [c], layer) for c in live) * batch.numel()
-            limit = bound() if callable(bound) else bound
+                nll = window_nll(self.model, ids.repeat(len(live), 1)).view(len(live), -1)
+            self.work += sum(self._layers_run(self.base + [c], layer) for c in live) * ids.numel()
+            going = []
             for c, rows in zip(live, nll):
-                totals[c] += rows.sum()
-                done[c] += batch.shape[0]
-            live = [c for c in live if float(totals[c]) <= limit]
-            if not live:
-                break
+                offset = 0
+                for i in chunk:  # batch by batch, as one-at-a-time evaluation adds and stops
+                    size = self.batches[i].shape[0]
+                    totals[c] += rows[offset:offset + size].sum()
+                    done[c] += size
+                    offset += size
+                    if self._over(totals[c], bound):
+                        break
+                else:
+                    going.append(c)
+            live, b = going, chunk[-1] + 1
         return [CandidateResult(c, float(totals[c]), done[c] == len(self.windows), done[c], len(self.windows),
                                 self.windows.seq_len) for c in candidates]
+
+    @staticmethod
+    def _over(total: torch.Tensor, bound: float | Callable[[], float]) -> bool:
+        return float(total) > (bound() if callable(bound) else bound)
 
 
 class _LayerDone(Exception):
     """Raised by a forward hook once the layer it watches has produced its output."""
+
+
+def windows_per_forward(model: nn.Module, seq_len: int, cap: int = 64) -> int:
+    """How many windows one forward of candidate evaluation takes at most: on a GPU what a quarter of its free
+    memory holds of the largest per-window tensors (the logits in the model's dtype and their float32 copy, and
+    a few layer activations), at most ``cap``; ``cap`` on a CPU."""
+    device = model_device(model)
+    if device.type != "cuda":
+        return cap
+    config = model.config
+    width = max(getattr(config, "intermediate_size", 0) or 0, 2 * config.hidden_size)
+    per_window = seq_len * (config.vocab_size * 6 + width * 16)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(cap, free // 4 // per_window))
 
 
 def default_state_budget(device: torch.device) -> int:

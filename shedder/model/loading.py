@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import ShedderError
 from ..families import family_for, supported_model_types
 from ..paths import REPO_ROOT
+from .fused_norms import use_fused_norms
 from .sharding import SPREAD, spread_over_gpus
 from .trust import may_run_code, needs_its_code, not_own_extraction
 
@@ -164,7 +165,10 @@ def _require_tokens(tokenizer, spec: str) -> None:
 
 
 def _place(model: nn.Module, target: torch.device, device: str) -> None:
-    """Move a model loaded on the CPU to its device (or over all GPUs) and set eval mode."""
+    """Move a model loaded on the CPU to its device (or over all GPUs) and set eval mode; on a GPU the Mamba-2
+    norms run fused from then on (``fused_norms``)."""
+    if target.type == "cuda":
+        use_fused_norms()
     if device == SPREAD:
         spread_over_gpus(model)
     else:

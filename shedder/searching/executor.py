@@ -110,17 +110,42 @@ class LocalExecutor:
         evaluator.carry_at(list(dict.fromkeys(c.layer for c in order))[:CARRY_LAYERS] if early_stop else [])
         results: list[CandidateResult] = []
         best: CandidateResult | None = None
-        for n, candidate in enumerate(order):
+
+        def bound() -> float:
+            return best.nll_sum if (early_stop and best is not None) else math.inf
+
+        for unit in self._units(order):
             if should_stop is not None and should_stop():
                 return None
-            bound = best.nll_sum if (early_stop and best is not None) else math.inf
-            result = evaluator.evaluate(candidate, bound, resume=screened.get(candidate))
-            results.append(result)
-            if result.complete and better(result, best, rank):
-                best = result
-            if on_candidate is not None:
-                on_candidate(n + 1, len(candidates))
+            if len(unit) > 1:
+                finished = evaluator.evaluate_layer(unit, bound, resume=screened)
+            else:
+                finished = [evaluator.evaluate(unit[0], bound(), resume=screened.get(unit[0]))]
+            for result in finished:
+                results.append(result)
+                if result.complete and better(result, best, rank):
+                    best = result
+                if on_candidate is not None:
+                    on_candidate(len(results), len(candidates))
         return StepOutcome(results, best, evaluator.work - work_before)
+
+    def _units(self, order: list[Component]) -> list[list[Component]]:
+        """The full evaluations of a step, in ``order``: the first candidate alone (its sum bounds the rest), then
+        the others; where the evaluator groups layers, those of one groupable layer run together (at the place of
+        the first of them), except candidates that start from carried states (later than their own layer)."""
+        evaluator = self.evaluator
+        if not evaluator.group_layers or not order:
+            return [[c] for c in order]
+        units, by_layer = [[order[0]]], {}
+        for candidate in order[1:]:
+            if evaluator.groupable(candidate.layer) and not evaluator.carries(candidate):
+                if candidate.layer not in by_layer:
+                    by_layer[candidate.layer] = []
+                    units.append(by_layer[candidate.layer])
+                by_layer[candidate.layer].append(candidate)
+            else:
+                units.append([candidate])
+        return units
 
     def check_same(self, model, windows, grouping, settings):
         evaluator = self.evaluator
