@@ -57,6 +57,7 @@ class EvalSettings:
     prefix_reuse: bool = True  # start each candidate at its own layer from the stored base states
     group_layers: bool | None = None  # run one layer's candidates together (None: on a GPU only)
     carry_over: bool = True  # a search's next step starts candidates before its pick where they kept states (carry_at)
+    windows_per_forward: int | None = None  # most windows in one forward of grouped candidates (None: sized to memory)
 
 
 @dataclass(frozen=True)
@@ -322,7 +323,8 @@ class Evaluator:
                        ) -> list[CandidateResult]:
         """:meth:`evaluate` for several candidates of one :meth:`groupable` layer at once (the same results):
         after each window batch the candidates whose partial sum exceeds ``bound`` stop, where one-at-a-time
-        evaluation stops. At most ``max_windows`` windows run in one forward (None: :func:`windows_per_forward`);
+        evaluation stops. At most ``max_windows`` windows run in one forward (None: the settings', or
+        :func:`windows_per_forward`);
         more candidates are split into groups, and fewer run several window batches per forward (after the first
         batch, which runs alone: a screening reads only that). ``resume``: earlier, stopped evaluations of these
         candidates, each after the same number of windows, to continue from."""
@@ -331,7 +333,7 @@ class Evaluator:
             raise ShedderError(f"Candidates {candidates} cannot be evaluated together.")
         batch_size = self.batches[0].shape[0]
         if max_windows is None:
-            max_windows = windows_per_forward(self.model, self.windows.seq_len)
+            max_windows = self.settings.windows_per_forward or windows_per_forward(self.model, self.windows.seq_len)
         per_group = max(1, max_windows // batch_size)
         if len(candidates) > per_group:
             return [r for i in range(0, len(candidates), per_group)

@@ -12,14 +12,17 @@ a candidate already complete, so it cannot be the pick; one tied with the pick i
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import torch
 from torch import nn
 
 from ..errors import ShedderError
 from ..measurement.calibration import Windows
 from ..measurement.evaluator import CandidateResult, EvalSettings, Evaluator
+from ..measurement.perplexity import model_device
 from ..plan import Plan
 from ..removal.catalogue import Component
 
@@ -33,6 +36,7 @@ class StepOutcome:
     results: list[CandidateResult]  # one per candidate, in no particular order
     best: CandidateResult
     work: int  # layer-forward token passes, base pass included
+    phases: dict[str, float] | None = None  # seconds per phase (base pass, screening, full evaluations), where known
 
 
 @dataclass
@@ -92,6 +96,22 @@ class Executor(Protocol):
         ...
 
 
+class PhaseClock:
+    """Wall seconds of the phases of a step, each ended by :meth:`mark` (after the GPU has finished its work)."""
+
+    def __init__(self, model: nn.Module):
+        self.device = model_device(model)
+        self.phases: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.phases[phase] = round(now - self.last, 4)
+        self.last = now
+
+
 class LocalExecutor:
     """Everything in this process, on one Evaluator (prefix reuse across a step's candidates)."""
 
@@ -101,11 +121,14 @@ class LocalExecutor:
     def run_step(self, base, candidates, rank, early_stop, on_candidate=None, should_stop=None):
         evaluator = self.evaluator
         work_before = evaluator.work
+        clock = PhaseClock(evaluator.model)
         evaluator.set_base(base)
+        clock.mark("base pass")
         # Screening: every candidate's first batch (part of its exact sum anyway) orders the full
         # evaluations, so a strong bound is found early and the rest can stop early.
         screened = {r.component: r for r in evaluator.evaluate_many(candidates, bound=-math.inf)} if early_stop else {}
         order = sorted(candidates, key=lambda c: (screened[c].nll_sum, rank[c])) if early_stop else candidates
+        clock.mark("screening")
         # the layers of the likeliest picks: candidates keep their states there for the next step (exact either way)
         evaluator.carry_at(list(dict.fromkeys(c.layer for c in order))[:CARRY_LAYERS] if early_stop else [])
         results: list[CandidateResult] = []
@@ -127,7 +150,8 @@ class LocalExecutor:
                     best = result
                 if on_candidate is not None:
                     on_candidate(len(results), len(candidates))
-        return StepOutcome(results, best, evaluator.work - work_before)
+        clock.mark("full evaluations")
+        return StepOutcome(results, best, evaluator.work - work_before, clock.phases)
 
     def _units(self, order: list[Component]) -> list[list[Component]]:
         """The full evaluations of a step, in ``order``: the first candidate alone (its sum bounds the rest), then

@@ -173,6 +173,8 @@ def _run_stages(runner, record: dict, stages: list[Stage], removed: list[Compone
                 "evaluated_fully": sum(r.complete for r in results), "seconds": time.perf_counter() - started,
                 "work": outcome.work, "params_removed": catalogue.params_of(removed),
             }
+            if outcome.phases:
+                step["phase_seconds"] = outcome.phases
             record["steps"].append(step)
             save_run(out, record, removed, catalogue, grouping, step_index)
             if on_step is not None:
