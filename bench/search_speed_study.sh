@@ -19,16 +19,18 @@ CLOCKS=$!
 trap 'kill $CLOCKS 2>/dev/null || true' EXIT
 
 # achieved FLOP/s of candidate evaluation against the measured bf16 matmul peak
-CUDA_VISIBLE_DEVICES=0 python bench/flops.py --random-mamba2 64x2560 --batch-sizes 4,16 --windows 32 --seq-len 1024 \
-    --candidates 6 >"$LOGS/flops.log" 2>&1 || echo "flops: see its log"
+# (transformers' own Mamba-2 norms and the fused ones), with the profile of where the GPU time goes
+CUDA_VISIBLE_DEVICES=0 python bench/flops.py --random-mamba2 64x2560 --norms stock,fused --batch-sizes 4,16,32 \
+    --windows 32 --seq-len 1024 --candidates 6 --profile >"$LOGS/flops.log" 2>&1 || echo "flops: see its log"
 
-# naive against optimised search on the two pretrained models, same dtype and settings for both
+# naive against optimised search on the two pretrained models, same dtype and settings for both (bfloat16, the
+# optimised search at 64 and at 128 windows per forward)
 for model in smollm2-135m smollm2-hybrid; do
     targets=block,attn,mlp
     [ "$model" = smollm2-hybrid ] && targets=block,ssm,attn,mlp
-    CUDA_VISIBLE_DEVICES=0 python bench/search_cost.py --model "$model" --device cuda --dtype float32 \
-        --targets "$targets" --steps 6 --tokens 32768 --seq-len 1024 --batch-size 4 \
-        >"$RESULTS/search_cost_cuda_$model.json" 2>"$LOGS/search_cost_$model.log" || echo "search_cost $model: see its log"
+    CUDA_VISIBLE_DEVICES=0 python bench/search_cost.py --model "$model" --device cuda --dtype bfloat16 \
+        --targets "$targets" --steps 6 --tokens 32768 --seq-len 1024 --batch-size 4 --windows-per-forward 64,128 \
+        >"$RESULTS/search_cost_cuda_bf16_$model.json" 2>"$LOGS/search_cost_$model.log" || echo "search_cost $model: see its log"
 done
 
 if [ "$GPUS" -ge 2 ]; then
