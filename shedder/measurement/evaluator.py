@@ -272,7 +272,7 @@ class Evaluator:
                         self._count(removed, start, batch)
                         done += batch.shape[0]
                         b += 1
-                        if float(total) > (bound() if callable(bound) else bound):
+                        if self._over(total, bound):
                             stopped = True
                             break
         complete = done == len(self.windows)
@@ -285,15 +285,16 @@ class Evaluator:
         return (self.group_layers and self.settings.prefix_reuse and self._layers_independent and layer in self._states
                 and layer + 1 < self.n_layers)
 
-    def _layer_output(self, removed: list[Component], layer: int, batches: list[int]) -> torch.Tensor:
-        """The hidden state leaving ``layer`` with ``removed`` masked, for the window batches ``batches`` together."""
-        holder, got = {"hidden": torch.cat([self._states[layer][b] for b in batches])}, {}
+    def _layer_output(self, removed: list[Component], layer: int, hidden: torch.Tensor, ids: torch.Tensor
+                      ) -> torch.Tensor:
+        """The hidden state leaving ``layer`` with ``removed`` masked, given ``hidden`` (its stored input) for the
+        windows ``ids``."""
+        holder, got = {"hidden": hidden}, {}
 
         def stop(module, args, output):
             got["hidden"] = output[0] if isinstance(output, tuple) else output
             raise _LayerDone
 
-        ids = torch.cat([self.batches[b] for b in batches])
         handle = self._layer_modules[layer].register_forward_hook(stop)
         try:
             with masked(self.model, self.grouping.with_removed(removed)), start_at_layer(self.model, layer, holder):
@@ -352,7 +353,8 @@ class Evaluator:
             per_forward = 1 if b == 0 else max(1, max_windows // (len(live) * batch_size))
             chunk = list(range(b, min(b + per_forward, len(self.batches))))
             ids = torch.cat([self.batches[i] for i in chunk])
-            outputs = [self._layer_output(self.base + [c], layer, chunk) for c in live]
+            stored = torch.cat([self._states[layer][i] for i in chunk])  # the layer's input: alike for every candidate
+            outputs = [self._layer_output(self.base + [c], layer, stored, ids) for c in live]
             # a removed layer hands on its input, which in a model spread over GPUs may sit on the previous GPU
             holder = {"hidden": torch.cat([o.to(outputs[0].device) for o in outputs])}
             with masked(self.model, base), start_at_layer(self.model, layer + 1, holder):

@@ -70,7 +70,3 @@ def use_fused_norms(on: bool = True) -> bool:
         _patch()
     _STATE["on"] = on
     return on
-
-
-def fused_norms_on() -> bool:
-    return _STATE["on"]
