@@ -36,7 +36,7 @@ def test_layer_group_equals_one_at_a_time(family):
     for layer, group in by_layer(model, base).items():
         if len(group) < 2 or not evaluator.groupable(layer):
             continue
-        together = evaluator.evaluate_layer(group)
+        together = evaluator.evaluate_together(group)
         alone = [evaluator.evaluate(c) for c in group]
         assert [(r.component, r.nll_sum, r.complete) for r in together] == \
                [(r.component, r.nll_sum, r.complete) for r in alone]
@@ -51,7 +51,7 @@ def test_group_stops_early_exactly_where_one_at_a_time_stops():
     group = by_layer(model)[1]
     alone = [evaluator.evaluate(c) for c in group]
     bound = sorted(r.nll_sum for r in alone)[len(alone) // 2] * 0.6  # some stop part-way
-    together = evaluator.evaluate_layer(group, bound)
+    together = evaluator.evaluate_together(group, bound)
     expected = [evaluator.evaluate(c, bound) for c in group]
     assert [(r.nll_sum, r.windows_done, r.complete) for r in together] == \
            [(r.nll_sum, r.windows_done, r.complete) for r in expected]
@@ -63,8 +63,8 @@ def test_groups_larger_than_the_window_cap_are_split():
     evaluator = Evaluator(model, windows(), EvalSettings(batch_size=4, group_layers=True))
     evaluator.set_base([])
     group = by_layer(model)[1]
-    assert [r.nll_sum for r in evaluator.evaluate_layer(group, max_windows=4)] == \
-           [r.nll_sum for r in evaluator.evaluate_layer(group)]
+    assert [r.nll_sum for r in evaluator.evaluate_together(group, max_windows=4)] == \
+           [r.nll_sum for r in evaluator.evaluate_together(group)]
 
 
 KINDS = ["block", "ssm", "attn", "mlp", "ssm_heads", "mlp_channels"]
@@ -123,9 +123,9 @@ def test_resumed_group_equals_resumed_one_at_a_time():
     evaluator = Evaluator(model, windows(n=8), EvalSettings(batch_size=2, group_layers=True))
     evaluator.set_base([])
     group = by_layer(model)[1]
-    screened = {r.component: r for r in evaluator.evaluate_layer(group, bound=-math.inf)}
+    screened = {r.component: r for r in evaluator.evaluate_together(group, bound=-math.inf)}
     assert all(r.windows_done == 2 for r in screened.values())  # the first batch only
-    together = evaluator.evaluate_layer(group, resume=screened)
+    together = evaluator.evaluate_together(group, resume=screened)
     alone = [evaluator.evaluate(c, resume=screened[c]) for c in group]
     assert [(r.nll_sum, r.windows_done, r.complete) for r in together] == \
            [(r.nll_sum, r.windows_done, r.complete) for r in alone]
@@ -150,3 +150,59 @@ def test_search_steps_run_layers_together_in_fewer_forwards():
         handle.remove()
     assert runs[True][:2] == runs[False][:2]
     assert runs[True][2] < 0.75 * runs[False][2], runs  # 140 against 208 calls of the model
+
+
+def test_carried_candidates_run_together_with_the_sums_of_a_fresh_evaluation():
+    """States kept in a grouped run carry over to the next step, where the candidates that have them run together
+    from the carried layer, with exactly the sums of an evaluator that starts them at their own layers."""
+    model = build("mamba2", num_hidden_layers=6)
+    calibration, settings = windows(n=8), EvalSettings(batch_size=2, group_layers=True)
+    evaluator = Evaluator(model, calibration, settings)
+    evaluator.set_base([])
+    evaluator.carry_at([4])
+    earlier = [c for layer, group in by_layer(model).items() if layer < 4 for c in group]
+    list(evaluator.evaluate_many(earlier))
+    pick = by_layer(model)[4][0]
+    evaluator.set_base([pick])
+    assert {evaluator.joins_at(c) for c in earlier} == {4}  # every one carried to layer 4
+    work_before = evaluator.work
+    together = evaluator.evaluate_together(earlier)
+    carried_work = evaluator.work - work_before
+    fresh = Evaluator(model, calibration, EvalSettings(batch_size=2, group_layers=False))
+    fresh.set_base([pick])
+    work_before = fresh.work
+    alone = [fresh.evaluate(c) for c in earlier]
+    assert [(r.component, r.nll_sum, r.complete) for r in together] == \
+           [(r.component, r.nll_sum, r.complete) for r in alone]
+    assert carried_work < fresh.work - work_before
+
+
+def test_grouped_search_carries_states_over_for_less_work_and_the_same_plan():
+    model = build("mamba2", num_hidden_layers=8)
+    calibration, runs = windows(n=8), {}
+    for carry_over in (False, True):
+        settings = EvalSettings(batch_size=2, group_layers=True, carry_over=carry_over)
+        runs[carry_over] = search(model, calibration, parse_stages("block,ssm:4"), settings=settings)
+    assert runs[True]["removed"] == runs[False]["removed"]
+    assert [s["ppl"] for s in runs[True]["steps"]] == [s["ppl"] for s in runs[False]["steps"]]
+    assert runs[True]["work"] < runs[False]["work"]
+
+
+def test_a_lone_candidate_resumes_in_fewer_forwards_with_the_same_sum():
+    """After its screening, one candidate (the first of a step, or a Ray worker's) runs its remaining window batches in
+    one forward of the layers after its own, instead of a forward per batch."""
+    model = build("mamba2")
+    evaluator = Evaluator(model, windows(n=8), EvalSettings(batch_size=2, group_layers=True))
+    evaluator.set_base([])
+    candidate = by_layer(model)[1][0]
+    screened = evaluator.evaluate(candidate, bound=-math.inf)
+    calls = {"n": 0}
+    handle = model.register_forward_pre_hook(lambda module, args: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        [together] = evaluator.evaluate_unit([candidate], resume={candidate: screened})
+        forwards_together, calls["n"] = calls["n"], 0
+        alone = evaluator.evaluate(candidate, resume=screened)
+    finally:
+        handle.remove()
+    assert (together.nll_sum, together.windows_done) == (alone.nll_sum, alone.windows_done)
+    assert forwards_together == 2 and calls["n"] == 3  # its own layer, then the rest; against 3 batches

@@ -15,11 +15,12 @@ Two exact savings over recomputing the whole model for every candidate (see the 
   candidate keeps its state entering those after its own layer; the next step (``set_base``) starts each such
   candidate at the latest of them that is not after the pick, instead of at its own layer.
 
-Candidates of one layer can also run together (:meth:`Evaluator.evaluate_layer`): each runs its own
-layer on the stored input, then the layers after it run once for all of them, their windows stacked
-along the batch, which small models (bound by per-call overhead, not arithmetic) run several times
-faster. Every window's NLL is still its own row of the same computation; ``tests/test_search.py``
-checks that the sums equal one-at-a-time evaluation exactly.
+Candidates can also run together (:meth:`Evaluator.evaluate_together`): those that join the base plan at one layer
+(:meth:`Evaluator.joins_at`: the layer after their own, or the layer their carried states enter) each get their
+state entering it (their own layer run on the stored input, or the carried state), then the layers from there run
+once for all of them, their windows stacked along the batch, which small models (bound by per-call overhead, not
+arithmetic) run several times faster. Every window's NLL is still its own row of the same computation;
+``tests/test_batched_candidates.py`` checks that the sums equal one-at-a-time evaluation exactly.
 
 Work is counted in layer-forward token passes: one layer run over one token is 1.
 Batches are fixed (``batch_size`` windows each, in order) and sums are accumulated per batch in the
@@ -200,9 +201,11 @@ class Evaluator:
         return max(k for k in self._states if k <= layer)
 
     # -- carry-over to the next step -------------------------------------------------------------------
-    def carries(self, candidate: Component) -> bool:
-        """Whether ``candidate`` starts from states carried over from the previous step (so later than its layer)."""
-        return bool(self._carried.get(candidate))
+    def _carried_from(self, candidate: Component, first_batch: int) -> bool:
+        """Whether ``candidate`` has states carried over from the previous step for window batch ``first_batch`` and
+        every one after it."""
+        carried = self._carried.get(candidate, {})
+        return all(b in carried for b in range(first_batch, len(self.batches)))
 
     def carry_at(self, layers: list[int]) -> None:
         """From now until the next ``set_base``, every candidate keeps its hidden state entering each of ``layers``
@@ -211,19 +214,24 @@ class Evaluator:
         self._carry_layers = sorted({layer for layer in layers if layer > 0}) if usable else []
 
     @contextmanager
-    def _keeping(self, candidate: Component | None, start: int, at: dict):
-        """While the block runs, store ``candidate``'s hidden state entering each carry layer after its own, for
-        window batch ``at["b"]`` (only where the run computes that layer's input: it starts at or before it)."""
-        layers = [q for q in self._carry_layers if candidate is not None and candidate.layer < q and start <= q]
+    def _keeping(self, members: list[Component], start: int, at: dict):
+        """While the block runs, store each member's hidden state entering each carry layer after its own layer, for
+        the window batches named in ``at["rows"]`` (``(candidate, batch, windows)`` in the order of the batch rows;
+        only where the run computes that layer's input: it starts at or before it)."""
+        layers = [q for q in self._carry_layers if members and start <= q and all(c.layer < q for c in members)]
         budget = self._state_budget() if layers else 0
 
         def keep(layer: int):
             def hook(module, args, kwargs):
                 hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-                size = hidden.numel() * hidden.element_size()
-                if self._carry_bytes + size <= budget:
-                    self._carrying.setdefault(layer, {}).setdefault(candidate, {})[at["b"]] = hidden.detach().clone()
-                    self._carry_bytes += size
+                offset = 0
+                for candidate, b, rows in at["rows"]:
+                    part = hidden[offset:offset + rows]
+                    offset += rows
+                    size = part.numel() * part.element_size()
+                    if self._carry_bytes + size <= budget:
+                        self._carrying.setdefault(layer, {}).setdefault(candidate, {})[b] = part.detach().clone()
+                        self._carry_bytes += size
             return hook
 
         handles = [self._layer_modules[q].register_forward_pre_hook(keep(q), with_kwargs=True) for q in layers]
@@ -262,12 +270,12 @@ class Evaluator:
             while b < len(self.batches) and not stopped:
                 start = start_of(b)  # a run of batches with one start
                 context = start_at_layer(self.model, start, at) if start > 0 else _nothing()
-                with context, self._keeping(candidate, start, at):
+                with context, self._keeping([candidate] if candidate is not None else [], start, at):
                     while b < len(self.batches) and start_of(b) == start:
                         if start > 0:
                             at["hidden"] = carried[b] if b in carried else self._states[start][b]
-                        at["b"] = b
                         batch = self.batches[b]
+                        at["rows"] = [(candidate, b, batch.shape[0])]
                         total += window_nll(self.model, batch).sum()
                         self._count(removed, start, batch)
                         done += batch.shape[0]
@@ -306,39 +314,72 @@ class Evaluator:
             handle.remove()
         return got["hidden"]
 
+    def joins_at(self, candidate: Component, first_batch: int = 0) -> int | None:
+        """The layer from which ``candidate``'s run is the base plan alone on its own hidden states, for window
+        batches from ``first_batch`` on, so that candidates joining at one layer can run from there together
+        (:meth:`evaluate_together`): the layer its carried states enter, where it has them for those batches; else
+        the layer after its own, where that is :meth:`groupable`. None: it runs alone (:meth:`evaluate`)."""
+        if not self.group_layers:
+            return None
+        if self._carried_from(candidate, first_batch) and self._carried_layer > candidate.layer + 1:
+            return self._carried_layer
+        return candidate.layer + 1 if self.groupable(candidate.layer) else None
+
+    def _joining_state(self, candidate: Component, start: int, chunk: list[int], ids: torch.Tensor, stored: dict
+                       ) -> torch.Tensor:
+        """``candidate``'s hidden state entering layer ``start`` (its :meth:`joins_at`) for the window batches
+        ``chunk``: carried over, or its own layer's output on the stored input (``stored``: that input per layer,
+        joined once per chunk)."""
+        if start > candidate.layer + 1:
+            return torch.cat([self._carried[candidate][i] for i in chunk])
+        if candidate.layer not in stored:
+            stored[candidate.layer] = torch.cat([self._states[candidate.layer][i] for i in chunk])
+        return self._layer_output(self.base + [candidate], candidate.layer, stored[candidate.layer], ids)
+
     def evaluate_many(self, candidates: list[Component], bound: float | Callable[[], float] = math.inf,
                       ) -> Iterator[CandidateResult]:
-        """:meth:`evaluate` of each candidate, those of one :meth:`groupable` layer together; results come as
-        each group finishes (so not in the order asked)."""
-        by_layer: dict[int, list[Component]] = {}
+        """:meth:`evaluate` of each candidate, those joining the base plan at one layer (:meth:`joins_at`)
+        together; results come as each group finishes (so not in the order asked)."""
+        by_layer: dict[int | None, list[Component]] = {}
         for candidate in candidates:
-            by_layer.setdefault(candidate.layer, []).append(candidate)
+            by_layer.setdefault(self.joins_at(candidate), []).append(candidate)
         for layer, group in by_layer.items():
-            if len(group) > 1 and self.groupable(layer):
-                yield from self.evaluate_layer(group, bound)
+            if layer is not None:
+                yield from self.evaluate_together(group, bound)
             else:
                 yield from (self.evaluate(candidate, bound) for candidate in group)
 
-    def evaluate_layer(self, candidates: list[Component], bound: float | Callable[[], float] = math.inf,
-                       max_windows: int | None = None, resume: dict[Component, CandidateResult] | None = None,
-                       ) -> list[CandidateResult]:
-        """:meth:`evaluate` for several candidates of one :meth:`groupable` layer at once (the same results):
-        after each window batch the candidates whose partial sum exceeds ``bound`` stop, where one-at-a-time
-        evaluation stops. At most ``max_windows`` windows run in one forward (None: the settings', or
-        :func:`windows_per_forward`);
-        more candidates are split into groups, and fewer run several window batches per forward (after the first
-        batch, which runs alone: a screening reads only that). ``resume``: earlier, stopped evaluations of these
+    def next_batch(self, earlier: CandidateResult | None) -> int:
+        """The window batch an evaluation resumed from ``earlier`` (None: from the start) begins with."""
+        return math.ceil(earlier.windows_done / self.batches[0].shape[0]) if earlier is not None else 0
+
+    def evaluate_unit(self, candidates: list[Component], bound: float | Callable[[], float] = math.inf,
+                      resume: dict[Component, CandidateResult] | None = None) -> list[CandidateResult]:
+        """:meth:`evaluate_together` where ``candidates`` can join the base plan at one layer, else :meth:`evaluate`
+        of each in turn (the same results either way)."""
+        resume = resume or {}
+        if self.joins_at(candidates[0], self.next_batch(resume.get(candidates[0]))) is not None:
+            return self.evaluate_together(candidates, bound, resume=resume)
+        return [self.evaluate(candidate, bound, resume=resume.get(candidate)) for candidate in candidates]
+
+    def evaluate_together(self, candidates: list[Component], bound: float | Callable[[], float] = math.inf,
+                          max_windows: int | None = None, resume: dict[Component, CandidateResult] | None = None,
+                          ) -> list[CandidateResult]:
+        """:meth:`evaluate` for candidates that join the base plan at one layer (:meth:`joins_at`), at once (the
+        same results): each gets its state entering that layer (its own layer run on the stored input, or its
+        carried state), and the layers from there run once for all, their windows stacked. After each window batch
+        the candidates whose partial sum exceeds ``bound`` stop, where one-at-a-time evaluation stops. At most
+        ``max_windows`` windows run in one forward (None: the settings', or :func:`windows_per_forward`); more
+        candidates are split into groups, and fewer run several window batches per forward (after the first batch,
+        which runs alone: a screening reads only that). ``resume``: earlier, stopped evaluations of these
         candidates, each after the same number of windows, to continue from."""
-        layer = candidates[0].layer
-        if any(c.layer != layer for c in candidates) or not self.groupable(layer):
-            raise ShedderError(f"Candidates {candidates} cannot be evaluated together.")
         batch_size = self.batches[0].shape[0]
         if max_windows is None:
             max_windows = self.settings.windows_per_forward or windows_per_forward(self.model, self.windows.seq_len)
         per_group = max(1, max_windows // batch_size)
         if len(candidates) > per_group:
             return [r for i in range(0, len(candidates), per_group)
-                    for r in self.evaluate_layer(candidates[i:i + per_group], bound, max_windows, resume)]
+                    for r in self.evaluate_together(candidates[i:i + per_group], bound, max_windows, resume)]
         earlier = [(resume or {}).get(c) for c in candidates]
         starts = {r.windows_done if r is not None else 0 for r in earlier}
         if len(starts) > 1:
@@ -346,20 +387,27 @@ class Evaluator:
         totals = {c: torch.tensor(r.nll_sum if r is not None else 0.0, dtype=torch.float64)
                   for c, r in zip(candidates, earlier)}
         done = {c: r.windows_done if r is not None else 0 for c, r in zip(candidates, earlier)}
-        b = math.ceil(starts.pop() / batch_size)
+        b = self.next_batch(earlier[0])
+        start = self.joins_at(candidates[0], b)
+        if start is None or any(self.joins_at(c, b) != start for c in candidates):
+            raise ShedderError(f"Candidates {candidates} cannot be evaluated together.")
         live = list(candidates)
         base = self.grouping.with_removed(self.base)
+        at: dict = {}
         while b < len(self.batches) and live:
             per_forward = 1 if b == 0 else max(1, max_windows // (len(live) * batch_size))
             chunk = list(range(b, min(b + per_forward, len(self.batches))))
             ids = torch.cat([self.batches[i] for i in chunk])
-            stored = torch.cat([self._states[layer][i] for i in chunk])  # the layer's input: alike for every candidate
-            outputs = [self._layer_output(self.base + [c], layer, stored, ids) for c in live]
+            stored: dict[int, torch.Tensor] = {}
+            states = [self._joining_state(c, start, chunk, ids, stored) for c in live]
             # a removed layer hands on its input, which in a model spread over GPUs may sit on the previous GPU
-            holder = {"hidden": torch.cat([o.to(outputs[0].device) for o in outputs])}
-            with masked(self.model, base), start_at_layer(self.model, layer + 1, holder):
+            at["hidden"] = torch.cat([state.to(states[0].device) for state in states])
+            at["rows"] = [(c, i, self.batches[i].shape[0]) for c in live for i in chunk]
+            with masked(self.model, base), start_at_layer(self.model, start, at), self._keeping(live, start, at):
                 nll = window_nll(self.model, ids.repeat(len(live), 1)).view(len(live), -1)
-            self.work += sum(self._layers_run(self.base + [c], layer) for c in live) * ids.numel()
+            del at["hidden"]
+            self.work += sum(self._layers_run(self.base + [c], start if start > c.layer + 1 else c.layer)
+                             for c in live) * ids.numel()
             going = []
             for c, rows in zip(live, nll):
                 offset = 0

@@ -137,13 +137,10 @@ class LocalExecutor:
         def bound() -> float:
             return best.nll_sum if (early_stop and best is not None) else math.inf
 
-        for unit in self._units(order):
+        for unit in self._units(order, screened):
             if should_stop is not None and should_stop():
                 return None
-            if len(unit) > 1:
-                finished = evaluator.evaluate_layer(unit, bound, resume=screened)
-            else:
-                finished = [evaluator.evaluate(unit[0], bound(), resume=screened.get(unit[0]))]
+            finished = evaluator.evaluate_unit(unit, bound, resume=screened)
             for result in finished:
                 results.append(result)
                 if result.complete and better(result, best, rank):
@@ -153,22 +150,23 @@ class LocalExecutor:
         clock.mark("full evaluations")
         return StepOutcome(results, best, evaluator.work - work_before, clock.phases)
 
-    def _units(self, order: list[Component]) -> list[list[Component]]:
+    def _units(self, order: list[Component], screened: dict[Component, CandidateResult]) -> list[list[Component]]:
         """The full evaluations of a step, in ``order``: the first candidate alone (its sum bounds the rest), then
-        the others; where the evaluator groups layers, those of one groupable layer run together (at the place of
-        the first of them), except candidates that start from carried states (later than their own layer)."""
+        the others; where the evaluator groups candidates, those joining the base plan at one layer
+        (``Evaluator.joins_at``) run together, at the place of the first of them."""
         evaluator = self.evaluator
-        if not evaluator.group_layers or not order:
-            return [[c] for c in order]
-        units, by_layer = [[order[0]]], {}
+        if not order:
+            return []
+        units, joining = [[order[0]]], {}
         for candidate in order[1:]:
-            if evaluator.groupable(candidate.layer) and not evaluator.carries(candidate):
-                if candidate.layer not in by_layer:
-                    by_layer[candidate.layer] = []
-                    units.append(by_layer[candidate.layer])
-                by_layer[candidate.layer].append(candidate)
-            else:
+            layer = evaluator.joins_at(candidate, evaluator.next_batch(screened.get(candidate)))
+            if layer is None:
                 units.append([candidate])
+                continue
+            if layer not in joining:
+                joining[layer] = []
+                units.append(joining[layer])
+            joining[layer].append(candidate)
         return units
 
     def check_same(self, model, windows, grouping, settings):

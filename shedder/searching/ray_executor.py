@@ -247,14 +247,15 @@ class Replica:
 
     def finish(self, token: int, base: list[Component], candidate: Component, screened: CandidateResult,
                bound: float) -> TaskResult:
-        """Continue from the first batch, one batch at a time, until complete or above the bound."""
+        """Continue from the first batch until complete or above the bound (checked after every batch; on a GPU
+        several batches run in one forward, ``Evaluator.evaluate_unit``)."""
         for old in [t for t in self.bounds if t < token]:
             del self.bounds[old]
 
         def run() -> CandidateResult:
             # the bound is read after every batch: the driver may have sent a lower one meanwhile
-            result = self.evaluator.evaluate(candidate, lambda: min(bound, self.bounds.get(token, math.inf)),
-                                             resume=screened)
+            [result] = self.evaluator.evaluate_unit([candidate], lambda: min(bound, self.bounds.get(token, math.inf)),
+                                                    resume={candidate: screened})
             if result.complete:
                 self.set_bound(token, result.nll_sum)  # a later candidate here may stop on it
             return result
