@@ -206,3 +206,25 @@ def test_a_lone_candidate_resumes_in_fewer_forwards_with_the_same_sum():
         handle.remove()
     assert (together.nll_sum, together.windows_done) == (alone.nll_sum, alone.windows_done)
     assert forwards_together == 2 and calls["n"] == 3  # its own layer, then the rest; against 3 batches
+
+
+def test_the_base_pass_keeps_the_same_states_in_fewer_forwards():
+    """With layer groups on, the base pass runs several window batches per forward and stops before the last layer
+    (whose output nothing reads); every stored state equals the batch-by-batch pass's."""
+    model = build("mamba2")
+    runs = {}
+    for per_forward in (2, 8):
+        evaluator = Evaluator(model, windows(n=8), EvalSettings(batch_size=2, group_layers=True,
+                                                                 windows_per_forward=per_forward))
+        calls = {"n": 0}
+        handle = model.register_forward_pre_hook(lambda module, args: calls.__setitem__("n", calls["n"] + 1))
+        try:
+            evaluator.set_base([catalogue_of(model).components()[0]])
+        finally:
+            handle.remove()
+        runs[per_forward] = (evaluator._states, calls["n"], evaluator.work)
+    (one_by_one, forwards_one, work_one), (chunked, forwards_chunked, work_chunked) = runs[2], runs[8]
+    assert one_by_one.keys() == chunked.keys()
+    assert all(len(one_by_one[k]) == len(chunked[k]) == 4 for k in one_by_one)
+    assert all(a.equal(b) for k in one_by_one for a, b in zip(one_by_one[k], chunked[k]))
+    assert (forwards_one, forwards_chunked) == (4, 1) and work_one == work_chunked

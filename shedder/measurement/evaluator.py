@@ -178,19 +178,33 @@ class Evaluator:
         captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in keep}
         handles = []
 
+        # where candidates run together (a GPU), several window batches share a forward; the states are kept per batch
+        per_forward = self._windows_per_forward() // self.batches[0].shape[0] if self.group_layers else 1
+        sizes: list[int] = []
+
         def capture(layer_index):
             def hook(module, args, kwargs):
                 hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-                captured[layer_index].append(hidden.detach().clone())
+                captured[layer_index].extend(hidden.detach().clone().split(sizes))
             return hook
+
+        def stop(module, args, kwargs):  # the states are all kept: the last layer and the head have nothing to add
+            raise _LayerDone
 
         try:
             for layer in keep:
                 handles.append(layers[layer].layer.register_forward_pre_hook(capture(layer), with_kwargs=True))
+            handles.append(layers[-1].layer.register_forward_pre_hook(stop, with_kwargs=True))
             with masked(self.model, self.grouping.with_removed(self.base)), torch.no_grad():
-                for batch in self.batches:
-                    self.model(input_ids=batch.to(model_device(self.model)), use_cache=False)
-                    self._count(self.base, 0, batch)
+                for first in range(0, len(self.batches), max(1, per_forward)):
+                    chunk = self.batches[first:first + max(1, per_forward)]
+                    sizes[:] = [batch.shape[0] for batch in chunk]
+                    try:
+                        self.model(input_ids=torch.cat(chunk).to(model_device(self.model)), use_cache=False)
+                    except _LayerDone:
+                        pass
+                    for batch in chunk:  # every layer before the last
+                        self._count(self.base + [Component("block", self.n_layers - 1)], 0, batch)
         finally:
             for handle in handles:
                 handle.remove()
@@ -374,8 +388,7 @@ class Evaluator:
         which runs alone: a screening reads only that). ``resume``: earlier, stopped evaluations of these
         candidates, each after the same number of windows, to continue from."""
         batch_size = self.batches[0].shape[0]
-        if max_windows is None:
-            max_windows = self.settings.windows_per_forward or windows_per_forward(self.model, self.windows.seq_len)
+        max_windows = max_windows or self._windows_per_forward()
         per_group = max(1, max_windows // batch_size)
         if len(candidates) > per_group:
             return [r for i in range(0, len(candidates), per_group)
@@ -423,6 +436,9 @@ class Evaluator:
             live, b = going, chunk[-1] + 1
         return [CandidateResult(c, float(totals[c]), done[c] == len(self.windows), done[c], len(self.windows),
                                 self.windows.seq_len) for c in candidates]
+
+    def _windows_per_forward(self) -> int:
+        return self.settings.windows_per_forward or windows_per_forward(self.model, self.windows.seq_len)
 
     @staticmethod
     def _over(total: torch.Tensor, bound: float | Callable[[], float]) -> bool:
