@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true", help="only the optimised search")
     parser.add_argument("--no-carry-over", action="store_true",
                         help="the optimised search without carrying candidates' states to the next step")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="also profile an optimised search of this many steps (GPU kernel time by family, and the "
+                             "share of wall time the GPU is busy; first --windows-per-forward)")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -107,6 +110,15 @@ def main() -> None:
     result["optimised"] = runs[0]  # the first --windows-per-forward; every one in "optimised_runs"
     if len(runs) > 1:
         result["optimised_runs"] = runs
+    if args.profile_steps:
+        from flops import profile_evaluations  # flops imports this module: imported here, when asked for
+
+        per_forward = runs[0]["windows_per_forward"]
+        settings = EvalSettings(batch_size=args.batch_size, carry_over=not args.no_carry_over,
+                                windows_per_forward=None if per_forward == "auto" else int(per_forward))
+        profiled = [Stage(stages[0].targets, args.profile_steps)]
+        result["profile"] = {"steps": args.profile_steps, **profile_evaluations(
+            lambda: search(model, windows, profiled, settings=settings), device)}
     if not args.skip_naive:
         sync(device)
         start = time.perf_counter()

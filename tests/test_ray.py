@@ -24,7 +24,7 @@ from shedder.searching.search import parse_stages, search  # noqa: E402
 from tiny_models import SAMPLE_TEXT, build, tiny_tokenizer, train_briefly  # noqa: E402
 
 SEQ_LEN, N_WINDOWS, BATCH = 16, 6, 2
-SETTINGS = EvalSettings(batch_size=BATCH)
+SETTINGS = EvalSettings(batch_size=BATCH, group_layers=True)  # candidates together, as on a GPU
 
 
 @pytest.fixture(scope="module")
@@ -138,19 +138,15 @@ def test_search_on_ray_gives_the_local_plan_even_when_a_worker_dies(pool, checkp
     assert any(c["ppl"] is None for s in remote["steps"] for c in s["candidates"]), "early stop never triggered"
 
 
-def test_workers_that_run_several_batches_per_forward_give_the_local_plan(cluster, checkpoint):
-    """With layer groups on (a GPU's default) a worker finishes a candidate in forwards of several window batches,
-    still adding and checking the bound batch by batch: the local plan and perplexities, exactly."""
+def test_workers_that_run_several_batches_per_forward_give_the_local_plan(pool, checkpoint):
+    """With layer groups on (as on a GPU; the pool's settings) a worker screens a layer's candidates together and
+    finishes a candidate in forwards of several window batches, still adding and checking the bound batch by batch:
+    the plan and perplexities of one-at-a-time evaluation in one process, exactly."""
     folder, model, windows = checkpoint
-    settings = EvalSettings(batch_size=BATCH, group_layers=True)
     stages = parse_stages("block,ssm:3")
     local = search(model, windows, stages, settings=EvalSettings(batch_size=BATCH, group_layers=False))
-    executor = RayExecutor(RayOptions(model=str(folder), device="cpu", workers=2), model, windows, settings)
-    try:
-        remote = search(model, windows, stages, settings=settings, executor=executor)
-    finally:
-        executor.close()
-    assert plan_and_ppls(remote) == plan_and_ppls(local)
+    remote = search(model, windows, stages, settings=SETTINGS, executor=pool)
+    assert SETTINGS.group_layers and plan_and_ppls(remote) == plan_and_ppls(local)
 
 
 def test_a_search_stopped_mid_step_resumes_on_ray(pool, checkpoint, tmp_path):

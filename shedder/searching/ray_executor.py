@@ -6,7 +6,7 @@ plus the driver's dtype; one GPU each when the cluster has GPUs) and keeps its o
 runs the base plan once on that worker. The calibration windows are put in the object store once.
 
 Search step (exact early stop across workers, as in the local search):
-1. every candidate's first batch is evaluated (spread over the workers);
+1. every candidate's first batch is evaluated (spread over the workers, a task per layer);
 2. the driver orders the full evaluations by that first-batch NLL and hands candidates out in that
    order, a few queued per worker; each continues from its first batch;
 3. whenever a candidate completes with a new best total, the driver broadcasts it; a worker reads
@@ -241,9 +241,10 @@ class Replica:
         return TaskResult(value, time.perf_counter() - clock, base_seconds, self.evaluator.work - work_before,
                           started, time.time())
 
-    def screen(self, base: list[Component], candidate: Component) -> TaskResult:
-        """The candidate's first batch (what the local search screens with)."""
-        return self._task(base, lambda: self.evaluator.evaluate(candidate, bound=-math.inf))
+    def screen(self, base: list[Component], candidates: list[Component]) -> TaskResult:
+        """The candidates' first batch (what the local search screens with); candidates of one layer run together
+        where the evaluator groups them (a GPU)."""
+        return self._task(base, lambda: list(self.evaluator.evaluate_many(candidates, bound=-math.inf)))
 
     def finish(self, token: int, base: list[Component], candidate: Component, screened: CandidateResult,
                bound: float) -> TaskResult:
@@ -460,11 +461,14 @@ class RayExecutor:
 
         def keep_screened(job: Job, out: TaskResult) -> None:
             nonlocal work
-            screened[job.key] = out.value
+            screened.update((result.component, result) for result in out.value)
             work += out.work
 
         if early_stop:
-            jobs = [Job("screen", c, lambda c=c: (base, c)) for c in candidates]
+            by_layer: dict[int, list[Component]] = {}
+            for candidate in candidates:
+                by_layer.setdefault(candidate.layer, []).append(candidate)
+            jobs = [Job("screen", tuple(group), lambda group=group: (base, group)) for group in by_layer.values()]
             if not self._dispatch(jobs, keep_screened, should_stop):
                 return None
             order = sorted(candidates, key=lambda c: (screened[c].nll_sum, rank[c]))
