@@ -19,6 +19,7 @@ from ..errors import ShedderError
 from ..plan import Plan
 from ..removal.catalogue import Component
 from ..removal.masks import masked
+from . import fused_loss
 from .calibration import Windows
 
 Progress = Callable[[int, int], None]  # (windows done, windows in all)
@@ -74,6 +75,8 @@ def model_device(model: nn.Module) -> torch.device:
 def window_nll(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Summed next-token NLL of each row of ``ids`` (batch, seq_len), as float64 (batch,)."""
     logits = model(input_ids=ids.to(model_device(model)), use_cache=False).logits
+    if fused_loss.usable(logits):  # a GPU: no float32 copy of the logits (shedder/measurement/fused_loss.py)
+        return fused_loss.window_sums(logits, ids)
     targets = ids[:, 1:].to(logits.device)
     sums = []
     for row_logits, row_targets in zip(logits[:, :-1], targets):  # one row at a time bounds the float32 copy
