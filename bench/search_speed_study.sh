@@ -23,14 +23,21 @@ trap 'kill $CLOCKS 2>/dev/null || true' EXIT
 CUDA_VISIBLE_DEVICES=0 python bench/flops.py --random-mamba2 64x2560 --norms stock,fused --batch-sizes 4,16,32 \
     --windows 32 --seq-len 1024 --candidates 6 --profile >"$LOGS/flops.log" 2>&1 || echo "flops: see its log"
 
-# naive against optimised search on the two pretrained models, same dtype and settings for both (bfloat16, the
-# optimised search at 64 and at 128 windows per forward)
+# naive against optimised search on the two pretrained models, same dtype and settings for both (bfloat16), with the
+# fused loss and with PyTorch's (SHEDDER_FUSED_LOSS=0; for smollm2-135m also a profile of two optimised steps)
 for model in smollm2-135m smollm2-hybrid; do
     targets=block,attn,mlp
     [ "$model" = smollm2-hybrid ] && targets=block,ssm,attn,mlp
-    CUDA_VISIBLE_DEVICES=0 python bench/search_cost.py --model "$model" --device cuda --dtype bfloat16 \
-        --targets "$targets" --steps 6 --tokens 32768 --seq-len 1024 --batch-size 4 --windows-per-forward 64,128 \
-        >"$RESULTS/search_cost_cuda_bf16_$model.json" 2>"$LOGS/search_cost_$model.log" || echo "search_cost $model: see its log"
+    for loss in fused stock; do
+        profile=""
+        [ "$model-$loss" = smollm2-135m-stock ] && profile="--profile-steps 2"
+        suffix=""
+        [ "$loss" = stock ] && suffix=_stock-loss
+        SHEDDER_FUSED_LOSS=$([ "$loss" = fused ] && echo 1 || echo 0) CUDA_VISIBLE_DEVICES=0 python bench/search_cost.py \
+            --model "$model" --device cuda --dtype bfloat16 --targets "$targets" --steps 6 --tokens 32768 --seq-len 1024 \
+            --batch-size 4 $profile >"$RESULTS/search_cost_cuda_bf16_$model$suffix.json" \
+            2>"$LOGS/search_cost_$model$suffix.log" || echo "search_cost $model $loss: see its log"
+    done
 done
 
 if [ "$GPUS" -ge 2 ]; then
