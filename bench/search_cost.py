@@ -91,10 +91,13 @@ def main() -> None:
         "windows": len(windows), "seq_len": windows.seq_len, "batch_size": args.batch_size,
         "targets": args.targets, "steps": args.steps, "carry_over": not args.no_carry_over,
     }
+    def settings_for(per_forward: str) -> EvalSettings:
+        return EvalSettings(batch_size=args.batch_size, carry_over=not args.no_carry_over,
+                            windows_per_forward=None if per_forward == "auto" else int(per_forward))
+
     runs = []
     for per_forward in args.windows_per_forward.split(","):
-        settings = EvalSettings(batch_size=args.batch_size, carry_over=not args.no_carry_over,
-                                windows_per_forward=None if per_forward == "auto" else int(per_forward))
+        settings = settings_for(per_forward)
         sync(device)
         start = time.perf_counter()
         fast = search(model, windows, stages, settings=settings)
@@ -113,9 +116,7 @@ def main() -> None:
     if args.profile_steps:
         from flops import profile_evaluations  # flops imports this module: imported here, when asked for
 
-        per_forward = runs[0]["windows_per_forward"]
-        settings = EvalSettings(batch_size=args.batch_size, carry_over=not args.no_carry_over,
-                                windows_per_forward=None if per_forward == "auto" else int(per_forward))
+        settings = settings_for(runs[0]["windows_per_forward"])
         profiled = [Stage(stages[0].targets, args.profile_steps)]
         result["profile"] = {"steps": args.profile_steps, **profile_evaluations(
             lambda: search(model, windows, profiled, settings=settings), device)}

@@ -179,7 +179,7 @@ class Evaluator:
         handles = []
 
         # where candidates run together (a GPU), several window batches share a forward; the states are kept per batch
-        per_forward = self._windows_per_forward() // self.batches[0].shape[0] if self.group_layers else 1
+        per_forward = max(1, self._windows_per_forward() // self.batches[0].shape[0]) if self.group_layers else 1
         sizes: list[int] = []
 
         def capture(layer_index):
@@ -196,8 +196,8 @@ class Evaluator:
                 handles.append(layers[layer].layer.register_forward_pre_hook(capture(layer), with_kwargs=True))
             handles.append(layers[-1].layer.register_forward_pre_hook(stop, with_kwargs=True))
             with masked(self.model, self.grouping.with_removed(self.base)), torch.no_grad():
-                for first in range(0, len(self.batches), max(1, per_forward)):
-                    chunk = self.batches[first:first + max(1, per_forward)]
+                for first in range(0, len(self.batches), per_forward):
+                    chunk = self.batches[first:first + per_forward]
                     sizes[:] = [batch.shape[0] for batch in chunk]
                     try:
                         self.model(input_ids=torch.cat(chunk).to(model_device(self.model)), use_cache=False)
@@ -273,7 +273,7 @@ class Evaluator:
         if resume is not None:
             total += resume.nll_sum
             done = resume.windows_done
-        b = math.ceil(done / self.batches[0].shape[0])
+        b = self.next_batch(resume)
         at: dict = {}
         stopped = False
 
@@ -354,10 +354,10 @@ class Evaluator:
                       ) -> Iterator[CandidateResult]:
         """:meth:`evaluate` of each candidate, those joining the base plan at one layer (:meth:`joins_at`)
         together; results come as each group finishes (so not in the order asked)."""
-        by_layer: dict[int | None, list[Component]] = {}
+        joining: dict[int | None, list[Component]] = {}
         for candidate in candidates:
-            by_layer.setdefault(self.joins_at(candidate), []).append(candidate)
-        for layer, group in by_layer.items():
+            joining.setdefault(self.joins_at(candidate), []).append(candidate)
+        for layer, group in joining.items():
             if layer is not None:
                 yield from self.evaluate_together(group, bound)
             else:

@@ -17,6 +17,7 @@ import os
 import torch
 
 BLOCK = 4096  # vocabulary entries a program reads at once
+_KERNEL = False  # the compiled kernel; None without Triton; False: not looked for yet
 
 
 def _kernel():
@@ -32,7 +33,7 @@ def _kernel():
         return None
 
     @triton.jit
-    def token_nll(logits_ptr, targets_ptr, out_ptr, n_vocab, stride_window, stride_token, n_tokens,
+    def token_nll_kernel(logits_ptr, targets_ptr, out_ptr, n_vocab, stride_window, stride_token, n_tokens,
                   BLOCK: tl.constexpr):
         token = tl.program_id(0).to(tl.int64)
         window = tl.program_id(1).to(tl.int64)
@@ -52,11 +53,8 @@ def _kernel():
         picked = tl.load(row + target).to(tl.float32)
         tl.store(out_ptr + window * n_tokens + token, tl.log(tl.sum(sums, axis=0)) - (picked - top))
 
-    _KERNEL = token_nll
+    _KERNEL = token_nll_kernel
     return _KERNEL
-
-
-_KERNEL = False  # not looked for yet
 
 
 def fused_loss_on() -> bool:
